@@ -1,0 +1,318 @@
+"""``provider-config.yaml`` → frozen attrs values, with every error reported by its path.
+
+The old Go proxy's format loads unchanged; everything added here is optional.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import attrs
+import cattrs
+import yaml
+from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "HttpClientConfig",
+    "ModelConfig",
+    "RetryConfig",
+    "TimeoutConfig",
+    "load_config",
+    "parse_config",
+    "structure_options",
+]
+
+T = TypeVar("T")
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; ``errors`` holds one ``path: message`` line per problem."""
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = errors
+        super().__init__("invalid configuration:\n  " + "\n  ".join(errors))
+
+
+class _FieldError(ValueError):
+    """A validator's complaint about one attribute, so the error path can name it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def _non_negative(inst: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
+    if value is not None and value < 0:
+        raise _FieldError(attribute.name, f"must be >= 0, got {value}")
+
+
+def _non_empty(inst: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    if not value.strip():
+        raise _FieldError(attribute.name, "must not be empty")
+
+
+@attrs.frozen
+class HttpClientConfig:
+    """The old proxy's per-model HTTP settings; 0 means unlimited, as there."""
+
+    timeout_seconds: float = attrs.field(default=0, validator=_non_negative)
+    idle_conn_timeout_seconds: float = attrs.field(default=90, validator=_non_negative)
+
+
+@attrs.frozen
+class TimeoutConfig:
+    """Separate bounds for one upstream call, in seconds; ``None`` = use the default."""
+
+    connect: float | None = attrs.field(default=None, validator=_non_negative)
+    first_token: float | None = attrs.field(default=None, validator=_non_negative)
+    idle: float | None = attrs.field(default=None, validator=_non_negative)
+    total: float | None = attrs.field(default=None, validator=_non_negative)
+
+
+@attrs.frozen
+class RetryConfig:
+    """Per-model override of the ``RETRY_*`` settings; ``None`` = use the global value."""
+
+    max_retries: int | None = attrs.field(default=None, validator=_non_negative)
+    base_delay: float | None = attrs.field(default=None, validator=_non_negative)
+    max_delay: float | None = attrs.field(default=None, validator=_non_negative)
+    jitter: float | None = attrs.field(default=None, validator=_non_negative)
+
+
+@attrs.frozen
+class ModelConfig:
+    """One entry of ``models:``: a model name clients use, and the upstream that serves it."""
+
+    name: str = attrs.field(validator=_non_empty)
+    provider: str = attrs.field(validator=_non_empty)
+    priority: int = 0
+    requests_per_minute: int = attrs.field(default=0, validator=_non_negative)
+    requests_per_hour: int = attrs.field(default=0, validator=_non_negative)
+    requests_per_day: int = attrs.field(default=0, validator=_non_negative)
+    tokens_per_minute: int = attrs.field(default=0, validator=_non_negative)
+    tokens_per_day: int = attrs.field(default=0, validator=_non_negative)
+    url: str | None = None
+    token: str | None = attrs.field(default=None, repr=False)
+    # Largest request body in bytes this model takes; 0 = no limit.
+    max_request_length: int = attrs.field(default=0, validator=_non_negative)
+    model_size: str | None = None
+    http_client_config: HttpClientConfig = HttpClientConfig()
+    # The model id sent upstream; by default the name without a leading "<provider>/".
+    upstream_model: str | None = None
+    aliases: tuple[str, ...] = ()
+    fallbacks: tuple[str, ...] = ()
+    # What the model serves (chat, embeddings, images); empty = all its provider can do.
+    serves: tuple[str, ...] = ()
+    timeouts: TimeoutConfig = TimeoutConfig()
+    retry: RetryConfig = RetryConfig()
+    options: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
+
+    @property
+    def upstream_model_id(self) -> str:
+        if self.upstream_model:
+            return self.upstream_model
+        prefix = self.provider + "/"
+        return self.name[len(prefix) :] if self.name.startswith(prefix) else self.name
+
+
+@attrs.frozen
+class Config:
+    """The whole ``provider-config.yaml``."""
+
+    models: tuple[ModelConfig, ...] = ()
+    # Named groups of models (names or other groups), beside the implicit model_size groups.
+    groups: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict)
+
+    def model(self, name: str) -> ModelConfig | None:
+        for model in self.models:
+            if model.name == name:
+                return model
+        return None
+
+
+_converter = cattrs.Converter(forbid_extra_keys=True)
+
+
+def _structure_float(value: Any, _: type) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"expected a number, got {value!r}")
+    return float(value)
+
+
+def _structure_int(value: Any, _: type) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected an integer, got {value!r}")
+    return value
+
+
+def _structure_str(value: Any, _: type) -> str:
+    # Numbers are accepted where YAML made one of an unquoted id (a token of digits, say).
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise TypeError(f"expected a string, got {value!r}")
+    return str(value)
+
+
+def _structure_str_tuple(value: Any, _: type) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    if not isinstance(value, list | tuple):
+        raise TypeError(f"expected a list of strings, got {value!r}")
+    return tuple(_structure_str(item, str) for item in value)
+
+
+def _structure_mapping(value: Any, _: type) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise TypeError(f"expected a mapping, got {value!r}")
+    return dict(value)
+
+
+def _structure_groups(value: Any, _: type) -> Mapping[str, tuple[str, ...]]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise TypeError(f"expected a mapping of group name to model names, got {value!r}")
+    return {str(k): _structure_str_tuple(v, tuple) for k, v in value.items()}
+
+
+_converter.register_structure_hook(float, _structure_float)
+_converter.register_structure_hook(int, _structure_int)
+_converter.register_structure_hook(str, _structure_str)
+_converter.register_structure_hook_func(lambda t: t == tuple[str, ...], _structure_str_tuple)
+_converter.register_structure_hook_func(lambda t: t == Mapping[str, Any], _structure_mapping)
+_converter.register_structure_hook_func(lambda t: t == Mapping[str, tuple[str, ...]],
+                                        _structure_groups)
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
+
+
+def _interpolate(value: Any, path: str, env: Mapping[str, str], errors: list[str]) -> Any:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string, after YAML parsing."""
+    if isinstance(value, str):
+
+        def sub(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            errors.append(f"{path}: environment variable {name} is not set")
+            return ""
+
+        return _VAR.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: _interpolate(v, f"{path}.{k}" if path else str(k), env, errors)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, f"{path}[{i}]", env, errors) for i, v in enumerate(value)]
+    return value
+
+
+def _error_lines(exc: BaseException, path: str) -> list[str]:
+    """Flatten cattrs' nested validation errors into ``path: message`` lines."""
+    lines: list[str] = []
+    if isinstance(exc, ForbiddenExtraKeysError):
+        return [f"{path or 'config'}: unknown key{'s' if len(exc.extra_fields) > 1 else ''} "
+                f"{', '.join(sorted(exc.extra_fields))}"]
+    if isinstance(exc, ClassValidationError):
+        with_notes, without = exc.group_exceptions()
+        for sub, note in with_notes:
+            lines += _error_lines(sub, _join(path, note.name))
+        for sub in without:
+            lines += _error_lines(sub, path)
+        return lines
+    if isinstance(exc, IterableValidationError):
+        with_index, rest = exc.group_exceptions()
+        for sub, note_it in with_index:
+            lines += _error_lines(sub, f"{path}[{note_it.index}]")
+        for sub in rest:
+            lines += _error_lines(sub, path)
+        return lines
+    if isinstance(exc, _FieldError):
+        return [f"{_join(path, exc.field)}: {exc}"]
+    if isinstance(exc, KeyError):
+        return [f"{path}: required"]
+    message = str(exc) if str(exc) else type(exc).__name__
+    # attrs validators and cattrs wrap some errors; keep the message the reader needs.
+    return [f"{path}: {message}"]
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def structure_options(data: Mapping[str, Any], cls: type[T], path: str = "options") -> T:
+    """Structure a model's ``options:`` into a plugin's own attrs class, errors with paths."""
+    try:
+        return _converter.structure(dict(data), cls)
+    except Exception as exc:  # noqa: BLE001 - every cattrs failure becomes a ConfigError
+        raise ConfigError(_error_lines(exc, path)) from None
+
+
+def _check_names(config: Config) -> list[str]:
+    errors: list[str] = []
+    seen: dict[str, int] = {}
+    for i, model in enumerate(config.models):
+        if model.name in seen:
+            errors.append(f"models[{i}].name: duplicate model name {model.name!r} "
+                          f"(first at models[{seen[model.name]}])")
+        seen.setdefault(model.name, i)
+        for cap in model.serves:
+            if cap not in ("chat", "embeddings", "images"):
+                errors.append(f"models[{i}].serves: unknown capability {cap!r} "
+                              "(known: chat, embeddings, images)")
+    for group, members in config.groups.items():
+        if group in seen:
+            errors.append(f"groups.{group}: a group may not share its name with a model")
+        if not members:
+            errors.append(f"groups.{group}: must list at least one model")
+    return errors
+
+
+def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
+    """Validate parsed YAML into a :class:`Config`; raise :class:`ConfigError` listing all faults."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"config: expected a mapping with a models: list, got {type(data).__name__}"])
+    errors: list[str] = []
+    data = _interpolate(data, "", os.environ if env is None else env, errors)
+    models = data.get("models", [])
+    if not isinstance(models, list):
+        errors.append(f"models: expected a list of models, got {type(models).__name__}")
+    else:
+        errors += [f"models[{i}]: expected a mapping, got {type(m).__name__}"
+                   for i, m in enumerate(models) if not isinstance(m, dict)]
+    if errors:
+        raise ConfigError(errors)
+    try:
+        config = _converter.structure(data, Config)
+    except Exception as exc:  # noqa: BLE001 - every cattrs failure becomes a ConfigError
+        raise ConfigError(_error_lines(exc, "")) from None
+    errors = _check_names(config)
+    if errors:
+        raise ConfigError(errors)
+    return config
+
+
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a ``provider-config.yaml``."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError([f"{path}: {problem}{where}"]) from None
+    return parse_config(data, env)

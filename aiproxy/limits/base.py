@@ -1,0 +1,107 @@
+"""The rate limiter interface shared by the in-memory and Redis backends.
+
+Windows are exact sliding windows: a model limited to L requests a minute never admits more
+than L in any 60 seconds, and a slot frees exactly 60 seconds after it was taken.
+"""
+
+from __future__ import annotations
+
+import abc
+
+import attrs
+
+from aiproxy.config import ModelConfig
+
+__all__ = ["Decision", "Limits", "RateLimiter", "Reservation"]
+
+MINUTE, HOUR, DAY = 60.0, 3600.0, 86400.0
+
+
+@attrs.frozen
+class Limits:
+    """The limits of one subject (a model, or a client key); 0 = unlimited."""
+
+    requests_per_minute: int = 0
+    requests_per_hour: int = 0
+    requests_per_day: int = 0
+    tokens_per_minute: int = 0
+    tokens_per_day: int = 0
+
+    @classmethod
+    def of(cls, model: ModelConfig) -> Limits:
+        return cls(model.requests_per_minute, model.requests_per_hour, model.requests_per_day,
+                   model.tokens_per_minute, model.tokens_per_day)
+
+    @property
+    def request_windows(self) -> tuple[tuple[float, int], ...]:
+        """``(window seconds, limit)`` of every request limit that is set."""
+        return tuple((w, n) for w, n in ((MINUTE, self.requests_per_minute),
+                                         (HOUR, self.requests_per_hour),
+                                         (DAY, self.requests_per_day)) if n > 0)
+
+    @property
+    def token_windows(self) -> tuple[tuple[float, int], ...]:
+        return tuple((w, n) for w, n in ((MINUTE, self.tokens_per_minute),
+                                         (DAY, self.tokens_per_day)) if n > 0)
+
+    @property
+    def unlimited(self) -> bool:
+        return not self.request_windows and not self.token_windows
+
+
+@attrs.frozen
+class Reservation:
+    """What :meth:`RateLimiter.acquire` took, to be settled by :meth:`RateLimiter.reconcile`."""
+
+    key: str
+    id: str
+    tokens: int
+    at: float
+
+
+@attrs.frozen
+class Decision:
+    """The answer to one acquisition, with what the ``x-ratelimit-*`` headers report.
+
+    When ``allowed`` is false nothing was taken and ``retry_after`` says when the tightest
+    window (or an upstream park) frees up. ``*_limit``/``*_remaining``/``*_reset`` describe the
+    tightest request and token windows (``None`` when no such limit is set).
+    """
+
+    allowed: bool
+    retry_after: float = 0.0
+    reservation: Reservation | None = None
+    requests_limit: int | None = None
+    requests_remaining: int | None = None
+    requests_reset: float | None = None
+    tokens_limit: int | None = None
+    tokens_remaining: int | None = None
+    tokens_reset: float | None = None
+    # True when the decision was made without the backend (Redis down and fail_open).
+    degraded: bool = False
+
+
+class RateLimiter(abc.ABC):
+    """Admits or refuses one request for a subject, atomically over all of its windows."""
+
+    @abc.abstractmethod
+    async def acquire(self, key: str, limits: Limits, tokens: int = 0) -> Decision:
+        """Take one request slot (and reserve ``tokens``) in every window, or take nothing.
+
+        Refuses also while ``key`` is parked (see :meth:`park`).
+        """
+
+    @abc.abstractmethod
+    async def reconcile(self, reservation: Reservation, limits: Limits, actual_tokens: int) -> None:
+        """Replace a reservation's estimated tokens by the usage the upstream reported."""
+
+    @abc.abstractmethod
+    async def park(self, key: str, seconds: float) -> None:
+        """Refuse ``key`` for ``seconds`` (an upstream said so); shared like the counters."""
+
+    async def ping(self) -> bool:
+        """True when the backend is reachable (readiness)."""
+        return True
+
+    async def close(self) -> None:  # noqa: B027 - a no-op by default, not abstract
+        """Release connections."""

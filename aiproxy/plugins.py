@@ -1,0 +1,77 @@
+"""The provider registry: entry points of the ``aiproxy.providers`` group, plus ``register``.
+
+First-party providers are found exactly like third-party ones: through installed entry points.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import EntryPoint, entry_points
+
+from aiproxy.config import ConfigError
+from aiproxy.provider import Provider
+
+__all__ = ["ENTRY_POINT_GROUP", "ProviderRegistry", "UnknownProviderError"]
+
+ENTRY_POINT_GROUP = "aiproxy.providers"
+
+
+class UnknownProviderError(ConfigError):
+    """A config names a provider no installed plugin offers."""
+
+
+class ProviderRegistry:
+    """Names → provider classes. Entry points load lazily, so a broken plugin only hurts its users."""
+
+    def __init__(self, *, discover: bool = True) -> None:
+        self._entry_points: dict[str, EntryPoint] = {}
+        self._classes: dict[str, type[Provider]] = {}
+        if discover:
+            for ep in entry_points(group=ENTRY_POINT_GROUP):
+                self._entry_points.setdefault(ep.name, ep)
+
+    def register(self, name: str, cls: type[Provider]) -> None:
+        """Add (or replace) a provider at run time: tests and embedding applications."""
+        if not (isinstance(cls, type) and issubclass(cls, Provider)):
+            raise TypeError(f"{cls!r} is not a subclass of aiproxy.provider.Provider")
+        self._classes[name] = cls
+
+    def unregister(self, name: str) -> None:
+        self._classes.pop(name, None)
+        self._entry_points.pop(name, None)
+
+    def names(self) -> list[str]:
+        return sorted(set(self._entry_points) | set(self._classes))
+
+    def describe(self) -> list[tuple[str, str]]:
+        """``(name, where it comes from)`` for ``--list-providers``."""
+        rows = []
+        for name in self.names():
+            if name in self._classes:
+                cls = self._classes[name]
+                rows.append((name, f"{cls.__module__}:{cls.__qualname__}"))
+            else:
+                ep = self._entry_points[name]
+                dist = f" ({ep.dist.name} {ep.dist.version})" if ep.dist else ""
+                rows.append((name, f"{ep.value}{dist}"))
+        return rows
+
+    def get(self, name: str) -> type[Provider]:
+        """The class for ``name``; :class:`UnknownProviderError` lists what is installed."""
+        cls = self._classes.get(name)
+        if cls is not None:
+            return cls
+        ep = self._entry_points.get(name)
+        if ep is None:
+            raise UnknownProviderError(
+                [f"unknown provider {name!r}; installed providers: {', '.join(self.names())}"]
+            )
+        try:
+            loaded = ep.load()
+        except Exception as exc:  # noqa: BLE001 - a broken plugin is a config error, not a crash
+            raise ConfigError(
+                [f"provider {name!r} ({ep.value}) failed to load: {type(exc).__name__}: {exc}"]
+            ) from None
+        if not (isinstance(loaded, type) and issubclass(loaded, Provider)):
+            raise ConfigError([f"provider {name!r} ({ep.value}) is not an aiproxy Provider"])
+        self._classes[name] = loaded
+        return loaded

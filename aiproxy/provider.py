@@ -1,0 +1,450 @@
+"""The plugin contract: what a provider plugin implements and the values it exchanges with the core.
+
+A plugin imports only this module (and aiohttp). Requests, responses and stream chunks are in
+the OpenAI Chat Completions shape; a provider that speaks another dialect translates both ways.
+Read ``docs/plugins.md`` for a walk-through; ``PLUGIN_API_VERSION`` changes when this does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import enum
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, ClassVar, TypeVar
+
+import aiohttp
+import attrs
+import orjson
+
+from aiproxy.config import ConfigError, ModelConfig, structure_options
+from aiproxy.sse import SSEEvent, iter_sse
+
+__all__ = [
+    "PLUGIN_API_VERSION",
+    "Capability",
+    "ChatRequest",
+    "ChatResponse",
+    "ConfigError",
+    "EmbeddingsRequest",
+    "EmbeddingsResponse",
+    "ErrorKind",
+    "ImageRequest",
+    "ImageResponse",
+    "ModelConfig",
+    "Provider",
+    "RateLimitHint",
+    "SSEEvent",
+    "UpstreamError",
+    "error_from_status",
+    "iter_sse",
+    "parse_rate_limit_headers",
+    "parse_retry_after",
+]
+
+# Bumped on any incompatible change to this module. A plugin may check it at import time.
+PLUGIN_API_VERSION = 1
+
+#: Connect bound when a model sets none (seconds).
+DEFAULT_CONNECT_TIMEOUT = 10.0
+
+T = TypeVar("T")
+
+
+class Capability(enum.Enum):
+    """What a provider can serve; the core answers 400 for what a model does not declare."""
+
+    CHAT = "chat"
+    EMBEDDINGS = "embeddings"
+    IMAGES = "images"
+
+
+class ErrorKind(enum.Enum):
+    """Why an upstream call failed: the one vocabulary routing decides on."""
+
+    RATE_LIMITED = "rate_limited"  # 429 or a quota: retry later / elsewhere
+    OVERLOADED = "overloaded"  # 5xx, 503, 529: retry / fall back
+    TIMEOUT = "timeout"  # connect, first token, idle or total bound passed
+    CONNECTION = "connection"  # refused, reset, TLS, DNS
+    PROTOCOL = "protocol"  # malformed answer, stream cut before its end
+    BAD_REQUEST = "bad_request"  # 400/404/413/422: the client's fault, never retried
+    AUTH = "auth"  # 401/403 from upstream: our credentials, never retried as-is
+    CONTENT_FILTER = "content_filter"  # refused by the provider's safety system
+    CONTEXT_LENGTH = "context_length"  # request too long for this model; a larger one may take it
+
+    @property
+    def retryable(self) -> bool:
+        """True where the same request may succeed on a retry or another candidate."""
+        return self in _RETRYABLE
+
+
+_RETRYABLE = frozenset(
+    {ErrorKind.RATE_LIMITED, ErrorKind.OVERLOADED, ErrorKind.TIMEOUT, ErrorKind.CONNECTION,
+     ErrorKind.PROTOCOL}
+)
+
+
+@attrs.frozen
+class RateLimitHint:
+    """What an upstream told us of its own limits: nothing left until ``reset_after`` seconds."""
+
+    remaining: int | None = None
+    reset_after: float | None = None
+
+
+class UpstreamError(Exception):
+    """An upstream call failed. Raised by providers; routing decides what the client sees.
+
+    ``status`` is the HTTP status the client gets if this error is final (upstream 4xx keep
+    theirs; 5xx, connection failures and timeouts become 502/504). ``message`` must never
+    contain a token or a URL with credentials.
+    """
+
+    def __init__(
+        self,
+        kind: ErrorKind,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        param: str | None = None,
+        retry_after: float | None = None,
+        upstream_status: int | None = None,
+        provider_name: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.status = status if status is not None else _DEFAULT_STATUS[kind]
+        self.code = code
+        self.param = param
+        self.retry_after = retry_after
+        self.upstream_status = upstream_status
+        # Who failed behind an aggregator (OpenRouter's metadata.provider_name), for messages.
+        self.provider_name = provider_name
+
+    def __repr__(self) -> str:
+        return f"UpstreamError({self.kind.value}, {self.status}, {self.message!r})"
+
+
+_DEFAULT_STATUS = {
+    ErrorKind.RATE_LIMITED: 429,
+    ErrorKind.OVERLOADED: 502,
+    ErrorKind.TIMEOUT: 504,
+    ErrorKind.CONNECTION: 502,
+    ErrorKind.PROTOCOL: 502,
+    ErrorKind.BAD_REQUEST: 400,
+    ErrorKind.AUTH: 502,  # our upstream credentials are wrong: not the client's fault
+    ErrorKind.CONTENT_FILTER: 400,
+    ErrorKind.CONTEXT_LENGTH: 400,
+}
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _parse_duration(value: str) -> float | None:
+    """OpenAI/Groq reset durations: ``1s``, ``6m0s``, ``2m59.56s``, ``20ms``, or plain seconds."""
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    total, number, i = 0.0, "", 0
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+    while i < len(value):
+        ch = value[i]
+        if ch.isdigit() or ch == ".":
+            number += ch
+            i += 1
+            continue
+        unit = "ms" if value.startswith("ms", i) else ch
+        if unit not in units or not number:
+            return None
+        total += float(number) * units[unit]
+        number = ""
+        i += len(unit)
+    return None if number else total
+
+
+def parse_rate_limit_headers(headers: Mapping[str, str]) -> RateLimitHint | None:
+    """Read ``x-ratelimit-remaining-*`` / ``x-ratelimit-reset-*`` (OpenAI, Groq, OpenRouter).
+
+    OpenRouter sends ``x-ratelimit-reset`` as a Unix time in milliseconds; OpenAI and Groq send
+    durations such as ``6m0s``. Only an exhausted budget (remaining 0) yields a reset.
+    """
+    remaining: int | None = None
+    reset: float | None = None
+    for kind in ("requests", "tokens", ""):
+        suffix = f"-{kind}" if kind else ""
+        raw = headers.get(f"x-ratelimit-remaining{suffix}")
+        if raw is None:
+            continue
+        try:
+            left = int(float(raw))
+        except ValueError:
+            continue
+        remaining = left if remaining is None else min(remaining, left)
+        if left > 0:
+            continue
+        raw_reset = headers.get(f"x-ratelimit-reset{suffix}")
+        if raw_reset is None:
+            continue
+        seconds = _parse_duration(raw_reset)
+        if seconds is not None and seconds > 1e11:  # epoch milliseconds
+            seconds = max(0.0, seconds / 1000 - time.time())
+        elif seconds is not None and seconds > 1e9:  # epoch seconds
+            seconds = max(0.0, seconds - time.time())
+        if seconds is not None:
+            reset = seconds if reset is None else max(reset, seconds)
+    if remaining is None:
+        return None
+    return RateLimitHint(remaining=remaining, reset_after=reset if remaining == 0 else None)
+
+
+def error_from_status(
+    status: int,
+    message: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    code: str | None = None,
+    param: str | None = None,
+    provider_name: str | None = None,
+) -> UpstreamError:
+    """The usual mapping of an upstream HTTP error status to an :class:`UpstreamError`."""
+    text = f"{message} {code or ''}".lower()
+    retry_after = parse_retry_after((headers or {}).get("retry-after"))
+    if "context_length" in text or "context length" in text or "too many tokens" in text \
+            or "maximum context" in text:
+        kind, out = ErrorKind.CONTEXT_LENGTH, 400
+        code = code or "context_length_exceeded"
+    elif "content_filter" in text or "content management policy" in text \
+            or "content_policy" in text:
+        kind, out = ErrorKind.CONTENT_FILTER, 400
+        code = code or "content_filter"
+    elif status == 429:
+        kind, out = ErrorKind.RATE_LIMITED, 429
+        if retry_after is None and headers:
+            hint = parse_rate_limit_headers(headers)
+            retry_after = hint.reset_after if hint else None
+    elif status in (401, 403):
+        kind, out = ErrorKind.AUTH, 502
+    elif status == 408:
+        kind, out = ErrorKind.TIMEOUT, 504
+    elif 400 <= status < 500:
+        kind, out = ErrorKind.BAD_REQUEST, status
+    else:
+        kind, out = ErrorKind.OVERLOADED, 502
+    return UpstreamError(kind, message, status=out, code=code, param=param,
+                         retry_after=retry_after, upstream_status=status,
+                         provider_name=provider_name)
+
+
+@attrs.frozen
+class ChatRequest:
+    """A validated OpenAI chat completion request.
+
+    ``body`` is the parsed JSON object; ``raw`` the bytes the client sent, which a provider that
+    speaks OpenAI may forward unchanged when the upstream model id equals ``body["model"]``.
+    """
+
+    body: Mapping[str, Any]
+    raw: bytes
+    stream: bool = False
+
+    @property
+    def include_usage(self) -> bool:
+        """True when the client asked for a final usage chunk on a stream."""
+        opts = self.body.get("stream_options")
+        return bool(isinstance(opts, dict) and opts.get("include_usage"))
+
+    def upstream_body(self, model_id: str, **overrides: Any) -> bytes:
+        """The body to send an OpenAI-compatible upstream, re-encoded only if something changes."""
+        if not overrides and self.body.get("model") == model_id:
+            return self.raw
+        body = dict(self.body)
+        body["model"] = model_id
+        body.update(overrides)
+        return orjson.dumps(body)
+
+
+@attrs.frozen
+class ChatResponse:
+    """A complete chat completion in the OpenAI shape (``object: chat.completion``)."""
+
+    data: dict[str, Any]
+    rate_limit: RateLimitHint | None = None
+
+
+@attrs.frozen
+class EmbeddingsRequest:
+    """A validated OpenAI embeddings request (``input`` is a string or a list)."""
+
+    body: Mapping[str, Any]
+    raw: bytes
+
+
+@attrs.frozen
+class EmbeddingsResponse:
+    """An OpenAI embeddings answer (``object: list`` of ``embedding`` items, ``usage``)."""
+
+    data: dict[str, Any]
+    rate_limit: RateLimitHint | None = None
+
+
+@attrs.frozen
+class ImageRequest:
+    """An OpenAI image generation request (``prompt``, ``n``, ``size``, ``response_format``)."""
+
+    body: Mapping[str, Any]
+    raw: bytes
+
+
+@attrs.frozen
+class ImageResponse:
+    """Generated images as bytes with their media type; the core builds the client's answer."""
+
+    images: tuple[tuple[bytes, str], ...]
+    rate_limit: RateLimitHint | None = None
+
+
+class Provider:
+    """Base class of every provider plugin: one instance per configured model.
+
+    Subclasses override what they support and list it in ``capabilities``. ``chat`` and
+    ``stream`` must raise :class:`UpstreamError` for every failure (the core treats anything
+    else as a bug and answers 502). The core enforces timeouts around these calls, cancels
+    them when the client goes away, and handles retries and fallback: a provider makes one
+    attempt per call.
+    """
+
+    #: What this provider can serve.
+    capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.CHAT})
+    #: Used when a model's config has no ``url:``; ``None`` makes ``url:`` required.
+    default_url: ClassVar[str | None] = None
+    #: An attrs class for the model's ``options:``; ``None`` refuses any option.
+    options_type: ClassVar[type[Any] | None] = None
+
+    def __init__(self, model: ModelConfig, session: aiohttp.ClientSession) -> None:
+        self.model = model
+        self.session = session
+        url = model.url or self.default_url
+        if not url:
+            raise ConfigError([f"{model.name}: url: required for provider {model.provider!r}"])
+        self.url: str = url
+        self.options: Any = self._structure_options()
+
+    def _structure_options(self) -> Any:
+        if self.options_type is None:
+            if self.model.options:
+                keys = ", ".join(sorted(self.model.options))
+                raise ConfigError([f"{self.model.name}: options: provider "
+                                   f"{self.model.provider!r} takes no options (got {keys})"])
+            return None
+        return structure_options(self.model.options, self.options_type,
+                                 f"{self.model.name}: options")
+
+    @property
+    def upstream_model(self) -> str:
+        """The model id this provider's upstream knows the model by."""
+        return self.model.upstream_model_id
+
+    @property
+    def client_timeout(self) -> aiohttp.ClientTimeout:
+        """Connect bound for upstream calls; the core bounds first token, idle and total."""
+        connect = self.model.timeouts.connect or DEFAULT_CONNECT_TIMEOUT
+        return aiohttp.ClientTimeout(total=None, connect=connect, sock_connect=connect)
+
+    async def send(
+        self,
+        method: str,
+        url: str,
+        *,
+        data: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        **kwargs: Any,
+    ) -> aiohttp.ClientResponse:
+        """Make one upstream call; return a 2xx response (caller releases it) or raise.
+
+        Connection failures become ``CONNECTION``/``TIMEOUT`` errors, and a non-2xx answer is read
+        and turned into an :class:`UpstreamError` by :meth:`error_from_response`.
+        """
+        try:
+            resp = await self.session.request(method, url, data=data, headers=headers,
+                                              timeout=self.client_timeout, **kwargs)
+        except (TimeoutError, asyncio.TimeoutError):
+            raise UpstreamError(ErrorKind.TIMEOUT, f"{self.model.name}: connect timed out",
+                                status=504) from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(ErrorKind.CONNECTION,
+                                f"{self.model.name}: cannot reach upstream "
+                                f"({type(exc).__name__})") from None
+        if resp.status < 300:
+            return resp
+        try:
+            body = await resp.read()
+        except (aiohttp.ClientError, TimeoutError, asyncio.TimeoutError):
+            body = b""
+        finally:
+            resp.release()
+        raise self.error_from_response(resp.status, body, resp.headers)
+
+    def error_from_response(
+        self, status: int, body: bytes, headers: Mapping[str, str]
+    ) -> UpstreamError:
+        """Map an upstream error answer to an :class:`UpstreamError`.
+
+        The default reads the OpenAI envelope ``{"error": {"message", "code", "param"}}``;
+        plugins override it for their provider's own error shape.
+        """
+        message, code, param = "", None, None
+        try:
+            parsed = orjson.loads(body) if body else None
+        except orjson.JSONDecodeError:
+            parsed = None
+        err = parsed.get("error") if isinstance(parsed, dict) else None
+        if isinstance(err, dict):
+            message = str(err.get("message") or "")
+            code = str(err["code"]) if err.get("code") is not None else None
+            param = str(err["param"]) if err.get("param") is not None else None
+        elif isinstance(err, str):
+            message = err
+        elif isinstance(parsed, dict) and isinstance(parsed.get("message"), str):
+            message = parsed["message"]
+        if not message:
+            message = f"upstream answered HTTP {status}"
+        return error_from_status(status, message, headers=headers, code=code, param=param)
+
+    async def chat(self, request: ChatRequest) -> ChatResponse:
+        raise NotImplementedError  # pragma: no cover - every chat provider overrides it
+
+    def stream(self, request: ChatRequest) -> AsyncIterator[dict[str, Any]]:
+        """Yield OpenAI ``chat.completion.chunk`` objects; end only when the answer is complete.
+
+        Raise :class:`UpstreamError` (kind ``PROTOCOL``) if the upstream stream is cut before its
+        end. Closing the iterator early (``aclose``) must release the upstream connection.
+        """
+        raise NotImplementedError  # pragma: no cover
+
+    async def embeddings(self, request: EmbeddingsRequest) -> EmbeddingsResponse:
+        raise NotImplementedError  # pragma: no cover
+
+    async def images(self, request: ImageRequest) -> ImageResponse:
+        raise NotImplementedError  # pragma: no cover
+
+    async def close(self) -> None:
+        """Release what the provider holds beyond the shared session (tokens, own sessions)."""

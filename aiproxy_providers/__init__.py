@@ -1,0 +1,1 @@
+"""First-party provider plugins, registered through the ``aiproxy.providers`` entry points."""
