@@ -277,11 +277,12 @@ def _check_names(config: Config) -> list[str]:
 
 
 def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
-    """Validate parsed YAML into a :class:`Config`; raise :class:`ConfigError` listing all faults."""
+    """Validate parsed YAML into a :class:`Config`; :class:`ConfigError` lists every fault."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError([f"config: expected a mapping with a models: list, got {type(data).__name__}"])
+        raise ConfigError(["config: expected a mapping with a models: list, "
+                           f"got {type(data).__name__}"])
     errors: list[str] = []
     data = _interpolate(data, "", os.environ if env is None else env, errors)
     models = data.get("models", [])

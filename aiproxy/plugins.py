@@ -20,7 +20,7 @@ class UnknownProviderError(ConfigError):
 
 
 class ProviderRegistry:
-    """Names → provider classes. Entry points load lazily, so a broken plugin only hurts its users."""
+    """Names → provider classes; entry points load lazily (a broken plugin hurts only its users)."""
 
     def __init__(self, *, discover: bool = True) -> None:
         self._entry_points: dict[str, EntryPoint] = {}

@@ -7,7 +7,6 @@ Read ``docs/plugins.md`` for a walk-through; ``PLUGIN_API_VERSION`` changes when
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import enum
 import time
@@ -386,7 +385,7 @@ class Provider:
         try:
             resp = await self.session.request(method, url, data=data, headers=headers,
                                               timeout=self.client_timeout, **kwargs)
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             raise UpstreamError(ErrorKind.TIMEOUT, f"{self.model.name}: connect timed out",
                                 status=504) from None
         except aiohttp.ClientError as exc:
@@ -397,7 +396,7 @@ class Provider:
             return resp
         try:
             body = await resp.read()
-        except (aiohttp.ClientError, TimeoutError, asyncio.TimeoutError):
+        except (aiohttp.ClientError, TimeoutError):
             body = b""
         finally:
             resp.release()

@@ -1,0 +1,229 @@
+"""The HTTP handlers: OpenAI wire format in, validated requests to the router, answers out."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from aiproxy.errors import ProxyError
+from aiproxy.limits.base import Decision
+from aiproxy.provider import ChatRequest
+from aiproxy.router import Route, Router, Served
+from aiproxy.state import RUNTIME, STARTED
+from aiproxy.streaming import relay
+
+__all__ = ["add_routes", "parse_chat_request", "read_json"]
+
+_JSON_HEADERS = {"Content-Type": "application/json", "Cache-Control": "no-store"}
+
+
+async def read_json(request: web.Request) -> tuple[dict[str, Any], bytes]:
+    """The body as a JSON object and its bytes; 400 naming what is wrong, 413 when too large."""
+    raw = await request.read()  # aiohttp enforces client_max_size here (413)
+    if not raw:
+        raise ProxyError(400, "request body is empty; expected a JSON object")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ProxyError(400, f"request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ProxyError(400, f"request body must be a JSON object, got {type(body).__name__}")
+    return body, raw
+
+
+# Optional fields and the JSON types they must have (bool is not a number here).
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "temperature": (int, float),
+    "top_p": (int, float),
+    "presence_penalty": (int, float),
+    "frequency_penalty": (int, float),
+    "max_tokens": (int,),
+    "max_completion_tokens": (int,),
+    "n": (int,),
+    "seed": (int,),
+    "stop": (str, list),
+    "tools": (list,),
+    "tool_choice": (str, dict),
+    "response_format": (dict,),
+    "stream_options": (dict,),
+    "user": (str,),
+    "logit_bias": (dict,),
+    "parallel_tool_calls": (bool,),
+    "logprobs": (bool,),
+    "top_logprobs": (int,),
+}
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", int: "integer",
+            float: "number", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def parse_chat_request(body: dict[str, Any], raw: bytes) -> ChatRequest:
+    """Validate an OpenAI chat completion request enough to route it and fail early."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise ProxyError(400, "'model' is required and must be a non-empty string",
+                         param="model", code="invalid_request")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ProxyError(400, "'messages' is required and must be a non-empty array",
+                         param="messages", code="invalid_request")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise ProxyError(400, f"'messages[{i}]' must be an object, got "
+                             f"{_type_name(message)}", param=f"messages[{i}]")
+        role = message.get("role")
+        if not isinstance(role, str) or role not in (
+                "system", "developer", "user", "assistant", "tool", "function"):
+            raise ProxyError(400, f"'messages[{i}].role' must be one of system, developer, user, "
+                             f"assistant, tool; got {role!r}", param=f"messages[{i}].role")
+        content = message.get("content")
+        if content is not None and not isinstance(content, str | list):
+            raise ProxyError(400, f"'messages[{i}].content' must be a string or an array, got "
+                             f"{_type_name(content)}", param=f"messages[{i}].content")
+    stream = body.get("stream", False)
+    if stream is not None and not isinstance(stream, bool):
+        raise ProxyError(400, f"'stream' must be a boolean, got {_type_name(stream)}",
+                         param="stream")
+    for field, types in _FIELD_TYPES.items():
+        value = body.get(field)
+        if value is None:
+            continue
+        if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
+            wanted = " or ".join(_type_name(t()) for t in types)
+            raise ProxyError(400, f"'{field}' must be {wanted}, got {_type_name(value)}",
+                             param=field)
+    return ChatRequest(body=body, raw=raw, stream=bool(stream))
+
+
+def _route_headers(served: Served[Any]) -> dict[str, str]:
+    route: Route = served.route
+    headers = {
+        "x-aiproxy-model": route.name,
+        "x-aiproxy-provider": route.model.provider,
+        "x-aiproxy-attempts": str(served.attempts),
+    }
+    headers.update(_rate_headers(served.decision))
+    return headers
+
+
+def _rate_headers(decision: Decision) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for kind in ("requests", "tokens"):
+        limit = getattr(decision, f"{kind}_limit")
+        if limit is None:
+            continue
+        headers[f"x-ratelimit-limit-{kind}"] = str(limit)
+        headers[f"x-ratelimit-remaining-{kind}"] = str(getattr(decision, f"{kind}_remaining"))
+        reset = getattr(decision, f"{kind}_reset") or 0.0
+        headers[f"x-ratelimit-reset-{kind}"] = f"{reset:.3f}s".replace(".000s", "s")
+    return headers
+
+
+def _usage_tokens(usage: Mapping[str, Any] | None) -> int | None:
+    if not isinstance(usage, Mapping):
+        return None
+    total = usage.get("total_tokens")
+    if isinstance(total, int):
+        return total
+    parts = [usage.get("prompt_tokens"), usage.get("completion_tokens")]
+    return sum(p for p in parts if isinstance(p, int)) if any(
+        isinstance(p, int) for p in parts) else None
+
+
+async def _reconcile(router: Router, served: Served[Any], usage: Mapping[str, Any] | None,
+                     used_anything: bool) -> None:
+    reservation = served.decision.reservation
+    if reservation is None:
+        return
+    tokens = _usage_tokens(usage)
+    if tokens is None and used_anything:
+        return  # no usage reported: the estimate stands
+    await router.limiter.reconcile(reservation, served.route.limits, tokens or 0)
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    body, raw = await read_json(request)
+    chat = parse_chat_request(body, raw)
+    router = request.app[RUNTIME].active_router()
+    name = body["model"]
+    request["aiproxy.requested"] = name
+    started = time.monotonic()
+    if not chat.stream:
+        served = await router.chat(chat, name, len(raw))
+        _note(request, served, started)
+        data = served.result.data
+        data["model"] = served.route.name
+        await _reconcile(router, served, data.get("usage"), True)
+        return web.Response(body=orjson.dumps(data), headers={**_JSON_HEADERS,
+                                                              **_route_headers(served)})
+
+    streamed = await router.open_stream(chat, name, len(raw))
+    _note(request, streamed, started)
+    first, chunks = streamed.result
+    response = web.StreamResponse(headers={
+        "Content-Type": "text/event-stream", "Cache-Control": "no-cache, no-store",
+        "X-Accel-Buffering": "no", **_route_headers(streamed)})
+    try:
+        await response.prepare(request)
+    except ConnectionError:
+        await chunks.aclose()  # type: ignore[attr-defined]
+        raise
+    model_name = streamed.route.name
+
+    def rewrite(chunk: dict[str, Any]) -> None:
+        chunk["model"] = model_name
+
+    timeouts = streamed.route.timeouts
+    outcome = await relay(response, first, chunks, idle=timeouts.idle,
+                          total=timeouts.stream_total, rewrite=rewrite)
+    route = streamed.route
+    if outcome.complete:
+        route.breaker.success()
+    elif outcome.error is not None:
+        route.breaker.failure()
+        request["aiproxy.stream_error"] = outcome.error.kind.value
+    else:
+        route.breaker.release()
+        request["aiproxy.client_gone"] = True
+    await _reconcile(router, streamed, outcome.usage, outcome.chunks > 0)
+    if not outcome.client_gone:
+        await response.write_eof()
+    return response
+
+
+def _note(request: web.Request, served: Served[Any], started: float) -> None:
+    """What the access log line reports about the route taken."""
+    request["aiproxy.model"] = served.route.name
+    request["aiproxy.provider"] = served.route.model.provider
+    request["aiproxy.attempts"] = served.attempts
+    request["aiproxy.upstream_ms"] = round((time.monotonic() - started) * 1000, 2)
+
+
+async def models(request: web.Request) -> web.Response:
+    router = request.app[RUNTIME].active_router()
+    created = request.app[STARTED]
+    data = []
+    for model in router.config.models:
+        data.append({"id": model.name, "object": "model", "created": created,
+                     "owned_by": model.provider})
+    data += [{"id": group, "object": "model", "created": created, "owned_by": "aiproxy"}
+             for group in router.groups if group not in router.routes]
+    return web.Response(body=orjson.dumps({"object": "list", "data": data}),
+                        headers=_JSON_HEADERS)
+
+
+async def ping(request: web.Request) -> web.Response:
+    return web.Response(text="OK")
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/ping", ping)
+    for prefix in ("", "/v1"):
+        app.router.add_post(f"{prefix}/chat/completions", chat_completions)
+        app.router.add_get(f"{prefix}/models", models)

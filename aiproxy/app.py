@@ -1,0 +1,159 @@
+"""``make_app``: the application with its middlewares, shared sessions, providers and router."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aiohttp
+from aiohttp import web
+
+from aiproxy import api
+from aiproxy.auth import auth_middleware
+from aiproxy.config import Config
+from aiproxy.errors import ProxyError, error_response
+from aiproxy.limits import make_limiter
+from aiproxy.limits.base import RateLimiter
+from aiproxy.observability import get_logger, new_request_id, valid_request_id
+from aiproxy.plugins import ProviderRegistry
+from aiproxy.provider import Provider
+from aiproxy.retry import CircuitBreaker, RetryPolicy
+from aiproxy.router import Route, Router
+from aiproxy.settings import Settings
+from aiproxy.state import CONFIG, LIMITER, REGISTRY, RUNTIME, SETTINGS, STARTED, Runtime
+
+__all__ = ["build_routes", "make_app", "make_session"]
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+access_log = get_logger("aiproxy.access")
+log = get_logger("aiproxy")
+
+
+@web.middleware
+async def access_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Request id (taken from ``X-Request-ID`` or made) and one access line per request."""
+    started = time.monotonic()
+    incoming = request.headers.get("X-Request-ID")
+    request_id = incoming if incoming and valid_request_id(incoming) else new_request_id()
+    request["aiproxy.request_id"] = request_id
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except BaseException:
+        status = 499 if request.transport is None or request.transport.is_closing() else 500
+        raise
+    finally:
+        if request.get("aiproxy.client_gone"):
+            status = 499
+        access_log.info(
+            "request", request_id=request_id, method=request.method, path=request.path,
+            status=status, model=request.get("aiproxy.model"),
+            requested=request.get("aiproxy.requested"),
+            provider=request.get("aiproxy.provider"), attempts=request.get("aiproxy.attempts"),
+            upstream_ms=request.get("aiproxy.upstream_ms"),
+            stream_error=request.get("aiproxy.stream_error"),
+            total_ms=round((time.monotonic() - started) * 1000, 2))
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error the proxy answers is the OpenAI envelope; nothing internal leaks."""
+    try:
+        return await handler(request)
+    except ProxyError as exc:
+        return error_response(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        message = {404: f"no such endpoint: {request.method} {request.path}",
+                   405: f"method {request.method} is not allowed on {request.path}",
+                   413: "request body too large"}.get(exc.status, exc.reason)
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return error_response(ProxyError(exc.status, message, headers=headers,
+                                         code={404: "not_found", 413: "request_too_large"}
+                                         .get(exc.status)))
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: log briefly, answer 500
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        where = f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb else "?"
+        log.error("internal_error", error=type(exc).__name__, where=where,
+                  request_id=request.get("aiproxy.request_id"))
+        return error_response(ProxyError(500, "internal error", code="internal_error"))
+
+
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    request_id = request.get("aiproxy.request_id")
+    if request_id:
+        response.headers["X-Request-ID"] = request_id
+
+
+def make_session(keepalive: float) -> aiohttp.ClientSession:
+    """One pooled client session: no total timeout (long streams), keep-alive as configured."""
+    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=keepalive or None,
+                                     enable_cleanup_closed=False)
+    return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None),
+                                 read_bufsize=2**18, auto_decompress=True)
+
+
+def build_routes(config: Config, settings: Settings, registry: ProviderRegistry,
+                 sessions: dict[float, aiohttp.ClientSession]) -> dict[str, Route]:
+    """Build one provider per model; sessions are shared by models with the same keep-alive."""
+    policy = RetryPolicy(settings.retry_max_retries, settings.retry_base_delay,
+                         settings.retry_max_delay, settings.retry_jitter)
+    routes: dict[str, Route] = {}
+    for model in config.models:
+        cls = registry.get(model.provider)
+        keepalive = model.http_client_config.idle_conn_timeout_seconds
+        session = sessions.get(keepalive)
+        if session is None:
+            session = sessions[keepalive] = make_session(keepalive)
+        provider: Provider = cls(model, session)
+        routes[model.name] = Route(model, provider, policy.with_override(model.retry),
+                                   CircuitBreaker())
+    return routes
+
+
+def make_app(config: Config, settings: Settings, *, registry: ProviderRegistry | None = None,
+             limiter: RateLimiter | None = None) -> web.Application:
+    """The application; providers and sessions are made at startup and closed at cleanup."""
+    app = web.Application(
+        middlewares=[access_middleware, error_middleware, auth_middleware],
+        client_max_size=settings.max_body_size,
+        handler_args={"max_field_size": 65536},
+    )
+    app[SETTINGS] = settings
+    app[CONFIG] = config
+    app[REGISTRY] = registry or ProviderRegistry()
+    app[STARTED] = int(time.time())
+    app[RUNTIME] = Runtime()
+    app[LIMITER] = limiter or make_limiter(settings.redis_url, prefix=settings.redis_prefix,
+                                           fail_mode=settings.redis_fail_mode)
+    app.on_response_prepare.append(_security_headers)
+    app.cleanup_ctx.append(_lifecycle)
+    api.add_routes(app)
+    return app
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    runtime = app[RUNTIME]
+    sessions = runtime.sessions
+    try:
+        routes = build_routes(app[CONFIG], app[SETTINGS], app[REGISTRY], sessions)
+        runtime.router = Router(app[CONFIG], routes, app[LIMITER])
+    except BaseException:
+        for session in sessions.values():
+            await session.close()
+        raise
+    log.info("started", models=len(routes), providers=sorted({r.model.provider
+                                                              for r in routes.values()}))
+    try:
+        yield
+    finally:
+        await runtime.active_router().close()
+        for session in sessions.values():
+            await session.close()
+        await app[LIMITER].close()

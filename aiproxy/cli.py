@@ -1,0 +1,128 @@
+"""Command line: ``aiproxy`` / ``python -m aiproxy``. Accepts the old proxy's single-dash flags."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import platform
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import aiohttp
+import attrs
+from aiohttp import web
+
+from aiproxy import __version__
+from aiproxy.app import build_routes, make_app
+from aiproxy.config import Config, ConfigError, load_config
+from aiproxy.observability import configure_logging, get_logger
+from aiproxy.plugins import ProviderRegistry
+from aiproxy.settings import Settings, load_env, settings_from_env
+
+__all__ = ["main", "parse_addr"]
+
+DEFAULT_CONFIGS = ("provider-config.yaml", "/config/provider-config.yaml")
+DEFAULT_ENV_FILES = (".env", "/config/.env")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aiproxy", allow_abbrev=False,
+        description="An OpenAI-compatible proxy in front of many LLM providers.")
+    parser.add_argument("--config", "-config", metavar="PATH",
+                        help="path to provider-config.yaml (default: ./provider-config.yaml, "
+                             "then /config/provider-config.yaml)")
+    parser.add_argument("--env-file", "-env-file", metavar="PATH",
+                        help="path to a .env file (default: ./.env, then /config/.env); "
+                             "real environment variables win over it")
+    parser.add_argument("--addr", "-addr", metavar="[HOST]:PORT",
+                        help="listen address, e.g. :8080 or 127.0.0.1:9000 (overrides HOST/PORT)")
+    parser.add_argument("--check-config", action="store_true",
+                        help="validate the config and environment, then exit 0 (ok) or 1")
+    parser.add_argument("--list-providers", action="store_true",
+                        help="list the installed provider plugins and exit")
+    parser.add_argument("--version", "-version", action="store_true",
+                        help="print the version and exit")
+    return parser
+
+
+def parse_addr(addr: str) -> tuple[str | None, int]:
+    """``host:port`` or ``:port`` (IPv6 as ``[::1]:8080``)."""
+    host, sep, port_text = addr.rpartition(":")
+    if not sep:
+        raise ValueError(f"--addr: expected [HOST]:PORT, got {addr!r}")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError(f"--addr: port must be a number, got {port_text!r}") from None
+    if not 1 <= port <= 65535:
+        raise ValueError(f"--addr: port must be between 1 and 65535, got {port}")
+    host = host.strip("[]")
+    return (host or None), port
+
+
+def _find(explicit: str | None, defaults: Sequence[str]) -> str | None:
+    if explicit:
+        return explicit
+    return next((p for p in defaults if Path(p).is_file()), None)
+
+
+def _fail(lines: Sequence[str]) -> int:
+    print("aiproxy: configuration error:", file=sys.stderr)
+    for line in lines:
+        print(f"  {line}", file=sys.stderr)
+    return 1
+
+
+async def _check_providers(config: Config, settings: Settings, registry: ProviderRegistry) -> None:
+    """Build every provider once (as startup would) so plugin option errors show now."""
+    sessions: dict[float, aiohttp.ClientSession] = {}
+    try:
+        routes = build_routes(config, settings, registry, sessions)
+        for route in routes.values():
+            await route.provider.close()
+    finally:
+        for session in sessions.values():
+            await session.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.version:
+        print(f"aiproxy {__version__} (python {platform.python_version()}, "
+              f"aiohttp {aiohttp.__version__})")
+        return 0
+    registry = ProviderRegistry()
+    if args.list_providers:
+        for name, origin in registry.describe():
+            print(f"{name:<16} {origin}")
+        return 0
+    config_path = _find(args.config, DEFAULT_CONFIGS)
+    if config_path is None:
+        return _fail(["--config is required (no ./provider-config.yaml or "
+                      "/config/provider-config.yaml found)"])
+    try:
+        env = load_env(_find(args.env_file, DEFAULT_ENV_FILES) if args.env_file is None
+                       else args.env_file)
+        settings = settings_from_env(env)
+        config = load_config(config_path, env)
+        if args.addr:
+            host, port = parse_addr(args.addr)
+            settings = attrs.evolve(settings, host=host or settings.host, port=port)
+        asyncio.run(_check_providers(config, settings, registry))
+    except ConfigError as exc:
+        return _fail(exc.errors)
+    except ValueError as exc:
+        return _fail([str(exc)])
+    if args.check_config:
+        print(f"aiproxy: {config_path}: ok ({len(config.models)} models)")
+        return 0
+    configure_logging(settings.log_level, settings.log_format)
+    log = get_logger("aiproxy")
+    app = make_app(config, settings, registry=registry)
+    log.info("listening", host=settings.host, port=settings.port, config=config_path,
+             version=__version__)
+    web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None,
+                shutdown_timeout=settings.shutdown_grace, handler_cancellation=True)
+    return 0

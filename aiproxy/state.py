@@ -1,0 +1,36 @@
+"""Typed keys of what hangs off the application (no global state)."""
+
+from __future__ import annotations
+
+import aiohttp
+import attrs
+from aiohttp import web
+
+from aiproxy.config import Config
+from aiproxy.limits.base import RateLimiter
+from aiproxy.plugins import ProviderRegistry
+from aiproxy.router import Router
+from aiproxy.settings import Settings
+
+__all__ = ["CONFIG", "LIMITER", "REGISTRY", "RUNTIME", "SETTINGS", "STARTED", "Runtime"]
+
+
+@attrs.define
+class Runtime:
+    """What is built at startup (and swapped on reload): the app's state is frozen by then."""
+
+    router: Router | None = None
+    sessions: dict[float, aiohttp.ClientSession] = attrs.field(factory=dict)
+
+    def active_router(self) -> Router:
+        if self.router is None:
+            raise RuntimeError("the application has not started")
+        return self.router
+
+
+SETTINGS = web.AppKey("settings", Settings)
+CONFIG = web.AppKey("config", Config)
+REGISTRY = web.AppKey("registry", ProviderRegistry)
+LIMITER = web.AppKey("limiter", RateLimiter)
+RUNTIME = web.AppKey("runtime", Runtime)
+STARTED = web.AppKey("started", int)

@@ -1,0 +1,232 @@
+"""OpenAI-compatible upstreams: OpenAI itself, OpenRouter, Groq, the HuggingFace router, and any
+server that speaks the Chat Completions API (vLLM, Ollama, Cloudflare's ``/ai/v1`` endpoint...).
+
+The request body is forwarded as the client sent it, re-encoded only when the model id changes.
+API reference: https://platform.openai.com/docs/api-reference/chat
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import aiohttp
+import attrs
+import orjson
+
+from aiproxy.provider import (
+    Capability,
+    ChatRequest,
+    ChatResponse,
+    EmbeddingsRequest,
+    EmbeddingsResponse,
+    ErrorKind,
+    ImageRequest,
+    ImageResponse,
+    ModelConfig,
+    Provider,
+    UpstreamError,
+    iter_sse,
+    parse_rate_limit_headers,
+)
+
+__all__ = ["GroqProvider", "HuggingFaceProvider", "OpenAIProvider", "OpenRouterProvider"]
+
+_CHAT_SUFFIX = "/chat/completions"
+
+
+@attrs.frozen
+class OpenAIOptions:
+    """``options:`` of an OpenAI-compatible model."""
+
+    # Extra headers sent upstream (an organisation or project header, say).
+    headers: Mapping[str, str] = attrs.field(factory=dict)
+    # OpenRouter's optional app attribution headers.
+    http_referer: str | None = None
+    x_title: str | None = None
+
+
+def sniff_image_type(data: bytes) -> str:
+    """The media type of image bytes, from their magic number."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "image/gif"
+    return "application/octet-stream"
+
+
+class OpenAIProvider(Provider):
+    """Any upstream that speaks the OpenAI API. ``url:`` is the API base (``.../v1``) or, as in
+    the old proxy's configs, the full ``.../chat/completions`` endpoint."""
+
+    capabilities = frozenset({Capability.CHAT, Capability.EMBEDDINGS, Capability.IMAGES})
+    default_url = "https://api.openai.com/v1"
+    options_type = OpenAIOptions
+
+    def __init__(self, model: ModelConfig, session: aiohttp.ClientSession) -> None:
+        super().__init__(model, session)
+        url = self.url.rstrip("/")
+        if url.endswith(_CHAT_SUFFIX):
+            self.chat_url, self.base_url = url, url[: -len(_CHAT_SUFFIX)]
+        else:
+            self.chat_url, self.base_url = url + _CHAT_SUFFIX, url
+        headers = {"Content-Type": "application/json"}
+        if model.token:
+            headers["Authorization"] = f"Bearer {model.token}"
+        options: OpenAIOptions = self.options
+        if options.http_referer:
+            headers["HTTP-Referer"] = options.http_referer
+        if options.x_title:
+            headers["X-Title"] = options.x_title
+        headers.update(options.headers)
+        self.headers = headers
+
+    async def chat(self, request: ChatRequest) -> ChatResponse:
+        body = request.upstream_body(self.upstream_model)
+        resp = await self.send("POST", self.chat_url, data=body, headers=self.headers)
+        try:
+            data = await self._read_json(resp)
+        finally:
+            resp.release()
+        if not isinstance(data.get("choices"), list):
+            raise self._embedded_error(data) or UpstreamError(
+                ErrorKind.PROTOCOL, "the upstream answer has no choices")
+        return ChatResponse(data, rate_limit=parse_rate_limit_headers(resp.headers))
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[dict[str, Any]]:
+        body = request.upstream_body(self.upstream_model)
+        resp = await self.send("POST", self.chat_url, data=body, headers=self.headers)
+        finished = False
+        try:
+            try:
+                async for event in iter_sse(resp.content):
+                    if event.data == b"[DONE]":
+                        return
+                    chunk = self._parse_chunk(event.data)
+                    for choice in chunk.get("choices") or ():
+                        if isinstance(choice, dict) and choice.get("finish_reason"):
+                            finished = True
+                    yield chunk
+            except (aiohttp.ClientError, ValueError) as exc:
+                raise UpstreamError(ErrorKind.PROTOCOL, "the upstream stream broke "
+                                    f"({type(exc).__name__})") from None
+            if not finished:
+                raise UpstreamError(ErrorKind.PROTOCOL,
+                                    "the upstream stream ended before its answer was complete")
+            # Ended cleanly with a finish_reason but no [DONE]: the core adds [DONE].
+        finally:
+            resp.close()
+
+    def _parse_chunk(self, data: bytes) -> dict[str, Any]:
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise UpstreamError(ErrorKind.PROTOCOL,
+                                "the upstream sent a malformed stream event") from None
+        if not isinstance(chunk, dict):
+            raise UpstreamError(ErrorKind.PROTOCOL, "the upstream sent a stream event that is "
+                                "not an object")
+        if "error" in chunk:
+            raise self._embedded_error(chunk) or UpstreamError(
+                ErrorKind.PROTOCOL, "the upstream reported an error mid-stream")
+        if not isinstance(chunk.get("choices"), list):
+            raise UpstreamError(ErrorKind.PROTOCOL, "the upstream sent a chunk without choices")
+        return chunk
+
+    def _embedded_error(self, data: Mapping[str, Any]) -> UpstreamError | None:
+        """An error object inside a 200 answer or a stream event (OpenRouter does this)."""
+        err = data.get("error")
+        if not isinstance(err, dict):
+            return None
+        status = err.get("code")
+        status = status if isinstance(status, int) and 400 <= status < 600 else 502
+        return self.error_from_response(status, orjson.dumps(data), {})
+
+    async def _read_json(self, resp: aiohttp.ClientResponse) -> dict[str, Any]:
+        try:
+            data = orjson.loads(await resp.read())
+        except (aiohttp.ClientError, orjson.JSONDecodeError) as exc:
+            raise UpstreamError(ErrorKind.PROTOCOL, "the upstream answer is not valid JSON "
+                                f"({type(exc).__name__})") from None
+        if not isinstance(data, dict):
+            raise UpstreamError(ErrorKind.PROTOCOL, "the upstream answer is not a JSON object")
+        return data
+
+    async def embeddings(self, request: EmbeddingsRequest) -> EmbeddingsResponse:
+        body = dict(request.body)
+        body["model"] = self.upstream_model
+        resp = await self.send("POST", self.base_url + "/embeddings", data=orjson.dumps(body),
+                               headers=self.headers)
+        try:
+            data = await self._read_json(resp)
+        finally:
+            resp.release()
+        if not isinstance(data.get("data"), list):
+            raise UpstreamError(ErrorKind.PROTOCOL, "the upstream answer has no data")
+        return EmbeddingsResponse(data, rate_limit=parse_rate_limit_headers(resp.headers))
+
+    async def images(self, request: ImageRequest) -> ImageResponse:
+        body = dict(request.body)
+        body["model"] = self.upstream_model
+        body["response_format"] = "b64_json"  # we hand bytes to the core, never a URL
+        resp = await self.send("POST", self.base_url + "/images/generations",
+                               data=orjson.dumps(body), headers=self.headers)
+        try:
+            data = await self._read_json(resp)
+        finally:
+            resp.release()
+        images = []
+        for item in data.get("data") or ():
+            encoded = item.get("b64_json") if isinstance(item, dict) else None
+            if not isinstance(encoded, str):
+                continue
+            try:
+                raw = base64.b64decode(encoded, validate=True)
+            except ValueError:
+                raise UpstreamError(ErrorKind.PROTOCOL, "the upstream sent invalid base64 "
+                                    "image data") from None
+            images.append((raw, sniff_image_type(raw)))
+        if not images:
+            raise UpstreamError(ErrorKind.PROTOCOL, "the upstream answer has no image")
+        return ImageResponse(tuple(images), rate_limit=parse_rate_limit_headers(resp.headers))
+
+
+class OpenRouterProvider(OpenAIProvider):
+    """OpenRouter: https://openrouter.ai/docs/api-reference/overview. Errors carry
+    ``error.metadata.provider_name`` (which provider behind OpenRouter failed)."""
+
+    capabilities = frozenset({Capability.CHAT, Capability.EMBEDDINGS})
+    default_url = "https://openrouter.ai/api/v1"
+
+    def error_from_response(self, status: int, body: bytes,
+                            headers: Mapping[str, str]) -> UpstreamError:
+        err = super().error_from_response(status, body, headers)
+        try:
+            parsed = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return err
+        meta = parsed.get("error", {}).get("metadata") if isinstance(parsed, dict) and \
+            isinstance(parsed.get("error"), dict) else None
+        if isinstance(meta, dict) and isinstance(meta.get("provider_name"), str):
+            err.provider_name = meta["provider_name"]
+        return err
+
+
+class GroqProvider(OpenAIProvider):
+    """Groq's OpenAI-compatible API: https://console.groq.com/docs/api-reference."""
+
+    capabilities = frozenset({Capability.CHAT})
+    default_url = "https://api.groq.com/openai/v1"
+
+
+class HuggingFaceProvider(OpenAIProvider):
+    """The HuggingFace inference router (OpenAI-compatible):
+    https://huggingface.co/docs/inference-providers/index."""
+
+    capabilities = frozenset({Capability.CHAT})
+    default_url = "https://router.huggingface.co/v1"
