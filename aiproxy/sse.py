@@ -6,7 +6,7 @@ tool-call argument or a base64 image can be hundreds of KiB, so we split the raw
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import aiohttp
 import attrs
@@ -25,7 +25,7 @@ class SSEEvent:
     event: str | None = None
 
 
-async def iter_sse(content: aiohttp.StreamReader) -> AsyncIterator[SSEEvent]:
+async def iter_sse(content: aiohttp.StreamReader) -> AsyncGenerator[SSEEvent, None]:
     """Yield each complete event of a ``text/event-stream`` body as soon as it has arrived.
 
     Comment lines and ``id:``/``retry:`` fields are skipped. A final event without its blank
