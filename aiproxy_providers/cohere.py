@@ -19,7 +19,7 @@ import struct
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
-from typing import Any, cast
+from typing import Any
 
 import aiohttp
 import attrs
@@ -34,7 +34,6 @@ from aiproxy.provider import (
     ErrorKind,
     ModelConfig,
     Provider,
-    SSEEvent,
     UpstreamError,
     error_from_status,
     iter_sse,
@@ -497,7 +496,7 @@ class CohereProvider(Provider):
     ) -> AsyncGenerator[dict[str, Any], None]:
         """The stream's events as JSON objects; a broken stream raises PROTOCOL."""
         # iter_sse is an async generator (declared as an iterator): close it with us.
-        events = cast(AsyncGenerator[SSEEvent, None], iter_sse(resp.content))
+        events = iter_sse(resp.content)
         try:
             async with contextlib.aclosing(events) as sse:
                 async for event in sse:
