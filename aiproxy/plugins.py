@@ -46,11 +46,12 @@ class ProviderRegistry:
         """``(name, where it comes from)`` for ``--list-providers``."""
         rows = []
         for name in self.names():
-            if name in self._classes:
-                cls = self._classes[name]
-                rows.append((name, f"{cls.__module__}:{cls.__qualname__}"))
-            else:
-                ep = self._entry_points[name]
+            ep = self._entry_points.get(name)
+            cls = self._classes.get(name)
+            if cls is not None and (ep is None or f"{cls.__module__}:{cls.__qualname__}"
+                                    != ep.value):
+                rows.append((name, f"{cls.__module__}:{cls.__qualname__} (registered)"))
+            elif ep is not None:
                 dist = f" ({ep.dist.name} {ep.dist.version})" if ep.dist else ""
                 rows.append((name, f"{ep.value}{dist}"))
         return rows
