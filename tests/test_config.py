@@ -11,6 +11,9 @@ from aiproxy.config import ConfigError, load_config, parse_config
 from aiproxy.settings import load_env, parse_duration, settings_from_env
 
 ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE_VARS = ("OPENROUTER_API_KEY", "OPENAI_API_KEY", "GROQ_API_KEY", "HF_TOKEN",
+                "GEMINI_API_KEY", "COHERE_API_KEY", "GIGACHAT_CREDENTIALS",
+                "CLOUDFLARE_API_TOKEN", "CLOUDFLARE_ACCOUNT_ID")
 
 # The example from the old Go proxy's README, verbatim.
 OLD_README_CONFIG = """\
@@ -55,18 +58,12 @@ class TestLoad:
 
     @pytest.mark.parametrize("name", ["provider-config.example.yaml", "demo.yaml"])
     def test_shipped_configs_load(self, name):
-        env = {k: "x" for k in ("OPENROUTER_API_KEY", "OPENAI_API_KEY", "GROQ_API_KEY",
-                                "HF_TOKEN", "GEMINI_API_KEY", "COHERE_API_KEY",
-                                "GIGACHAT_CREDENTIALS", "CLOUDFLARE_API_TOKEN",
-                                "CLOUDFLARE_ACCOUNT_ID")}
+        env = dict.fromkeys(EXAMPLE_VARS, "x")
         config = load_config(ROOT / "config" / name, env)
         assert config.models
 
     def test_example_covers_every_first_party_provider(self):
-        env = {k: "x" for k in ("OPENROUTER_API_KEY", "OPENAI_API_KEY", "GROQ_API_KEY",
-                                "HF_TOKEN", "GEMINI_API_KEY", "COHERE_API_KEY",
-                                "GIGACHAT_CREDENTIALS", "CLOUDFLARE_API_TOKEN",
-                                "CLOUDFLARE_ACCOUNT_ID")}
+        env = dict.fromkeys(EXAMPLE_VARS, "x")
         config = load_config(ROOT / "config" / "provider-config.example.yaml", env)
         assert {m.provider for m in config.models} == {
             "openrouter", "openai", "groq", "huggingface", "gemini", "cohere", "gigachat",
