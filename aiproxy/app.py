@@ -112,8 +112,10 @@ def build_routes(config: Config, settings: Settings, registry: ProviderRegistry,
         if session is None:
             session = sessions[keepalive] = make_session(keepalive)
         provider: Provider = cls(model, session)
+        breaker = model.circuit_breaker
         routes[model.name] = Route(model, provider, policy.with_override(model.retry),
-                                   CircuitBreaker())
+                                   CircuitBreaker(breaker.failures, breaker.cooldown,
+                                                  max(breaker.max_cooldown, breaker.cooldown)))
     return routes
 
 

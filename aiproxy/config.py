@@ -17,6 +17,7 @@ import yaml
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
 __all__ = [
+    "CircuitBreakerConfig",
     "Config",
     "ConfigError",
     "HttpClientConfig",
@@ -86,6 +87,15 @@ class RetryConfig:
 
 
 @attrs.frozen
+class CircuitBreakerConfig:
+    """When a model that keeps failing is taken out of rotation, and for how long."""
+
+    failures: int = attrs.field(default=3, validator=_non_negative)  # consecutive; 0 = never
+    cooldown: float = attrs.field(default=10.0, validator=_non_negative)  # before a probe
+    max_cooldown: float = attrs.field(default=300.0, validator=_non_negative)
+
+
+@attrs.frozen
 class ModelConfig:
     """One entry of ``models:``: a model name clients use, and the upstream that serves it."""
 
@@ -111,6 +121,7 @@ class ModelConfig:
     serves: tuple[str, ...] = ()
     timeouts: TimeoutConfig = TimeoutConfig()
     retry: RetryConfig = RetryConfig()
+    circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
     options: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
 
     @property

@@ -63,6 +63,7 @@ class CircuitBreaker:
 
     def __init__(self, threshold: int = 3, cooldown: float = 10.0, max_cooldown: float = 300.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
+        # threshold 0 disables the breaker: the model is always tried.
         self.threshold = threshold
         self.base_cooldown = cooldown
         self.max_cooldown = max_cooldown
@@ -111,7 +112,7 @@ class CircuitBreaker:
         if self._state is BreakerState.OPEN:
             return  # a call that started before the breaker opened: already counted
         self._failures += 1
-        if self._failures >= self.threshold:
+        if self.threshold and self._failures >= self.threshold:
             self._open()
 
     def release(self) -> None:

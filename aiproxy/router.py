@@ -261,7 +261,8 @@ class Router:
                 break
             wait = policy.delay(round_no + 1)
             if ready_at is not None:
-                wait = max(wait, ready_at - self._clock())
+                # A hair past the park, so the limiter has surely released it.
+                wait = max(wait, ready_at - self._clock() + 0.01)
             if wait > policy.max_delay or self._clock() + wait > deadline:
                 break  # an upstream asks for longer than we hold a client: answer now
             log.debug("retry_wait", seconds=round(wait, 3), round=round_no + 1)

@@ -22,7 +22,7 @@ from tests.fakes import FakeOpenAI
 TOKEN = "test-token"
 
 
-def test_settings(**overrides: Any) -> Settings:
+def make_settings(**overrides: Any) -> Settings:
     """Settings for tests: fast retries, a known token."""
     base = Settings(auth_token=TOKEN, retry_max_retries=2, retry_base_delay=0.05,
                     retry_max_delay=2.0, retry_jitter=0.0, log_format="json")
@@ -70,7 +70,7 @@ async def start_proxy(aiohttp_server: Any) -> AsyncIterator[StartProxy]:
     async def start(config: dict[str, Any], *, settings: Settings | None = None,
                     registry: ProviderRegistry | None = None,
                     limiter: RateLimiter | None = None) -> Proxy:
-        app = make_app(parse_config(config, {}), settings or test_settings(),
+        app = make_app(parse_config(config, {}), settings or make_settings(),
                        registry=registry, limiter=limiter)
         server = await aiohttp_server(app)
         http = aiohttp.ClientSession()

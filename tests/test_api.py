@@ -200,10 +200,10 @@ class TestErrors:
             await proxy.client.chat.completions.create(model="echo", messages=[])
 
     async def test_body_too_large_is_413(self, start_proxy):
-        from tests.conftest import test_settings
+        from tests.conftest import make_settings
 
         proxy = await start_proxy({"models": [{"name": "echo", "provider": "mock"}]},
-                                  settings=test_settings(max_body_size=2048))
+                                  settings=make_settings(max_body_size=2048))
         big = {"model": "echo", "messages": [{"role": "user", "content": "x" * 4096}]}
         async with proxy.http.post(proxy.url("/v1/chat/completions"), json=big,
                                    headers=proxy.auth) as resp:
