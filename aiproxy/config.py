@@ -162,6 +162,12 @@ def _structure_int(value: Any, _: type) -> int:
     return value
 
 
+def _structure_bool(value: Any, _: type) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"expected true or false, got {value!r}")
+    return value
+
+
 def _structure_str(value: Any, _: type) -> str:
     # Numbers are accepted where YAML made one of an unquoted id (a token of digits, say).
     if isinstance(value, bool) or not isinstance(value, str | int | float):
@@ -196,6 +202,7 @@ def _structure_groups(value: Any, _: type) -> Mapping[str, tuple[str, ...]]:
 _converter.register_structure_hook(float, _structure_float)
 _converter.register_structure_hook(int, _structure_int)
 _converter.register_structure_hook(str, _structure_str)
+_converter.register_structure_hook(bool, _structure_bool)
 _converter.register_structure_hook_func(lambda t: t == tuple[str, ...], _structure_str_tuple)
 _converter.register_structure_hook_func(lambda t: t == Mapping[str, Any], _structure_mapping)
 _converter.register_structure_hook_func(lambda t: t == Mapping[str, tuple[str, ...]],

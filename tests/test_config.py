@@ -192,3 +192,20 @@ class TestSettings:
     def test_missing_explicit_env_file(self, tmp_path):
         with pytest.raises(ConfigError, match="no such file"):
             load_env(str(tmp_path / "nope.env"))
+
+
+def test_plugin_options_structure_booleans_strictly():
+    import attrs
+
+    from aiproxy.config import structure_options
+
+    @attrs.frozen
+    class Opts:
+        flag: bool = False
+        count: int = 0
+
+    assert structure_options({"flag": True, "count": 2}, Opts) == Opts(True, 2)
+    with pytest.raises(ConfigError) as info:
+        structure_options({"flag": "yes", "count": True}, Opts)
+    assert info.value.errors == ["options.flag: expected true or false, got 'yes'",
+                                 "options.count: expected an integer, got True"]
