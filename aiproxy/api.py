@@ -176,8 +176,15 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         raise
     model_name = streamed.route.name
 
-    def rewrite(chunk: dict[str, Any]) -> None:
+    wants_usage = chat.include_usage
+
+    def rewrite(chunk: dict[str, Any]) -> bool:
         chunk["model"] = model_name
+        if not wants_usage and "usage" in chunk:
+            # Usage we asked for only to count tokens: not for a client that did not ask.
+            del chunk["usage"]
+            return bool(chunk.get("choices"))
+        return True
 
     timeouts = streamed.route.timeouts
     outcome = await relay(response, first, chunks, idle=timeouts.idle,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import email.utils
 import enum
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, ClassVar, TypeVar
 
 import aiohttp
@@ -341,6 +341,8 @@ class Provider:
     def __init__(self, model: ModelConfig, session: aiohttp.ClientSession) -> None:
         self.model = model
         self.session = session
+        # Set by the core: told when the upstream announces an exhausted budget.
+        self.rate_limit_listener: Callable[[RateLimitHint], None] | None = None
         url = model.url or self.default_url
         if not url:
             raise ConfigError([f"{model.name}: url: required for provider {model.provider!r}"])
@@ -393,6 +395,7 @@ class Provider:
                                 f"{self.model.name}: cannot reach upstream "
                                 f"({type(exc).__name__})") from None
         if resp.status < 300:
+            self.note_rate_limit(resp.headers)
             return resp
         try:
             body = await resp.read()
@@ -401,6 +404,17 @@ class Provider:
         finally:
             resp.release()
         raise self.error_from_response(resp.status, body, resp.headers)
+
+    def note_rate_limit(self, headers: Mapping[str, str]) -> None:
+        """Pass the upstream's ``x-ratelimit-*`` headers on to the core (``send`` does this for
+        every successful answer): an exhausted budget parks the model until its reset."""
+        listener = self.rate_limit_listener
+        if listener is None or not any(k.lower().startswith("x-ratelimit-remaining")
+                                       for k in headers):
+            return
+        hint = parse_rate_limit_headers(headers)
+        if hint is not None and hint.remaining == 0 and hint.reset_after:
+            listener(hint)
 
     def error_from_response(
         self, status: int, body: bytes, headers: Mapping[str, str]

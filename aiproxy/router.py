@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Generic, TypeVar
 
 import attrs
+import orjson
 
 from aiproxy.config import Config, ModelConfig
 from aiproxy.errors import ProxyError, from_upstream
@@ -121,6 +122,19 @@ class Router:
         self.limiter = limiter
         self._clock = clock
         self.groups = self._build_groups(config)
+        self._background: set[asyncio.Task[None]] = set()
+        for route in self.routes.values():
+            route.provider.rate_limit_listener = self._listener(route)
+
+    def _listener(self, route: Route) -> Callable[[RateLimitHint], None]:
+        def on_hint(hint: RateLimitHint) -> None:
+            if hint.reset_after:
+                task = asyncio.get_running_loop().create_task(
+                    self._park(route, hint.reset_after))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+
+        return on_hint
 
     @staticmethod
     def _build_groups(config: Config) -> dict[str, tuple[str, ...]]:
@@ -191,7 +205,7 @@ class Router:
         """Try candidates until one yields its first chunk; nothing has reached the client yet."""
 
         async def call(route: Route) -> tuple[dict[str, Any], AsyncIterator[dict[str, Any]]]:
-            chunks = aiter(route.provider.stream(request))
+            chunks = aiter(route.provider.stream(_with_usage(request, route)))
             try:
                 async with asyncio.timeout(route.timeouts.first_token):
                     first = await anext(chunks)
@@ -371,11 +385,23 @@ class Router:
         return {name: route.breaker.state for name, route in self.routes.items()}
 
     async def close(self) -> None:
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
         for route in self.routes.values():
             try:
                 await route.provider.close()
             except Exception as exc:  # noqa: BLE001 - closing must go on for the others
                 log.warning("provider_close_failed", model=route.name, error=type(exc).__name__)
+
+
+def _with_usage(request: ChatRequest, route: Route) -> ChatRequest:
+    """Ask for the final usage chunk when a token limit needs it, whatever the client asked
+    (the relay keeps it from a client that did not ask)."""
+    if request.include_usage or not route.limits.token_windows:
+        return request
+    body = dict(request.body)
+    body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+    return ChatRequest(body=body, raw=orjson.dumps(body), stream=True)
 
 
 async def _aclose(chunks: AsyncIterator[dict[str, Any]]) -> None:

@@ -56,9 +56,12 @@ async def relay(
     *,
     idle: float,
     total: float | None,
-    rewrite: Callable[[dict[str, Any]], None],
+    rewrite: Callable[[dict[str, Any]], bool],
 ) -> RelayOutcome:
-    """Write ``first`` and every later chunk as it arrives; always closes ``chunks``."""
+    """Write ``first`` and every later chunk as it arrives; always closes ``chunks``.
+
+    ``rewrite`` may change a chunk in place; it returns False for a chunk not to send.
+    """
     outcome = RelayOutcome()
     loop = asyncio.get_running_loop()
     deadline = None if total is None else loop.time() + total
@@ -68,9 +71,9 @@ async def relay(
             usage = chunk.get("usage")
             if usage:
                 outcome.usage = usage
-            rewrite(chunk)
-            await _write(response, encode_chunk(chunk))
-            outcome.chunks += 1
+            if rewrite(chunk):
+                await _write(response, encode_chunk(chunk))
+                outcome.chunks += 1
             bound = idle if deadline is None else min(idle, deadline - loop.time())
             try:
                 async with asyncio.timeout(max(bound, 0.0)):

@@ -28,7 +28,6 @@ from aiproxy.provider import (
     Provider,
     UpstreamError,
     iter_sse,
-    parse_rate_limit_headers,
 )
 
 __all__ = ["GroqProvider", "HuggingFaceProvider", "OpenAIProvider", "OpenRouterProvider"]
@@ -96,7 +95,7 @@ class OpenAIProvider(Provider):
         if not isinstance(data.get("choices"), list):
             raise self._embedded_error(data) or UpstreamError(
                 ErrorKind.PROTOCOL, "the upstream answer has no choices")
-        return ChatResponse(data, rate_limit=parse_rate_limit_headers(resp.headers))
+        return ChatResponse(data)
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[dict[str, Any]]:
         body = request.upstream_body(self.upstream_model)
@@ -168,7 +167,7 @@ class OpenAIProvider(Provider):
             resp.release()
         if not isinstance(data.get("data"), list):
             raise UpstreamError(ErrorKind.PROTOCOL, "the upstream answer has no data")
-        return EmbeddingsResponse(data, rate_limit=parse_rate_limit_headers(resp.headers))
+        return EmbeddingsResponse(data)
 
     async def images(self, request: ImageRequest) -> ImageResponse:
         body = dict(request.body)
@@ -193,7 +192,7 @@ class OpenAIProvider(Provider):
             images.append((raw, sniff_image_type(raw)))
         if not images:
             raise UpstreamError(ErrorKind.PROTOCOL, "the upstream answer has no image")
-        return ImageResponse(tuple(images), rate_limit=parse_rate_limit_headers(resp.headers))
+        return ImageResponse(tuple(images))
 
 
 class OpenRouterProvider(OpenAIProvider):
