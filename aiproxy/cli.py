@@ -19,6 +19,7 @@ from aiproxy.config import Config, ConfigError, load_config
 from aiproxy.observability import configure_logging, get_logger
 from aiproxy.plugins import ProviderRegistry
 from aiproxy.settings import Settings, load_env, settings_from_env
+from aiproxy.workers import supervise
 
 __all__ = ["main", "parse_addr"]
 
@@ -38,6 +39,10 @@ def _parser() -> argparse.ArgumentParser:
                              "real environment variables win over it")
     parser.add_argument("--addr", "-addr", metavar="[HOST]:PORT",
                         help="listen address, e.g. :8080 or 127.0.0.1:9000 (overrides HOST/PORT)")
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="run N server processes on one port (SO_REUSEPORT); with rate "
+                             "limits configured this needs REDIS_URL, so limits stay exact")
+    parser.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--check-config", action="store_true",
                         help="validate the config and environment, then exit 0 (ok) or 1")
     parser.add_argument("--list-providers", action="store_true",
@@ -115,14 +120,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(exc.errors)
     except ValueError as exc:
         return _fail([str(exc)])
+    if args.workers < 1:
+        return _fail([f"--workers: must be at least 1, got {args.workers}"])
+    if args.workers > 1 and not settings.redis_url and _has_limits(config):
+        return _fail([f"--workers {args.workers}: rate limits are configured, and each worker "
+                      "would count them alone (admitting up to N times the limit); set "
+                      "REDIS_URL so the workers share exact limits, or run one worker"])
     if args.check_config:
         print(f"aiproxy: {config_path}: ok ({len(config.models)} models)")
         return 0
     configure_logging(settings.log_level, settings.log_format)
     log = get_logger("aiproxy")
+    if args.workers > 1:
+        worker_argv = ["--config", config_path, "--addr", f"[{settings.host}]:{settings.port}",
+                       "--reuse-port"]
+        if args.env_file:
+            worker_argv += ["--env-file", args.env_file]
+        return supervise(worker_argv, args.workers, settings.shutdown_grace)
     app = make_app(config, settings, registry=registry)
     log.info("listening", host=settings.host, port=settings.port, config=config_path,
              version=__version__)
     web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None,
-                shutdown_timeout=settings.shutdown_grace, handler_cancellation=True)
+                shutdown_timeout=settings.shutdown_grace, handler_cancellation=True,
+                reuse_port=args.reuse_port or None)
     return 0
+
+
+def _has_limits(config: Config) -> bool:
+    return any(m.requests_per_minute or m.requests_per_hour or m.requests_per_day
+               or m.tokens_per_minute or m.tokens_per_day for m in config.models)
