@@ -16,9 +16,10 @@ from aiproxy.router import Route, Router, Served
 from aiproxy.state import RUNTIME, STARTED
 from aiproxy.streaming import relay
 
-__all__ = ["add_routes", "parse_chat_request", "read_json"]
+__all__ = ["JSON_HEADERS", "add_routes", "note_route", "parse_chat_request", "read_json",
+           "route_headers"]
 
-_JSON_HEADERS = {"Content-Type": "application/json", "Cache-Control": "no-store"}
+JSON_HEADERS = {"Content-Type": "application/json", "Cache-Control": "no-store"}
 
 
 async def read_json(request: web.Request) -> tuple[dict[str, Any], bytes]:
@@ -101,7 +102,7 @@ def parse_chat_request(body: dict[str, Any], raw: bytes) -> ChatRequest:
     return ChatRequest(body=body, raw=raw, stream=bool(stream))
 
 
-def _route_headers(served: Served[Any]) -> dict[str, str]:
+def route_headers(served: Served[Any]) -> dict[str, str]:
     route: Route = served.route
     headers = {
         "x-aiproxy-model": route.name,
@@ -156,19 +157,19 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     started = time.monotonic()
     if not chat.stream:
         served = await router.chat(chat, name, len(raw))
-        _note(request, served, started)
+        note_route(request, served, started)
         data = served.result.data
         data["model"] = served.route.name
         await _reconcile(router, served, data.get("usage"), True)
-        return web.Response(body=orjson.dumps(data), headers={**_JSON_HEADERS,
-                                                              **_route_headers(served)})
+        return web.Response(body=orjson.dumps(data), headers={**JSON_HEADERS,
+                                                              **route_headers(served)})
 
     streamed = await router.open_stream(chat, name, len(raw))
-    _note(request, streamed, started)
+    note_route(request, streamed, started)
     first, chunks = streamed.result
     response = web.StreamResponse(headers={
         "Content-Type": "text/event-stream", "Cache-Control": "no-cache, no-store",
-        "X-Accel-Buffering": "no", **_route_headers(streamed)})
+        "X-Accel-Buffering": "no", **route_headers(streamed)})
     try:
         await response.prepare(request)
     except ConnectionError:
@@ -204,7 +205,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     return response
 
 
-def _note(request: web.Request, served: Served[Any], started: float) -> None:
+def note_route(request: web.Request, served: Served[Any], started: float) -> None:
     """What the access log line reports about the route taken."""
     request["aiproxy.model"] = served.route.name
     request["aiproxy.provider"] = served.route.model.provider
@@ -222,7 +223,7 @@ async def models(request: web.Request) -> web.Response:
     data += [{"id": group, "object": "model", "created": created, "owned_by": "aiproxy"}
              for group in router.groups if group not in router.routes]
     return web.Response(body=orjson.dumps({"object": "list", "data": data}),
-                        headers=_JSON_HEADERS)
+                        headers=JSON_HEADERS)
 
 
 async def ping(request: web.Request) -> web.Response:

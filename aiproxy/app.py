@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aiohttp
 from aiohttp import web
 
-from aiproxy import api
+from aiproxy import api, media
 from aiproxy.auth import auth_middleware
 from aiproxy.config import Config
 from aiproxy.errors import ProxyError, error_response
@@ -137,6 +137,7 @@ def make_app(config: Config, settings: Settings, *, registry: ProviderRegistry |
     app.on_response_prepare.append(_security_headers)
     app.cleanup_ctx.append(_lifecycle)
     api.add_routes(app)
+    media.add_routes(app)
     return app
 
 

@@ -191,6 +191,18 @@ class Router:
                              code="context_length_exceeded", param="messages")
         return fitting
 
+    def plan_any(self, capability: Capability) -> list[Route]:
+        """Every model meant for ``capability`` (the old ``/image`` with model ``all``): those
+        that list it in ``serves:``, or, as the old proxy marked image models, serve nothing
+        explicitly and have ``max_request_length: 0``. Priority order, then LRU."""
+        chosen = [r for r in self.routes.values() if r.serves(capability) and (
+            capability.value in r.model.serves
+            or (not r.model.serves and not r.model.max_request_length))]
+        if not chosen:
+            raise ProxyError(404, f"no model is configured for {capability.value}",
+                             code="model_not_found", param="model")
+        return sorted(chosen, key=lambda r: (r.model.priority, r.last_used))
+
     async def chat(self, request: ChatRequest, name: str, length: int) -> Served[ChatResponse]:
         async def call(route: Route) -> ChatResponse:
             async with asyncio.timeout(route.timeouts.total):

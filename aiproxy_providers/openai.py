@@ -7,6 +7,7 @@ API reference: https://platform.openai.com/docs/api-reference/chat
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -223,9 +224,51 @@ class GroqProvider(OpenAIProvider):
     default_url = "https://api.groq.com/openai/v1"
 
 
-class HuggingFaceProvider(OpenAIProvider):
-    """The HuggingFace inference router (OpenAI-compatible):
-    https://huggingface.co/docs/inference-providers/index."""
+@attrs.frozen
+class HuggingFaceOptions(OpenAIOptions):
+    """``options:`` of a HuggingFace model; ``image_url`` overrides the text-to-image endpoint
+    (default ``https://router.huggingface.co/hf-inference/models/<model>``)."""
 
-    capabilities = frozenset({Capability.CHAT})
+    image_url: str | None = None
+
+
+class HuggingFaceProvider(OpenAIProvider):
+    """The HuggingFace inference router: chat is OpenAI-compatible
+    (https://huggingface.co/docs/inference-providers/index); text-to-image is the task API,
+    ``{"inputs": prompt, "parameters": {...}}`` answered with the image bytes
+    (https://huggingface.co/docs/inference-providers/tasks/text-to-image)."""
+
+    capabilities = frozenset({Capability.CHAT, Capability.IMAGES})
     default_url = "https://router.huggingface.co/v1"
+    options_type = HuggingFaceOptions
+
+    async def images(self, request: ImageRequest) -> ImageResponse:
+        options: HuggingFaceOptions = self.options
+        url = options.image_url or (
+            f"https://router.huggingface.co/hf-inference/models/{self.upstream_model}")
+        parameters: dict[str, Any] = {}
+        size = request.body.get("size")
+        if isinstance(size, str) and "x" in size:
+            width, _, height = size.partition("x")
+            if width.isdigit() and height.isdigit():
+                parameters.update(width=int(width), height=int(height))
+        body = orjson.dumps({"inputs": request.body["prompt"], "parameters": parameters})
+        headers = {**self.headers, "Accept": "image/png"}
+
+        async def one() -> tuple[bytes, str]:
+            resp = await self.send("POST", url, data=body, headers=headers)
+            try:
+                data = await resp.read()
+            except aiohttp.ClientError as exc:
+                raise UpstreamError(ErrorKind.PROTOCOL, "the image download broke "
+                                    f"({type(exc).__name__})") from None
+            finally:
+                resp.release()
+            media_type = sniff_image_type(data)
+            if not media_type.startswith("image/"):
+                raise UpstreamError(ErrorKind.PROTOCOL, "the upstream answer is not an image")
+            return data, media_type
+
+        # The task API makes one image a call; n images are n calls made together.
+        n = int(request.body.get("n") or 1)
+        return ImageResponse(tuple(await asyncio.gather(*(one() for _ in range(n)))))

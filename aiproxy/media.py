@@ -1,0 +1,161 @@
+"""HTTP handlers for embeddings and images: the OpenAI endpoints and the old ``POST /image``."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import struct
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from aiproxy.api import JSON_HEADERS, note_route, read_json, route_headers
+from aiproxy.errors import ProxyError
+from aiproxy.provider import (
+    Capability,
+    EmbeddingsRequest,
+    EmbeddingsResponse,
+    ImageRequest,
+    ImageResponse,
+)
+from aiproxy.router import Route
+from aiproxy.state import RUNTIME
+
+__all__ = ["add_routes"]
+
+MAX_IMAGES = 10
+
+
+def _embedding_input_ok(value: Any) -> bool:
+    if isinstance(value, str):
+        return bool(value)
+    if not isinstance(value, list) or not value:
+        return False
+    if all(isinstance(v, str) for v in value):
+        return True
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return True  # one tokenised input
+    return all(isinstance(v, list) and v and all(isinstance(t, int) for t in v) for v in value)
+
+
+def _as_base64(vector: list[float]) -> str:
+    """What OpenAI answers for ``encoding_format: base64``: little-endian float32 bytes."""
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+
+
+async def embeddings(request: web.Request) -> web.Response:
+    body, raw = await read_json(request)
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise ProxyError(400, "'model' is required and must be a non-empty string",
+                         param="model")
+    if not _embedding_input_ok(body.get("input")):
+        raise ProxyError(400, "'input' must be a non-empty string, array of strings, or array "
+                         "of token arrays", param="input")
+    encoding = body.get("encoding_format", "float")
+    if encoding not in ("float", "base64"):
+        raise ProxyError(400, "'encoding_format' must be 'float' or 'base64'",
+                         param="encoding_format")
+    dims = body.get("dimensions")
+    if dims is not None and (isinstance(dims, bool) or not isinstance(dims, int) or dims < 1):
+        raise ProxyError(400, "'dimensions' must be a positive integer", param="dimensions")
+    router = request.app[RUNTIME].active_router()
+    request["aiproxy.requested"] = model
+    plan = router.plan(model, len(raw), Capability.EMBEDDINGS)
+    call_request = EmbeddingsRequest(body=body, raw=raw)
+
+    async def call(route: Route) -> EmbeddingsResponse:
+        async with asyncio.timeout(route.timeouts.total):
+            return await route.provider.embeddings(call_request)
+
+    started = time.monotonic()
+    served = await router.run(plan, call)
+    note_route(request, served, started)
+    data = served.result.data
+    data["model"] = served.route.name
+    if encoding == "base64":
+        for item in data.get("data") or ():
+            if isinstance(item, dict) and isinstance(item.get("embedding"), list):
+                item["embedding"] = _as_base64(item["embedding"])
+    return web.Response(body=orjson.dumps(data), headers={**JSON_HEADERS,
+                                                          **route_headers(served)})
+
+
+def _image_request(body: dict[str, Any], prompt_keys: tuple[str, ...]) -> ImageRequest:
+    prompt = next((body[k] for k in prompt_keys if k in body), None)
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ProxyError(400, "'prompt' is required and must be a non-empty string",
+                         param="prompt")
+    n = body.get("n", 1)
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_IMAGES:
+        raise ProxyError(400, f"'n' must be an integer from 1 to {MAX_IMAGES}", param="n")
+    size = body.get("size")
+    if size is not None and not isinstance(size, str):
+        raise ProxyError(400, "'size' must be a string such as '1024x1024'", param="size")
+    clean = {k: v for k, v in body.items() if k not in prompt_keys}
+    clean["prompt"] = prompt
+    clean["n"] = n
+    return ImageRequest(body=clean, raw=orjson.dumps(clean))
+
+
+async def _generate(request: web.Request, model: str | None,
+                    image_request: ImageRequest) -> tuple[ImageResponse, dict[str, str]]:
+    router = request.app[RUNTIME].active_router()
+    request["aiproxy.requested"] = model or "all"
+    if not model or model == "all":
+        plan = router.plan_any(Capability.IMAGES)
+    else:
+        plan = router.plan(model, len(image_request.raw), Capability.IMAGES)
+
+    async def call(route: Route) -> ImageResponse:
+        async with asyncio.timeout(route.timeouts.total):
+            return await route.provider.images(image_request)
+
+    started = time.monotonic()
+    served = await router.run(plan, call)
+    note_route(request, served, started)
+    return served.result, route_headers(served)
+
+
+async def images_generations(request: web.Request) -> web.Response:
+    """OpenAI ``POST /v1/images/generations``; ``model`` may be omitted (any image model)."""
+    body, _ = await read_json(request)
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise ProxyError(400, "'model' must be a string", param="model")
+    response_format = body.pop("response_format", None)
+    if response_format not in (None, "b64_json", "url"):
+        raise ProxyError(400, "'response_format' must be 'b64_json' or 'url'",
+                         param="response_format")
+    result, headers = await _generate(request, model, _image_request(body, ("prompt",)))
+    items = []
+    for data, media_type in result.images:
+        encoded = base64.b64encode(data).decode()
+        # We host no files: a "url" answer is a data URL that carries the image itself.
+        items.append({"url": f"data:{media_type};base64,{encoded}"} if response_format == "url"
+                     else {"b64_json": encoded})
+    answer = {"created": int(time.time()), "data": items}
+    return web.Response(body=orjson.dumps(answer), headers={**JSON_HEADERS, **headers})
+
+
+async def image(request: web.Request) -> web.Response:
+    """The old proxy's ``POST /image``: ``{"model", "prompt"|"inputs"}`` → the image bytes."""
+    body, _ = await read_json(request)
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise ProxyError(400, "'model' must be a string", param="model")
+    image_request = _image_request({k: v for k, v in body.items() if k != "model"},
+                                   ("prompt", "inputs"))
+    result, headers = await _generate(request, model, image_request)
+    data, media_type = result.images[0]
+    return web.Response(body=data, headers={"Content-Type": media_type,
+                                            "Cache-Control": "no-store", **headers})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/image", image)
+    for prefix in ("", "/v1"):
+        app.router.add_post(f"{prefix}/embeddings", embeddings)
+        app.router.add_post(f"{prefix}/images/generations", images_generations)
