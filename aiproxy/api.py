@@ -11,15 +11,18 @@ from aiohttp import web
 
 from aiproxy.errors import ProxyError
 from aiproxy.limits.base import Decision
+from aiproxy.metrics import CONTENT_TYPE
+from aiproxy.observability import get_logger
 from aiproxy.provider import ChatRequest
 from aiproxy.router import Route, Router, Served
-from aiproxy.state import RUNTIME, STARTED
+from aiproxy.state import METRICS, RUNTIME, STARTED
 from aiproxy.streaming import relay
 
 __all__ = ["JSON_HEADERS", "add_routes", "note_route", "parse_chat_request", "read_json",
            "route_headers"]
 
 JSON_HEADERS = {"Content-Type": "application/json", "Cache-Control": "no-store"}
+log = get_logger("aiproxy.api")
 
 
 async def read_json(request: web.Request) -> tuple[dict[str, Any], bytes]:
@@ -137,6 +140,16 @@ def _usage_tokens(usage: Mapping[str, Any] | None) -> int | None:
         isinstance(p, int) for p in parts) else None
 
 
+def _count_tokens(request: web.Request, model: str, usage: Any) -> None:
+    if not isinstance(usage, Mapping):
+        return
+    tokens = request.app[METRICS].tokens
+    for key, direction in (("prompt_tokens", "in"), ("completion_tokens", "out")):
+        value = usage.get(key)
+        if isinstance(value, int) and value > 0:
+            tokens.labels(model, direction).inc(value)
+
+
 async def _reconcile(router: Router, served: Served[Any], usage: Mapping[str, Any] | None,
                      used_anything: bool) -> None:
     reservation = served.decision.reservation
@@ -160,6 +173,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         note_route(request, served, started)
         data = served.result.data
         data["model"] = served.route.name
+        _count_tokens(request, served.route.name, data.get("usage"))
         await _reconcile(router, served, data.get("usage"), True)
         return web.Response(body=orjson.dumps(data), headers={**JSON_HEADERS,
                                                               **route_headers(served)})
@@ -188,14 +202,24 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         return True
 
     timeouts = streamed.route.timeouts
-    outcome = await relay(response, first, chunks, idle=timeouts.idle,
-                          total=timeouts.stream_total, rewrite=rewrite)
+    metrics = request.app[METRICS]
+    request["aiproxy.stream"] = True
+    metrics.streams.inc()
+    try:
+        outcome = await relay(response, first, chunks, idle=timeouts.idle,
+                              total=timeouts.stream_total, rewrite=rewrite)
+    finally:
+        metrics.streams.dec()
     route = streamed.route
+    _count_tokens(request, route.name, outcome.usage)
     if outcome.complete:
         route.breaker.success()
     elif outcome.error is not None:
         route.breaker.failure()
         request["aiproxy.stream_error"] = outcome.error.kind.value
+        metrics.stream_errors.labels(route.name, outcome.error.kind.value).inc()
+        log.warning("stream_failed", model=route.name, kind=outcome.error.kind.value,
+                    request_id=request.get("aiproxy.request_id"))
     else:
         route.breaker.release()
         request["aiproxy.client_gone"] = True
@@ -230,8 +254,20 @@ async def ping(request: web.Request) -> web.Response:
     return web.Response(text="OK")
 
 
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format; needs the proxy token or ``METRICS_TOKEN`` (see auth)."""
+    registry = request.app[METRICS]
+    router = request.app[RUNTIME].router
+    if router is not None:
+        for name, state in router.breaker_states().items():
+            registry.breaker_state(name, state.value)
+    return web.Response(body=registry.render(), headers={"Content-Type": CONTENT_TYPE,
+                                                          "Cache-Control": "no-store"})
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/ping", ping)
+    app.router.add_get("/metrics", metrics)
     for prefix in ("", "/v1"):
         app.router.add_post(f"{prefix}/chat/completions", chat_completions)
         app.router.add_get(f"{prefix}/models", models)

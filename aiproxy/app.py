@@ -14,13 +14,23 @@ from aiproxy.config import Config
 from aiproxy.errors import ProxyError, error_response
 from aiproxy.limits import make_limiter
 from aiproxy.limits.base import RateLimiter
+from aiproxy.metrics import Metrics
 from aiproxy.observability import get_logger, new_request_id, valid_request_id
 from aiproxy.plugins import ProviderRegistry
 from aiproxy.provider import Provider
 from aiproxy.retry import CircuitBreaker, RetryPolicy
 from aiproxy.router import Route, Router
 from aiproxy.settings import Settings
-from aiproxy.state import CONFIG, LIMITER, REGISTRY, RUNTIME, SETTINGS, STARTED, Runtime
+from aiproxy.state import (
+    CONFIG,
+    LIMITER,
+    METRICS,
+    REGISTRY,
+    RUNTIME,
+    SETTINGS,
+    STARTED,
+    Runtime,
+)
 
 __all__ = ["build_routes", "make_app", "make_session"]
 
@@ -47,6 +57,7 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
     finally:
         if request.get("aiproxy.client_gone"):
             status = 499
+        _observe(request, status, time.monotonic() - started)
         access_log.info(
             "request", request_id=request_id, method=request.method, path=request.path,
             status=status, model=request.get("aiproxy.model"),
@@ -55,6 +66,20 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
             upstream_ms=request.get("aiproxy.upstream_ms"),
             stream_error=request.get("aiproxy.stream_error"),
             total_ms=round((time.monotonic() - started) * 1000, 2))
+
+
+def _observe(request: web.Request, status: int, elapsed: float) -> None:
+    metrics = request.app[METRICS]
+    info = request.match_info.route.resource
+    # Unmatched paths share one label: a client must not be able to mint label values.
+    route = info.canonical if info is not None else "unmatched"
+    model = request.get("aiproxy.model") or ""
+    metrics.requests.labels(route, model, request.get("aiproxy.provider") or "",
+                            str(status)).inc()
+    metrics.duration.labels(route).observe(elapsed)
+    upstream_ms = request.get("aiproxy.upstream_ms")
+    if upstream_ms is not None and not request.get("aiproxy.stream"):
+        metrics.overhead.labels(route).observe(max(0.0, elapsed - upstream_ms / 1000))
 
 
 @web.middleware
@@ -132,6 +157,7 @@ def make_app(config: Config, settings: Settings, *, registry: ProviderRegistry |
     app[REGISTRY] = registry or ProviderRegistry()
     app[STARTED] = int(time.time())
     app[RUNTIME] = Runtime()
+    app[METRICS] = Metrics()
     app[LIMITER] = limiter or make_limiter(settings.redis_url, prefix=settings.redis_prefix,
                                            fail_mode=settings.redis_fail_mode)
     app.on_response_prepare.append(_security_headers)
@@ -146,7 +172,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     sessions = runtime.sessions
     try:
         routes = build_routes(app[CONFIG], app[SETTINGS], app[REGISTRY], sessions)
-        runtime.router = Router(app[CONFIG], routes, app[LIMITER])
+        runtime.router = Router(app[CONFIG], routes, app[LIMITER], metrics=app[METRICS])
     except BaseException:
         for session in sessions.values():
             await session.close()

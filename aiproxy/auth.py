@@ -33,7 +33,10 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if token is None:
         raise ProxyError(401, "missing bearer token: send 'Authorization: Bearer <token>'",
                          code="missing_api_key")
-    expected = request.app[SETTINGS].auth_token
-    if not hmac.compare_digest(token.encode(), expected.encode()):
-        raise ProxyError(401, "invalid bearer token", code="invalid_api_key")
-    return await handler(request)
+    settings = request.app[SETTINGS]
+    if hmac.compare_digest(token.encode(), settings.auth_token.encode()):
+        return await handler(request)
+    if (request.path == "/metrics" and settings.metrics_token
+            and hmac.compare_digest(token.encode(), settings.metrics_token.encode())):
+        return await handler(request)
+    raise ProxyError(401, "invalid bearer token", code="invalid_api_key")

@@ -14,6 +14,7 @@ import orjson
 from aiproxy.config import Config, ModelConfig
 from aiproxy.errors import ProxyError, from_upstream
 from aiproxy.limits.base import Decision, LimiterUnavailable, Limits, RateLimiter
+from aiproxy.metrics import Metrics
 from aiproxy.observability import get_logger
 from aiproxy.provider import (
     Capability,
@@ -116,10 +117,12 @@ class Router:
     """Owns the routes of one loaded config. Requests never reach back up into HTTP."""
 
     def __init__(self, config: Config, routes: Mapping[str, Route], limiter: RateLimiter,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 metrics: Metrics | None = None) -> None:
         self.config = config
         self.routes = dict(routes)
         self.limiter = limiter
+        self.metrics = metrics or Metrics()
         self._clock = clock
         self.groups = self._build_groups(config)
         self._background: set[asyncio.Task[None]] = set()
@@ -218,9 +221,11 @@ class Router:
 
         async def call(route: Route) -> tuple[dict[str, Any], AsyncIterator[dict[str, Any]]]:
             chunks = aiter(route.provider.stream(_with_usage(request, route)))
+            started = time.monotonic()
             try:
                 async with asyncio.timeout(route.timeouts.first_token):
                     first = await anext(chunks)
+                self.metrics.first_token.labels(route.name).observe(time.monotonic() - started)
             except StopAsyncIteration:
                 raise UpstreamError(ErrorKind.PROTOCOL,
                                     "the upstream stream ended before its first chunk") from None
@@ -262,6 +267,8 @@ class Router:
             for index, route in enumerate(candidates):
                 outcome = await self._attempt(route, call, wrap, estimate, tally)
                 if isinstance(outcome, Served):
+                    if outcome.route is not plan[0]:
+                        self.metrics.fallbacks.inc()
                     return outcome
                 if outcome is None:
                     continue  # skipped: limited, parked or circuit open
@@ -292,6 +299,7 @@ class Router:
             if wait > policy.max_delay or self._clock() + wait > deadline:
                 break  # an upstream asks for longer than we hold a client: answer now
             log.debug("retry_wait", seconds=round(wait, 3), round=round_no + 1)
+            self.metrics.retries.inc()
             await asyncio.sleep(wait)
             candidates = retry_next
         raise self._exhausted(plan, tally)
@@ -320,11 +328,13 @@ class Router:
         if not decision.allowed:
             route.breaker.release()
             tally.limited(decision.retry_after)
+            self.metrics.limited.labels(route.name).inc()
             return None
         route.last_used = self._clock()
         tally.attempts += 1
         tally.attempted_any = True
         tally.tried.append(route.name)
+        started = time.monotonic()
         try:
             result = await wrap(route, call)
         except UpstreamError as err:
@@ -341,6 +351,9 @@ class Router:
             await self._failed(route, bug, decision, tally)
             return bug
         route.breaker.success()
+        self.metrics.upstream.labels(route.name, route.model.provider).observe(
+            time.monotonic() - started)
+        self.metrics.breaker_state(route.name, route.breaker.state.value)
         hint = getattr(result, "rate_limit", None)
         if isinstance(hint, RateLimitHint) and hint.remaining == 0 and hint.reset_after:
             await self._park(route, hint.reset_after)
@@ -349,6 +362,7 @@ class Router:
     async def _failed(self, route: Route, err: UpstreamError, decision: Decision,
                       tally: _Tally) -> None:
         tally.last_error = err
+        self.metrics.upstream_errors.labels(route.name, err.kind.value).inc()
         if decision.reservation is not None:
             # A failed attempt used no tokens the client pays for; give back the estimate.
             await self.limiter.reconcile(decision.reservation, route.limits, 0)
@@ -362,6 +376,7 @@ class Router:
         if err.kind in (ErrorKind.OVERLOADED, ErrorKind.TIMEOUT, ErrorKind.CONNECTION,
                         ErrorKind.PROTOCOL, ErrorKind.AUTH):
             route.breaker.failure()
+            self.metrics.breaker_state(route.name, route.breaker.state.value)
         else:
             route.breaker.release()
         log.info("upstream_failed", model=route.name, provider=route.model.provider,

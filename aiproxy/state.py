@@ -8,11 +8,13 @@ from aiohttp import web
 
 from aiproxy.config import Config
 from aiproxy.limits.base import RateLimiter
+from aiproxy.metrics import Metrics
 from aiproxy.plugins import ProviderRegistry
 from aiproxy.router import Router
 from aiproxy.settings import Settings
 
-__all__ = ["CONFIG", "LIMITER", "REGISTRY", "RUNTIME", "SETTINGS", "STARTED", "Runtime"]
+__all__ = ["CONFIG", "LIMITER", "METRICS", "REGISTRY", "RUNTIME", "SETTINGS", "STARTED",
+           "Runtime"]
 
 
 @attrs.define
@@ -34,3 +36,4 @@ REGISTRY = web.AppKey("registry", ProviderRegistry)
 LIMITER = web.AppKey("limiter", RateLimiter)
 RUNTIME = web.AppKey("runtime", Runtime)
 STARTED = web.AppKey("started", int)
+METRICS = web.AppKey("metrics", Metrics)

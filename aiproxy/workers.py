@@ -6,9 +6,12 @@ and gives up when a worker keeps dying at start (a broken config or port).
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from types import FrameType
@@ -29,9 +32,20 @@ def supervise(worker_argv: Sequence[str], count: int, grace: float) -> int:
     command = [sys.executable, "-m", "aiproxy", *worker_argv]
     workers: dict[int, tuple[subprocess.Popen[bytes], float]] = {}
     stopping: list[int] = []
+    # Workers write their metrics here; /metrics, answered by any worker, adds them all up.
+    metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(
+        prefix="aiproxy-metrics-")
+    own_dir = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
 
     def start(slot: int) -> None:
-        workers[slot] = (subprocess.Popen(command), time.monotonic())  # noqa: S603 - our own argv
+        proc = subprocess.Popen(command, env=env)  # noqa: S603 - our own argv
+        workers[slot] = (proc, time.monotonic())
+
+    def bury(pid: int) -> None:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid, metrics_dir)  # type: ignore[no-untyped-call]
 
     def forward(signum: int, frame: FrameType | None) -> None:
         if signum in (signal.SIGTERM, signal.SIGINT):
@@ -55,6 +69,7 @@ def supervise(worker_argv: Sequence[str], count: int, grace: float) -> int:
                     continue
                 early_deaths = early_deaths + 1 if time.monotonic() - started < EARLY_DEATH else 0
                 log.warning("worker_exited", pid=proc.pid, code=code, restarting=True)
+                bury(proc.pid)
                 if early_deaths >= MAX_EARLY_DEATHS:
                     log.error("workers_failing", reason="workers keep dying at start")
                     forward(signal.SIGTERM, None)
@@ -73,3 +88,5 @@ def supervise(worker_argv: Sequence[str], count: int, grace: float) -> int:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+        if own_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
