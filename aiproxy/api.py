@@ -3,23 +3,25 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
 from aiohttp import web
 
+from aiproxy.auth import grant_of
 from aiproxy.errors import ProxyError
-from aiproxy.limits.base import Decision
+from aiproxy.keys import admit
+from aiproxy.limits.base import Decision, Limits, RateLimiter, Reservation
 from aiproxy.metrics import CONTENT_TYPE
 from aiproxy.observability import get_logger
 from aiproxy.provider import ChatRequest
-from aiproxy.router import Route, Router, Served
+from aiproxy.router import Route, Served, estimate_tokens
 from aiproxy.state import METRICS, RUNTIME, STARTED
 from aiproxy.streaming import relay
 
-__all__ = ["JSON_HEADERS", "add_routes", "note_route", "parse_chat_request", "read_json",
-           "route_headers"]
+__all__ = ["JSON_HEADERS", "KeyAdmission", "add_routes", "note_route", "parse_chat_request",
+           "read_json", "route_headers"]
 
 JSON_HEADERS = {"Content-Type": "application/json", "Cache-Control": "no-store"}
 log = get_logger("aiproxy.api")
@@ -150,15 +152,42 @@ def _count_tokens(request: web.Request, model: str, usage: Any) -> None:
             tokens.labels(model, direction).inc(value)
 
 
-async def _reconcile(router: Router, served: Served[Any], usage: Mapping[str, Any] | None,
-                     used_anything: bool) -> None:
-    reservation = served.decision.reservation
+async def _settle(limiter: RateLimiter, reservation: Reservation | None, limits: Limits,
+                  usage: Mapping[str, Any] | None, used_anything: bool) -> None:
+    """Replace a token reservation by the reported usage (nothing used: give it back)."""
     if reservation is None:
         return
     tokens = _usage_tokens(usage)
     if tokens is None and used_anything:
         return  # no usage reported: the estimate stands
-    await router.limiter.reconcile(reservation, served.route.limits, tokens or 0)
+    await limiter.reconcile(reservation, limits, tokens or 0)
+
+
+class KeyAdmission:
+    """A client key's share of a request: permission, then its own limits, settled at the end."""
+
+    def __init__(self, request: web.Request, name: str | None) -> None:
+        """``name`` None: the request names no model (any image model)."""
+        self.grant = grant_of(request)
+        if self.grant is not None and name is not None:
+            self.grant.check(name)
+        self.reservation: Reservation | None = None
+
+    @property
+    def allowed(self) -> Callable[[Route], bool] | None:
+        return None if self.grant is None or self.grant.everything else self.grant.allows
+
+    @property
+    def counts_tokens(self) -> bool:
+        return self.grant is not None and bool(self.grant.limits.token_windows)
+
+    async def admit(self, limiter: RateLimiter, estimate: int) -> None:
+        self.reservation = await admit(limiter, self.grant, estimate)
+
+    async def settle(self, limiter: RateLimiter, usage: Mapping[str, Any] | None,
+                     used_anything: bool) -> None:
+        if self.grant is not None:
+            await _settle(limiter, self.reservation, self.grant.limits, usage, used_anything)
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -167,18 +196,31 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     router = request.app[RUNTIME].active_router()
     name = body["model"]
     request["aiproxy.requested"] = name
+    key = KeyAdmission(request, name)
+    await key.admit(router.limiter, estimate_tokens(len(raw), body))
     started = time.monotonic()
     if not chat.stream:
-        served = await router.chat(chat, name, len(raw))
+        try:
+            served = await router.chat(chat, name, len(raw), key.allowed)
+        except BaseException:
+            await key.settle(router.limiter, None, False)
+            raise
         note_route(request, served, started)
         data = served.result.data
         data["model"] = served.route.name
-        _count_tokens(request, served.route.name, data.get("usage"))
-        await _reconcile(router, served, data.get("usage"), True)
+        usage = data.get("usage")
+        _count_tokens(request, served.route.name, usage)
+        await _settle(router.limiter, served.decision.reservation, served.route.limits, usage,
+                      True)
+        await key.settle(router.limiter, usage, True)
         return web.Response(body=orjson.dumps(data), headers={**JSON_HEADERS,
                                                               **route_headers(served)})
-
-    streamed = await router.open_stream(chat, name, len(raw))
+    try:
+        streamed = await router.open_stream(chat, name, len(raw), key.allowed,
+                                            need_usage=key.counts_tokens)
+    except BaseException:
+        await key.settle(router.limiter, None, False)
+        raise
     note_route(request, streamed, started)
     first, chunks = streamed.result
     response = web.StreamResponse(headers={
@@ -212,6 +254,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         metrics.streams.dec()
     route = streamed.route
     _count_tokens(request, route.name, outcome.usage)
+    await key.settle(router.limiter, outcome.usage, outcome.chunks > 0)
     if outcome.complete:
         route.breaker.success()
     elif outcome.error is not None:
@@ -223,7 +266,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     else:
         route.breaker.release()
         request["aiproxy.client_gone"] = True
-    await _reconcile(router, streamed, outcome.usage, outcome.chunks > 0)
+    await _settle(router.limiter, streamed.decision.reservation, route.limits, outcome.usage,
+                  outcome.chunks > 0)
     if not outcome.client_gone:
         await response.write_eof()
     return response
@@ -240,12 +284,16 @@ def note_route(request: web.Request, served: Served[Any], started: float) -> Non
 async def models(request: web.Request) -> web.Response:
     router = request.app[RUNTIME].active_router()
     created = request.app[STARTED]
+    grant = grant_of(request)
+    visible = (lambda name: True) if grant is None or grant.everything else (
+        grant.names.__contains__)
     data = []
     for model in router.config.models:
-        data.append({"id": model.name, "object": "model", "created": created,
-                     "owned_by": model.provider})
+        if visible(model.name):
+            data.append({"id": model.name, "object": "model", "created": created,
+                         "owned_by": model.provider})
     data += [{"id": group, "object": "model", "created": created, "owned_by": "aiproxy"}
-             for group in router.groups if group not in router.routes]
+             for group in router.groups if group not in router.routes and visible(group)]
     return web.Response(body=orjson.dumps({"object": "list", "data": data}),
                         headers=JSON_HEADERS)
 

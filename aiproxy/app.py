@@ -12,6 +12,7 @@ from aiproxy import api, media
 from aiproxy.auth import auth_middleware
 from aiproxy.config import Config
 from aiproxy.errors import ProxyError, error_response
+from aiproxy.keys import KeyRing
 from aiproxy.limits import make_limiter
 from aiproxy.limits.base import RateLimiter
 from aiproxy.metrics import Metrics
@@ -63,6 +64,7 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
             status=status, model=request.get("aiproxy.model"),
             requested=request.get("aiproxy.requested"),
             provider=request.get("aiproxy.provider"), attempts=request.get("aiproxy.attempts"),
+            key=request.get("aiproxy.key_name"),
             upstream_ms=request.get("aiproxy.upstream_ms"),
             stream_error=request.get("aiproxy.stream_error"),
             total_ms=round((time.monotonic() - started) * 1000, 2))
@@ -156,7 +158,7 @@ def make_app(config: Config, settings: Settings, *, registry: ProviderRegistry |
     app[CONFIG] = config
     app[REGISTRY] = registry or ProviderRegistry()
     app[STARTED] = int(time.time())
-    app[RUNTIME] = Runtime()
+    app[RUNTIME] = Runtime(settings=settings)
     app[METRICS] = Metrics()
     app[LIMITER] = limiter or make_limiter(settings.redis_url, prefix=settings.redis_prefix,
                                            fail_mode=settings.redis_fail_mode)
@@ -173,6 +175,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     try:
         routes = build_routes(app[CONFIG], app[SETTINGS], app[REGISTRY], sessions)
         runtime.router = Router(app[CONFIG], routes, app[LIMITER], metrics=app[METRICS])
+        runtime.keys = KeyRing(app[CONFIG], runtime.router)
     except BaseException:
         for session in sessions.values():
             await session.close()

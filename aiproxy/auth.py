@@ -1,4 +1,5 @@
-"""Bearer-token authentication of clients, compared in constant time."""
+"""Bearer-token authentication: ``AUTH_TOKEN`` (compared in constant time), the config's client
+keys (by SHA-256), and ``METRICS_TOKEN`` for ``/metrics`` only."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from aiproxy.errors import ProxyError
-from aiproxy.state import SETTINGS
+from aiproxy.keys import Grant
+from aiproxy.state import RUNTIME
 
-__all__ = ["PUBLIC_PATHS", "auth_middleware", "bearer_token"]
+__all__ = ["PUBLIC_PATHS", "auth_middleware", "bearer_token", "grant_of"]
 
-PUBLIC_PATHS = frozenset({"/ping"})
+PUBLIC_PATHS = frozenset({"/ping", "/health/ready", "/openapi.json"})
+ADMIN_PREFIX = "/admin/"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -25,6 +28,12 @@ def bearer_token(request: web.Request) -> str | None:
     return token.strip()
 
 
+def grant_of(request: web.Request) -> Grant | None:
+    """The client key's grant; ``None`` for the proxy token (every model, no key limits)."""
+    grant: Grant | None = request.get("aiproxy.grant")
+    return grant
+
+
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path in PUBLIC_PATHS:
@@ -33,10 +42,19 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if token is None:
         raise ProxyError(401, "missing bearer token: send 'Authorization: Bearer <token>'",
                          code="missing_api_key")
-    settings = request.app[SETTINGS]
+    runtime = request.app[RUNTIME]
+    settings = runtime.settings
     if hmac.compare_digest(token.encode(), settings.auth_token.encode()):
         return await handler(request)
     if (request.path == "/metrics" and settings.metrics_token
             and hmac.compare_digest(token.encode(), settings.metrics_token.encode())):
         return await handler(request)
-    raise ProxyError(401, "invalid bearer token", code="invalid_api_key")
+    grant = runtime.keys.find(token) if runtime.keys is not None else None
+    if grant is None:
+        raise ProxyError(401, "invalid bearer token", code="invalid_api_key")
+    if request.path.startswith(ADMIN_PREFIX) or request.path == "/metrics":
+        raise ProxyError(403, f"key {grant.key.name!r} may not use {request.path}",
+                         code="forbidden")
+    request["aiproxy.grant"] = grant
+    request["aiproxy.key_name"] = grant.key.name
+    return await handler(request)

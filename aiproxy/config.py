@@ -5,6 +5,7 @@ The old Go proxy's format loads unchanged; everything added here is optional.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Mapping
@@ -21,6 +22,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "HttpClientConfig",
+    "KeyConfig",
     "ModelConfig",
     "RetryConfig",
     "TimeoutConfig",
@@ -133,12 +135,37 @@ class ModelConfig:
 
 
 @attrs.frozen
+class KeyConfig:
+    """A client key beside ``AUTH_TOKEN``: its name is logged, the key never is."""
+
+    name: str = attrs.field(validator=_non_empty)
+    key: str | None = attrs.field(default=None, repr=False)
+    # The key's SHA-256 in hex, so the config need not hold the key itself.
+    key_sha256: str | None = attrs.field(default=None, repr=False)
+    # Model names or groups this key may use; empty = every model.
+    models: tuple[str, ...] = ()
+    requests_per_minute: int = attrs.field(default=0, validator=_non_negative)
+    requests_per_hour: int = attrs.field(default=0, validator=_non_negative)
+    requests_per_day: int = attrs.field(default=0, validator=_non_negative)
+    tokens_per_minute: int = attrs.field(default=0, validator=_non_negative)
+    tokens_per_day: int = attrs.field(default=0, validator=_non_negative)
+
+    @property
+    def digest(self) -> str:
+        if self.key_sha256:
+            return self.key_sha256.lower()
+        assert self.key is not None
+        return hashlib.sha256(self.key.encode()).hexdigest()
+
+
+@attrs.frozen
 class Config:
     """The whole ``provider-config.yaml``."""
 
     models: tuple[ModelConfig, ...] = ()
     # Named groups of models (names or other groups), beside the implicit model_size groups.
     groups: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict)
+    keys: tuple[KeyConfig, ...] = ()
 
     def model(self, name: str) -> ModelConfig | None:
         for model in self.models:
@@ -286,6 +313,30 @@ def _check_names(config: Config) -> list[str]:
             if cap not in ("chat", "embeddings", "images"):
                 errors.append(f"models[{i}].serves: unknown capability {cap!r} "
                               "(known: chat, embeddings, images)")
+    names = set(seen) | set(config.groups) | {m.model_size for m in config.models
+                                              if m.model_size} | {
+        a for m in config.models for a in m.aliases}
+    key_names: set[str] = set()
+    digests: set[str] = set()
+    for i, key in enumerate(config.keys):
+        if key.name in key_names:
+            errors.append(f"keys[{i}].name: duplicate key name {key.name!r}")
+        key_names.add(key.name)
+        if (key.key is None) == (key.key_sha256 is None):
+            errors.append(f"keys[{i}]: give exactly one of key or key_sha256")
+            continue
+        if key.key_sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", key.key_sha256):
+            errors.append(f"keys[{i}].key_sha256: must be 64 hex digits")
+            continue
+        if key.key is not None and len(key.key) < 16:
+            errors.append(f"keys[{i}].key: must be at least 16 characters")
+            continue
+        if key.digest in digests:
+            errors.append(f"keys[{i}]: the same key is listed twice")
+        digests.add(key.digest)
+        for listed in key.models:
+            if listed not in names:
+                errors.append(f"keys[{i}].models: unknown model or group {listed!r}")
     for group, members in config.groups.items():
         if group in seen:
             errors.append(f"groups.{group}: a group may not share its name with a model")

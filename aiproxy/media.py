@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from aiproxy.api import JSON_HEADERS, note_route, read_json, route_headers
+from aiproxy.api import JSON_HEADERS, KeyAdmission, note_route, read_json, route_headers
 from aiproxy.errors import ProxyError
 from aiproxy.provider import (
     Capability,
@@ -63,7 +63,9 @@ async def embeddings(request: web.Request) -> web.Response:
         raise ProxyError(400, "'dimensions' must be a positive integer", param="dimensions")
     router = request.app[RUNTIME].active_router()
     request["aiproxy.requested"] = model
-    plan = router.plan(model, len(raw), Capability.EMBEDDINGS)
+    key = KeyAdmission(request, model)
+    plan = router.plan(model, len(raw), Capability.EMBEDDINGS, key.allowed)
+    await key.admit(router.limiter, len(raw) // 4)
     call_request = EmbeddingsRequest(body=body, raw=raw)
 
     async def call(route: Route) -> EmbeddingsResponse:
@@ -71,10 +73,15 @@ async def embeddings(request: web.Request) -> web.Response:
             return await route.provider.embeddings(call_request)
 
     started = time.monotonic()
-    served = await router.run(plan, call)
+    try:
+        served = await router.run(plan, call)
+    except BaseException:
+        await key.settle(router.limiter, None, False)
+        raise
     note_route(request, served, started)
     data = served.result.data
     data["model"] = served.route.name
+    await key.settle(router.limiter, data.get("usage"), True)
     if encoding == "base64":
         for item in data.get("data") or ():
             if isinstance(item, dict) and isinstance(item.get("embedding"), list):
@@ -105,9 +112,12 @@ async def _generate(request: web.Request, model: str | None,
     router = request.app[RUNTIME].active_router()
     request["aiproxy.requested"] = model or "all"
     if not model or model == "all":
-        plan = router.plan_any(Capability.IMAGES)
+        key = KeyAdmission(request, None)
+        plan = router.plan_any(Capability.IMAGES, key.allowed)
     else:
-        plan = router.plan(model, len(image_request.raw), Capability.IMAGES)
+        key = KeyAdmission(request, model)
+        plan = router.plan(model, len(image_request.raw), Capability.IMAGES, key.allowed)
+    await key.admit(router.limiter, 0)
 
     async def call(route: Route) -> ImageResponse:
         async with asyncio.timeout(route.timeouts.total):

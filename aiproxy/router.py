@@ -169,8 +169,16 @@ class Router:
             members += self._expand(member, seen)
         return sorted(members, key=lambda r: (r.model.priority, r.last_used))
 
-    def plan(self, name: str, length: int, capability: Capability) -> list[Route]:
-        """The ordered candidates for a request; :class:`ProxyError` when there are none."""
+    def expand(self, name: str) -> list[Route]:
+        """The models a model or group name stands for (fallbacks not included)."""
+        return self._expand(name, set())
+
+    def plan(self, name: str, length: int, capability: Capability,
+             allowed: Callable[[Route], bool] | None = None) -> list[Route]:
+        """The ordered candidates for a request; :class:`ProxyError` when there are none.
+
+        ``allowed`` filters the candidates (a client key's permissions).
+        """
         if name not in self.routes and name not in self.groups:
             raise ProxyError(404, f"The model {name!r} does not exist", code="model_not_found",
                              param="model")
@@ -181,6 +189,8 @@ class Router:
             for fallback in route.model.fallbacks:
                 ordered += self._expand(fallback, seen)
         plan = list(dict.fromkeys(ordered))
+        if allowed is not None:
+            plan = [r for r in plan if allowed(r)]
         serving = [r for r in plan if r.serves(capability)]
         if not serving:
             raise ProxyError(400, f"model {name!r} does not serve {capability.value}",
@@ -194,33 +204,37 @@ class Router:
                              code="context_length_exceeded", param="messages")
         return fitting
 
-    def plan_any(self, capability: Capability) -> list[Route]:
+    def plan_any(self, capability: Capability,
+                 allowed: Callable[[Route], bool] | None = None) -> list[Route]:
         """Every model meant for ``capability`` (the old ``/image`` with model ``all``): those
         that list it in ``serves:``, or, as the old proxy marked image models, serve nothing
         explicitly and have ``max_request_length: 0``. Priority order, then LRU."""
         chosen = [r for r in self.routes.values() if r.serves(capability) and (
             capability.value in r.model.serves
-            or (not r.model.serves and not r.model.max_request_length))]
+            or (not r.model.serves and not r.model.max_request_length))
+            and (allowed is None or allowed(r))]
         if not chosen:
             raise ProxyError(404, f"no model is configured for {capability.value}",
                              code="model_not_found", param="model")
         return sorted(chosen, key=lambda r: (r.model.priority, r.last_used))
 
-    async def chat(self, request: ChatRequest, name: str, length: int) -> Served[ChatResponse]:
+    async def chat(self, request: ChatRequest, name: str, length: int,
+                   allowed: Callable[[Route], bool] | None = None) -> Served[ChatResponse]:
         async def call(route: Route) -> ChatResponse:
             async with asyncio.timeout(route.timeouts.total):
                 return await route.provider.chat(request)
 
-        return await self._run(self.plan(name, length, Capability.CHAT), call,
+        return await self._run(self.plan(name, length, Capability.CHAT, allowed), call,
                                estimate_tokens(length, request.body), self._timeout_wrap)
 
     async def open_stream(
-        self, request: ChatRequest, name: str, length: int
+        self, request: ChatRequest, name: str, length: int,
+        allowed: Callable[[Route], bool] | None = None, *, need_usage: bool = False,
     ) -> Served[tuple[dict[str, Any], AsyncIterator[dict[str, Any]]]]:
         """Try candidates until one yields its first chunk; nothing has reached the client yet."""
 
         async def call(route: Route) -> tuple[dict[str, Any], AsyncIterator[dict[str, Any]]]:
-            chunks = aiter(route.provider.stream(_with_usage(request, route)))
+            chunks = aiter(route.provider.stream(_with_usage(request, route, need_usage)))
             started = time.monotonic()
             try:
                 async with asyncio.timeout(route.timeouts.first_token):
@@ -234,7 +248,7 @@ class Router:
                 raise
             return first, chunks
 
-        return await self._run(self.plan(name, length, Capability.CHAT), call,
+        return await self._run(self.plan(name, length, Capability.CHAT, allowed), call,
                                estimate_tokens(length, request.body), self._timeout_wrap)
 
     async def run(self, plan: list[Route], call: Callable[[Route], Awaitable[T]],
@@ -421,10 +435,10 @@ class Router:
                 log.warning("provider_close_failed", model=route.name, error=type(exc).__name__)
 
 
-def _with_usage(request: ChatRequest, route: Route) -> ChatRequest:
+def _with_usage(request: ChatRequest, route: Route, need_usage: bool) -> ChatRequest:
     """Ask for the final usage chunk when a token limit needs it, whatever the client asked
     (the relay keeps it from a client that did not ask)."""
-    if request.include_usage or not route.limits.token_windows:
+    if request.include_usage or not (need_usage or route.limits.token_windows):
         return request
     body = dict(request.body)
     body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}

@@ -7,6 +7,7 @@ import attrs
 from aiohttp import web
 
 from aiproxy.config import Config
+from aiproxy.keys import KeyRing
 from aiproxy.limits.base import RateLimiter
 from aiproxy.metrics import Metrics
 from aiproxy.plugins import ProviderRegistry
@@ -21,7 +22,9 @@ __all__ = ["CONFIG", "LIMITER", "METRICS", "REGISTRY", "RUNTIME", "SETTINGS", "S
 class Runtime:
     """What is built at startup (and swapped on reload): the app's state is frozen by then."""
 
+    settings: Settings
     router: Router | None = None
+    keys: KeyRing | None = None
     sessions: dict[float, aiohttp.ClientSession] = attrs.field(factory=dict)
 
     def active_router(self) -> Router:
