@@ -16,12 +16,12 @@ from aiproxy.limits.base import Decision, Limits, RateLimiter, Reservation
 from aiproxy.metrics import CONTENT_TYPE
 from aiproxy.observability import get_logger
 from aiproxy.provider import ChatRequest
-from aiproxy.router import Route, Served, estimate_tokens
+from aiproxy.router import Route, Router, Served, estimate_tokens
 from aiproxy.state import METRICS, RUNTIME, STARTED
 from aiproxy.streaming import relay
 
 __all__ = ["JSON_HEADERS", "KeyAdmission", "add_routes", "note_route", "parse_chat_request",
-           "read_json", "route_headers"]
+           "read_json", "route_headers", "router_of"]
 
 JSON_HEADERS = {"Content-Type": "application/json", "Cache-Control": "no-store"}
 log = get_logger("aiproxy.api")
@@ -67,6 +67,14 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
 def _type_name(value: Any) -> str:
     return {dict: "object", list: "array", str: "string", bool: "boolean", int: "integer",
             float: "number", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def router_of(request: web.Request) -> Router:
+    """The router this request runs on: the one current when it arrived, even across a reload."""
+    router: Router | None = request.get("aiproxy.router")
+    if router is None:
+        raise ProxyError(503, "the proxy is not ready", code="not_ready")
+    return router
 
 
 def parse_chat_request(body: dict[str, Any], raw: bytes) -> ChatRequest:
@@ -193,7 +201,7 @@ class KeyAdmission:
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     body, raw = await read_json(request)
     chat = parse_chat_request(body, raw)
-    router = request.app[RUNTIME].active_router()
+    router = router_of(request)
     name = body["model"]
     request["aiproxy.requested"] = name
     key = KeyAdmission(request, name)
@@ -282,7 +290,7 @@ def note_route(request: web.Request, served: Served[Any], started: float) -> Non
 
 
 async def models(request: web.Request) -> web.Response:
-    router = request.app[RUNTIME].active_router()
+    router = router_of(request)
     created = request.app[STARTED]
     grant = grant_of(request)
     visible = (lambda name: True) if grant is None or grant.everything else (

@@ -5,10 +5,9 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-import aiohttp
 from aiohttp import web
 
-from aiproxy import api, media
+from aiproxy import admin, api, media
 from aiproxy.auth import auth_middleware
 from aiproxy.config import Config
 from aiproxy.errors import ProxyError, error_response
@@ -18,9 +17,9 @@ from aiproxy.limits.base import RateLimiter
 from aiproxy.metrics import Metrics
 from aiproxy.observability import get_logger, new_request_id, valid_request_id
 from aiproxy.plugins import ProviderRegistry
-from aiproxy.provider import Provider
-from aiproxy.retry import CircuitBreaker, RetryPolicy
-from aiproxy.router import Route, Router
+from aiproxy.reload import SOURCE, ConfigSource, install_sighup
+from aiproxy.router import Router
+from aiproxy.routes import build_routes
 from aiproxy.settings import Settings
 from aiproxy.state import (
     CONFIG,
@@ -33,7 +32,7 @@ from aiproxy.state import (
     Runtime,
 )
 
-__all__ = ["build_routes", "make_app", "make_session"]
+__all__ = ["make_app"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 access_log = get_logger("aiproxy.access")
@@ -85,6 +84,20 @@ def _observe(request: web.Request, status: int, elapsed: float) -> None:
 
 
 @web.middleware
+async def router_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Pin the current router to the request, so a reload never changes it mid-request."""
+    router = request.app[RUNTIME].router
+    if router is None:
+        return await handler(request)
+    router.enter()
+    request["aiproxy.router"] = router
+    try:
+        return await handler(request)
+    finally:
+        router.leave()
+
+
+@web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every error the proxy answers is the OpenAI envelope; nothing internal leaks."""
     try:
@@ -118,39 +131,15 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
         response.headers["X-Request-ID"] = request_id
 
 
-def make_session(keepalive: float) -> aiohttp.ClientSession:
-    """One pooled client session: no total timeout (long streams), keep-alive as configured."""
-    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=keepalive or None,
-                                     enable_cleanup_closed=False)
-    return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None),
-                                 read_bufsize=2**18, auto_decompress=True)
-
-
-def build_routes(config: Config, settings: Settings, registry: ProviderRegistry,
-                 sessions: dict[float, aiohttp.ClientSession]) -> dict[str, Route]:
-    """Build one provider per model; sessions are shared by models with the same keep-alive."""
-    policy = RetryPolicy(settings.retry_max_retries, settings.retry_base_delay,
-                         settings.retry_max_delay, settings.retry_jitter)
-    routes: dict[str, Route] = {}
-    for model in config.models:
-        cls = registry.get(model.provider)
-        keepalive = model.http_client_config.idle_conn_timeout_seconds
-        session = sessions.get(keepalive)
-        if session is None:
-            session = sessions[keepalive] = make_session(keepalive)
-        provider: Provider = cls(model, session)
-        breaker = model.circuit_breaker
-        routes[model.name] = Route(model, provider, policy.with_override(model.retry),
-                                   CircuitBreaker(breaker.failures, breaker.cooldown,
-                                                  max(breaker.max_cooldown, breaker.cooldown)))
-    return routes
-
-
 def make_app(config: Config, settings: Settings, *, registry: ProviderRegistry | None = None,
-             limiter: RateLimiter | None = None) -> web.Application:
-    """The application; providers and sessions are made at startup and closed at cleanup."""
+             limiter: RateLimiter | None = None,
+             source: ConfigSource | None = None) -> web.Application:
+    """The application; providers and sessions are made at startup and closed at cleanup.
+
+    ``source`` re-reads the config and settings for a reload (SIGHUP, ``/admin/reload``).
+    """
     app = web.Application(
-        middlewares=[access_middleware, error_middleware, auth_middleware],
+        middlewares=[access_middleware, error_middleware, auth_middleware, router_middleware],
         client_max_size=settings.max_body_size,
         handler_args={"max_field_size": 65536},
     )
@@ -162,10 +151,13 @@ def make_app(config: Config, settings: Settings, *, registry: ProviderRegistry |
     app[METRICS] = Metrics()
     app[LIMITER] = limiter or make_limiter(settings.redis_url, prefix=settings.redis_prefix,
                                            fail_mode=settings.redis_fail_mode)
+    if source is not None:
+        app[SOURCE] = source
     app.on_response_prepare.append(_security_headers)
     app.cleanup_ctx.append(_lifecycle)
     api.add_routes(app)
     media.add_routes(app)
+    admin.add_routes(app)
     return app
 
 
@@ -182,9 +174,13 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         raise
     log.info("started", models=len(routes), providers=sorted({r.model.provider
                                                               for r in routes.values()}))
+    undo_sighup = install_sighup(app) if SOURCE in app else (lambda: None)
     try:
         yield
     finally:
+        undo_sighup()
+        for retired in runtime.retired:
+            await retired.close()
         await runtime.active_router().close()
         for session in sessions.values():
             await session.close()

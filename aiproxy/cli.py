@@ -14,10 +14,11 @@ import attrs
 from aiohttp import web
 
 from aiproxy import __version__
-from aiproxy.app import build_routes, make_app
+from aiproxy.app import make_app
 from aiproxy.config import Config, ConfigError, load_config
 from aiproxy.observability import configure_logging, get_logger
 from aiproxy.plugins import ProviderRegistry
+from aiproxy.routes import build_routes
 from aiproxy.settings import Settings, load_env, settings_from_env
 from aiproxy.workers import supervise
 
@@ -107,14 +108,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if config_path is None:
         return _fail(["--config is required (no ./provider-config.yaml or "
                       "/config/provider-config.yaml found)"])
-    try:
-        env = load_env(_find(args.env_file, DEFAULT_ENV_FILES) if args.env_file is None
-                       else args.env_file)
+    env_path = _find(args.env_file, DEFAULT_ENV_FILES) if args.env_file is None \
+        else args.env_file
+
+    def source() -> tuple[Config, Settings]:
+        """Read the .env and the config: at start, and again on every reload."""
+        env = load_env(env_path)
         settings = settings_from_env(env)
-        config = load_config(config_path, env)
         if args.addr:
             host, port = parse_addr(args.addr)
             settings = attrs.evolve(settings, host=host or settings.host, port=port)
+        return load_config(config_path, env), settings
+
+    try:
+        config, settings = source()
         asyncio.run(_check_providers(config, settings, registry))
     except ConfigError as exc:
         return _fail(exc.errors)
@@ -137,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.env_file:
             worker_argv += ["--env-file", args.env_file]
         return supervise(worker_argv, args.workers, settings.shutdown_grace)
-    app = make_app(config, settings, registry=registry)
+    app = make_app(config, settings, registry=registry, source=source)
     log.info("listening", host=settings.host, port=settings.port, config=config_path,
              version=__version__)
     web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None,

@@ -11,7 +11,14 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from aiproxy.api import JSON_HEADERS, KeyAdmission, note_route, read_json, route_headers
+from aiproxy.api import (
+    JSON_HEADERS,
+    KeyAdmission,
+    note_route,
+    read_json,
+    route_headers,
+    router_of,
+)
 from aiproxy.errors import ProxyError
 from aiproxy.provider import (
     Capability,
@@ -21,7 +28,6 @@ from aiproxy.provider import (
     ImageResponse,
 )
 from aiproxy.router import Route
-from aiproxy.state import RUNTIME
 
 __all__ = ["add_routes"]
 
@@ -61,7 +67,7 @@ async def embeddings(request: web.Request) -> web.Response:
     dims = body.get("dimensions")
     if dims is not None and (isinstance(dims, bool) or not isinstance(dims, int) or dims < 1):
         raise ProxyError(400, "'dimensions' must be a positive integer", param="dimensions")
-    router = request.app[RUNTIME].active_router()
+    router = router_of(request)
     request["aiproxy.requested"] = model
     key = KeyAdmission(request, model)
     plan = router.plan(model, len(raw), Capability.EMBEDDINGS, key.allowed)
@@ -109,7 +115,7 @@ def _image_request(body: dict[str, Any], prompt_keys: tuple[str, ...]) -> ImageR
 
 async def _generate(request: web.Request, model: str | None,
                     image_request: ImageRequest) -> tuple[ImageResponse, dict[str, str]]:
-    router = request.app[RUNTIME].active_router()
+    router = router_of(request)
     request["aiproxy.requested"] = model or "all"
     if not model or model == "all":
         key = KeyAdmission(request, None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from typing import Any, Generic, TypeVar
 
 import attrs
@@ -128,14 +128,36 @@ class Router:
         self._background: set[asyncio.Task[None]] = set()
         for route in self.routes.values():
             route.provider.rate_limit_listener = self._listener(route)
+        self._users = 0  # requests in flight on this router
+        self._kept: frozenset[str] | None = None  # set once retired: routes its successor keeps
+        self._closed = False
+
+    def enter(self) -> None:
+        """A request starts on this router (it finishes on it, even across a reload)."""
+        self._users += 1
+
+    def leave(self) -> None:
+        self._users -= 1
+        if self._kept is not None and self._users == 0:
+            self._spawn(self.close())
+
+    def retire(self, kept: set[str]) -> None:
+        """A reload replaced this router: close what its successor does not keep, once idle."""
+        self._kept = frozenset(kept)
+        for name in kept:  # the successor's listener now parks these routes
+            self.routes[name].provider.rate_limit_listener = None
+        if self._users == 0:
+            self._spawn(self.close())
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _listener(self, route: Route) -> Callable[[RateLimitHint], None]:
         def on_hint(hint: RateLimitHint) -> None:
             if hint.reset_after:
-                task = asyncio.get_running_loop().create_task(
-                    self._park(route, hint.reset_after))
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
+                self._spawn(self._park(route, hint.reset_after))
 
         return on_hint
 
@@ -426,9 +448,17 @@ class Router:
         return {name: route.breaker.state for name, route in self.routes.items()}
 
     async def close(self) -> None:
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+        """Close the providers (those a successor did not keep), once."""
+        if self._closed:
+            return
+        self._closed = True
+        current = asyncio.current_task()
+        pending = [t for t in self._background if t is not current]
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
         for route in self.routes.values():
+            if self._kept is not None and route.name in self._kept:
+                continue
             try:
                 await route.provider.close()
             except Exception as exc:  # noqa: BLE001 - closing must go on for the others

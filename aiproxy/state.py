@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 import attrs
 from aiohttp import web
@@ -26,6 +28,8 @@ class Runtime:
     router: Router | None = None
     keys: KeyRing | None = None
     sessions: dict[float, aiohttp.ClientSession] = attrs.field(factory=dict)
+    reload_lock: asyncio.Lock = attrs.field(factory=asyncio.Lock)
+    retired: list[Router] = attrs.field(factory=list)  # replaced by reloads, closed when idle
 
     def active_router(self) -> Router:
         if self.router is None:

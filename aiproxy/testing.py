@@ -67,6 +67,7 @@ __all__ = [
     "chat_request",
     "collect_stream",
     "conformance_tests",
+    "encode_stream",
     "json_response",
     "run_check",
     "run_conformance",
@@ -225,6 +226,11 @@ def json_response(data: Any, *, status: int = 200,
                         content_type="application/json")
 
 
+def encode_stream(events: Sequence[StreamEvent], *, format: StreamFormat = "sse") -> bytes:
+    """A whole stream body, for an answer built as a plain ``web.Response``."""
+    return b"".join(_frame(event, format) for event in events)
+
+
 def _frame(event: StreamEvent, fmt: StreamFormat) -> bytes:
     if fmt == "ndjson":
         if isinstance(event, SSEEvent):
@@ -378,10 +384,13 @@ class ConformanceAdapter(abc.ABC):
         """The streamed answer: one content event per piece, then whatever ends the stream."""
 
     @abc.abstractmethod
-    def error(self, kind: ErrorKind, message: str) -> web.StreamResponse | None:
-        """How the upstream answers a failure of ``kind`` (with ``message`` as its text), or
-        ``None`` if it has no such failure. RATE_LIMITED must say: retry after
-        :data:`RETRY_AFTER` seconds."""
+    def error(self, kind: ErrorKind, message: str,
+              request: RecordedRequest) -> web.StreamResponse | None:
+        """How the upstream answers ``request`` with a failure of ``kind`` (``message`` as its
+        text), or ``None`` if it has no such failure. RATE_LIMITED must say: retry after
+        :data:`RETRY_AFTER` seconds. Usually an error status (see :func:`json_response`); an
+        upstream that reports e.g. a blocked prompt in a 200 answer returns that instead
+        (:func:`encode_stream` builds a whole stream body)."""
 
     def stream_error(self, message: str) -> StreamEvent | None:
         """An error reported inside a stream that has started, if the upstream does that."""
@@ -755,7 +764,7 @@ def _error_check(kind: ErrorKind) -> Check:
     def skip(adapter: ConformanceAdapter) -> str | None:
         if not adapter.has_upstream:
             return "the provider calls no upstream"
-        if adapter.error(kind, "probe") is None:
+        if not _has_error(adapter, kind):
             return f"the adapter's upstream has no {kind.name} answer"
         return None
 
@@ -765,15 +774,22 @@ def _error_check(kind: ErrorKind) -> Check:
 
 async def _answer_error(adapter: ConformanceAdapter, kind: ErrorKind, message: str,
                         request: web.Request) -> web.StreamResponse:
-    await request.read()
-    response = adapter.error(kind, message)
+    response = adapter.error(kind, message, await RecordedRequest.of(request))
     assert response is not None
     return response
 
 
+def _has_error(adapter: ConformanceAdapter, kind: ErrorKind) -> bool:
+    """Whether the adapter's upstream has ``kind``, asked with the canonical plain request."""
+    request = _canonical(stream=False)
+    probe = RecordedRequest("POST", (adapter.chat_paths or ("/",))[0], {},
+                            CIMultiDictProxy(CIMultiDict()), request.raw, dict(request.body))
+    return adapter.error(kind, "probe", probe) is not None
+
+
 def _secret_kind(adapter: ConformanceAdapter) -> ErrorKind | None:
     for kind in (ErrorKind.AUTH, *ERROR_KINDS):
-        if adapter.error(kind, "probe") is not None:
+        if _has_error(adapter, kind):
             return kind
     return None
 

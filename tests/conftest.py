@@ -16,6 +16,7 @@ from aiproxy.app import make_app
 from aiproxy.config import parse_config
 from aiproxy.limits.base import RateLimiter
 from aiproxy.plugins import ProviderRegistry
+from aiproxy.reload import ConfigSource
 from aiproxy.settings import Settings
 from tests.fakes import FakeOpenAI
 
@@ -69,9 +70,10 @@ async def start_proxy(aiohttp_server: Any) -> AsyncIterator[StartProxy]:
 
     async def start(config: dict[str, Any], *, settings: Settings | None = None,
                     registry: ProviderRegistry | None = None,
-                    limiter: RateLimiter | None = None) -> Proxy:
+                    limiter: RateLimiter | None = None,
+                    source: ConfigSource | None = None) -> Proxy:
         app = make_app(parse_config(config, {}), settings or make_settings(),
-                       registry=registry, limiter=limiter)
+                       registry=registry, limiter=limiter, source=source)
         server = await aiohttp_server(app)
         http = aiohttp.ClientSession()
         sessions.append(http)

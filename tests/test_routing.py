@@ -11,7 +11,6 @@ import aiohttp
 import openai
 import pytest
 
-from aiproxy.app import build_routes
 from aiproxy.config import parse_config
 from aiproxy.errors import ProxyError
 from aiproxy.limits import InMemoryRateLimiter
@@ -19,6 +18,7 @@ from aiproxy.plugins import ProviderRegistry
 from aiproxy.provider import Capability
 from aiproxy.retry import BreakerState, CircuitBreaker, RetryPolicy
 from aiproxy.router import Router
+from aiproxy.routes import build_routes
 from aiproxy.state import RUNTIME
 from tests.conftest import make_settings, openai_model
 
