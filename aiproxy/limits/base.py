@@ -7,12 +7,14 @@ than L in any 60 seconds, and a slot frees exactly 60 seconds after it was taken
 from __future__ import annotations
 
 import abc
+from collections.abc import Iterable
 
 import attrs
 
 from aiproxy.config import ModelConfig
 
-__all__ = ["Decision", "Limits", "RateLimiter", "Reservation"]
+__all__ = ["Decision", "LimiterUnavailable", "Limits", "RateLimiter", "Reservation",
+           "make_decision", "tightest_window"]
 
 MINUTE, HOUR, DAY = 60.0, 3600.0, 86400.0
 
@@ -79,6 +81,42 @@ class Decision:
     tokens_reset: float | None = None
     # True when the decision was made without the backend (Redis down and fail_open).
     degraded: bool = False
+
+
+class LimiterUnavailable(Exception):
+    """The shared backend cannot be reached and the limiter fails closed."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def tightest_window(
+        windows: Iterable[tuple[int, int, float]]) -> tuple[int, int, float] | None:
+    """The ``(limit, remaining, reset)`` with the fewest remaining, for the headers.
+
+    ``remaining`` is clamped at 0 (a reconciled overshoot can push usage past the limit).
+    On a tie the later reset wins: that is when the client really gets room back.
+    """
+    best: tuple[int, int, float] | None = None
+    for limit, remaining, reset in windows:
+        item = (limit, max(0, remaining), reset)
+        if best is None or (item[1], -item[2]) < (best[1], -best[2]):
+            best = item
+    return best
+
+
+def make_decision(allowed: bool, retry_after: float, reservation: Reservation | None,
+                  requests: Iterable[tuple[int, int, float]],
+                  tokens: Iterable[tuple[int, int, float]]) -> Decision:
+    """A :class:`Decision` reporting the tightest request and token windows."""
+    req, tok = tightest_window(requests), tightest_window(tokens)
+    return Decision(
+        allowed=allowed, retry_after=retry_after, reservation=reservation,
+        requests_limit=req[0] if req else None, requests_remaining=req[1] if req else None,
+        requests_reset=req[2] if req else None,
+        tokens_limit=tok[0] if tok else None, tokens_remaining=tok[1] if tok else None,
+        tokens_reset=tok[2] if tok else None)
 
 
 class RateLimiter(abc.ABC):

@@ -1,0 +1,259 @@
+"""The Redis backend against a real redis-server: the shared behaviours, then what only a
+shared backend must do (exact across processes, survive restarts, fail open or closed)."""
+
+# Fixtures imported by name look "redefined" where a test takes them as a parameter.
+# ruff: noqa: F811
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import redis.asyncio
+
+import aiproxy.limits.redis as redis_backend
+from aiproxy.limits import (
+    InMemoryRateLimiter,
+    LimiterUnavailable,
+    Limits,
+    RateLimiter,
+    RedisRateLimiter,
+    Reservation,
+    make_limiter,
+)
+from tests.redis_fixture import RedisServer, redis_server  # noqa: F401 - a fixture
+from tests.test_limits_memory import (  # noqa: F401 - run again here, on this module's limiter
+    FakeClock,
+    clock,
+    test_all_or_nothing_across_windows,
+    test_decision_header_fields,
+    test_estimate_over_the_limit_needs_an_empty_window,
+    test_exact_under_concurrency,
+    test_hour_and_day_windows,
+    test_many_small_entries,
+    test_park,
+    test_reconcile_is_a_no_op_without_token_windows,
+    test_retry_after_is_the_latest_violated_window,
+    test_slides_instead_of_resetting,
+    test_spent_token_window_refuses_requests_without_estimate,
+    test_token_retry_after_waits_for_enough_tokens,
+    test_tokens_reserve_and_reconcile,
+)
+
+
+@pytest.fixture
+async def limiter(redis_server: RedisServer, clock: FakeClock) -> AsyncIterator[RateLimiter]:
+    # A generous timeout: these tests are about exactness, and a loaded CI box must not turn
+    # slow answers into degraded ones. The fail-mode tests below use the short default.
+    lim = RedisRateLimiter(redis_server.url, prefix="test:", clock=clock, timeout=5)
+    yield lim
+    await lim.close()
+
+
+@pytest.fixture
+async def client(redis_server: RedisServer) -> AsyncIterator[redis.asyncio.Redis]:
+    c = redis.asyncio.Redis.from_url(redis_server.url, decode_responses=True)
+    yield c
+    await c.aclose()
+
+
+class Recorder:
+    """Stands in for the module's structlog logger (which the app may have cached)."""
+
+    def __init__(self) -> None:
+        self.warnings: list[tuple[str, dict[str, Any]]] = []
+        self.infos: list[tuple[str, dict[str, Any]]] = []
+
+    def warning(self, event: str, **kw: Any) -> None:
+        self.warnings.append((event, kw))
+
+    def info(self, event: str, **kw: Any) -> None:
+        self.infos.append((event, kw))
+
+
+@pytest.fixture
+def recorder(monkeypatch: pytest.MonkeyPatch) -> Recorder:
+    rec = Recorder()
+    monkeypatch.setattr(redis_backend, "log", rec)
+    return rec
+
+
+_WORKER = """
+import asyncio, sys, time
+from aiproxy.limits import Limits, RedisRateLimiter
+
+async def main(url, prefix, start, n):
+    lim = RedisRateLimiter(url, prefix=prefix, timeout=5)  # a loaded box: slow, not down
+    requests, tokens = Limits(requests_per_minute=300), Limits(tokens_per_minute=2500)
+    await asyncio.sleep(max(0.0, start - time.time()))  # all processes fire together
+    decisions = await asyncio.gather(*(lim.acquire("r", requests) for _ in range(n)),
+                                     *(lim.acquire("t", tokens, tokens=10) for _ in range(n)))
+    print(sum(d.allowed for d in decisions[:n]), sum(d.allowed for d in decisions[n:]),
+          sum(d.degraded for d in decisions))
+    await lim.close()
+
+asyncio.run(main(sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])))
+"""
+
+
+def test_exact_across_processes(redis_server: RedisServer) -> None:
+    start = time.time() + 3.0
+    workers = [subprocess.Popen([sys.executable, "-c", _WORKER, redis_server.url, "x:",
+                                 str(start), "250"], stdout=subprocess.PIPE, text=True)
+               for _ in range(4)]
+    # The last line is the tally (a warning could precede it if Redis were slow).
+    outputs = [w.communicate(timeout=60)[0].splitlines()[-1].split() for w in workers]
+    assert all(w.returncode == 0 for w in workers)
+    requests, tokens, degraded = (sum(int(out[i]) for out in outputs) for i in range(3))
+    assert degraded == 0
+    assert requests == 300  # of 1000 asked, across 4 processes
+    assert tokens == 250  # 2500 tokens a minute, 10 each
+
+
+async def test_state_survives_a_new_limiter(redis_server: RedisServer,
+                                            clock: FakeClock) -> None:
+    limits = Limits(requests_per_minute=3)
+    first = RedisRateLimiter(redis_server.url, clock=clock, timeout=5)
+    assert all([(await first.acquire("m", limits)).allowed for _ in range(3)])
+    await first.close()
+    second = RedisRateLimiter(redis_server.url, clock=clock, timeout=5)
+    refused = await second.acquire("m", limits)
+    assert (refused.allowed, refused.retry_after) == (False, 60.0)
+    await second.close()
+
+
+async def test_park_is_shared(redis_server: RedisServer) -> None:
+    one, two = (RedisRateLimiter(redis_server.url, timeout=5) for _ in range(2))
+    await one.park("m", 30)
+    refused = await two.acquire("m", Limits())
+    assert not refused.allowed and 29 < refused.retry_after <= 30
+    await one.close()
+    await two.close()
+
+
+async def test_keys_carry_the_prefix_and_expire(redis_server: RedisServer,
+                                                client: redis.asyncio.Redis) -> None:
+    lim = RedisRateLimiter(redis_server.url, prefix="pfx:", timeout=5)
+    limits = Limits(requests_per_minute=5, requests_per_hour=50, tokens_per_minute=1000,
+                    tokens_per_day=10_000)
+    decision = await lim.acquire("gpt-4o", limits, tokens=100)
+    assert decision.reservation is not None
+    await lim.reconcile(decision.reservation, limits, 120)
+    await lim.park("gpt-4o", 20)
+    keys = sorted(await client.keys("*"))
+    assert keys == sorted(f"pfx:limit:{{gpt-4o}}:{k}" for k in (
+        "req", "park", "tok:60", "tok:60:amt", "tok:86400", "tok:86400:amt"))
+    # Each key lives as long as its longest window (plus a second), not forever.
+    assert 3_600_000 < await client.pttl("pfx:limit:{gpt-4o}:req") <= 3_601_000
+    assert 60_000 < await client.pttl("pfx:limit:{gpt-4o}:tok:60:amt") <= 61_000
+    assert 86_400_000 < await client.pttl("pfx:limit:{gpt-4o}:tok:86400") <= 86_401_000
+    assert 20_000 < await client.pttl("pfx:limit:{gpt-4o}:park") <= 21_000
+    assert all([await client.pttl(k) > 0 for k in keys])
+    assert await client.hget("pfx:limit:{gpt-4o}:tok:60:amt", "total") == "120"
+    await lim.close()
+
+
+async def test_fail_open_admits_degraded_and_recovers(
+        redis_server: RedisServer, recorder: Recorder) -> None:
+    # Open is the default. A refused connection fails at once whatever the timeout; 2 s only
+    # keeps a loaded CI box from degrading the decisions after the restart.
+    lim = RedisRateLimiter(redis_server.url, timeout=2)
+    limits = Limits(requests_per_minute=5)
+    assert (await lim.acquire("m", limits)).allowed
+    redis_server.stop()  # killed mid-run
+    began = time.monotonic()
+    decisions = [await lim.acquire("m", limits, tokens=5) for _ in range(10)]
+    assert time.monotonic() - began < 5  # a dead Redis answers at once, it does not stall
+    assert all(d.allowed and d.degraded and d.reservation for d in decisions)
+    assert lim.degraded_decisions == 10
+    assert len(recorder.warnings) == 1  # one warning per burst, not one per request
+    assert decisions[0].reservation is not None
+    await lim.reconcile(decisions[0].reservation, limits, 10)  # lost, but never raises
+    await lim.park("m", 5)
+    assert not await lim.ping()
+
+    redis_server.start()  # same port, empty (no persistence): exact again, same limiter
+    assert await lim.ping()
+    after = [await lim.acquire("m", limits) for _ in range(7)]
+    assert [d.allowed for d in after] == [True] * 5 + [False] * 2
+    assert not any(d.degraded for d in after)
+    assert lim.degraded_decisions == 10
+    assert [event for event, _ in recorder.infos] == ["rate limiter backend reachable again"]
+    await lim.close()
+
+
+async def test_fail_closed_raises_and_recovers(redis_server: RedisServer) -> None:
+    lim = RedisRateLimiter(redis_server.url, fail_mode="closed", timeout=2)
+    limits = Limits(requests_per_minute=2)
+    assert (await lim.acquire("m", limits)).allowed
+    redis_server.stop()
+    with pytest.raises(LimiterUnavailable, match="unreachable") as raised:
+        await lim.acquire("m", limits)
+    assert str(redis_server.port) not in raised.value.message  # it may reach clients
+    lost = Reservation(key="m", id="lost", tokens=1, at=0.0)
+    await lim.reconcile(lost, Limits(tokens_per_minute=10), 5)  # never raises
+    redis_server.start()
+    after = [await lim.acquire("m", limits) for _ in range(3)]
+    assert [d.allowed for d in after] == [True, True, False]
+    assert lim.degraded_decisions == 0
+    await lim.close()
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A port that accepts connections and never answers: a hung Redis."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(64)
+        yield sock.getsockname()[1]
+
+
+async def test_hung_redis_does_not_stall(silent_port: int, recorder: Recorder) -> None:
+    lim = RedisRateLimiter(f"redis://127.0.0.1:{silent_port}/0", timeout=0.3)
+    began = time.monotonic()
+    decision = await lim.acquire("m", Limits(requests_per_minute=1))
+    assert time.monotonic() - began < 3  # read timeout 0.3 s, hard ceiling 1.1 s
+    assert decision.allowed and decision.degraded
+    assert len(recorder.warnings) == 1
+    await lim.close()
+
+
+async def test_scripts_reload_after_a_flush(limiter: RateLimiter,
+                                            client: redis.asyncio.Redis) -> None:
+    assert (await limiter.acquire("m", Limits(requests_per_minute=2))).allowed
+    await client.script_flush()  # as after a failover to a fresh server: EVALSHA -> NOSCRIPT
+    d = await limiter.acquire("m", Limits(requests_per_minute=2))
+    assert (d.allowed, d.degraded, d.requests_remaining) == (True, False, 0)
+
+
+async def test_a_given_client_is_used_and_left_open(client: redis.asyncio.Redis) -> None:
+    lim = RedisRateLimiter(client, prefix="own:")
+    assert (await lim.acquire("m", Limits(requests_per_minute=1))).allowed
+    await lim.close()
+    assert await client.exists("own:limit:{m}:req") == 1
+
+
+def test_make_limiter(redis_server: RedisServer) -> None:
+    assert isinstance(make_limiter(None, prefix="p:", fail_mode="open"), InMemoryRateLimiter)
+    made = make_limiter(redis_server.url, prefix="p:", fail_mode="closed")
+    assert isinstance(made, RedisRateLimiter)
+    assert (made.prefix, made.fail_mode) == ("p:", "closed")
+    with pytest.raises(ValueError, match="fail_mode"):
+        RedisRateLimiter(redis_server.url, fail_mode="maybe")
+
+
+async def test_concurrent_decisions_share_one_connection_pool(
+        redis_server: RedisServer) -> None:
+    # 1000 at once on a 64-connection pool: they queue for a connection, none degrades.
+    lim = RedisRateLimiter(redis_server.url, timeout=5)
+    decisions = await asyncio.gather(*(lim.acquire("m", Limits(requests_per_minute=700))
+                                       for _ in range(1000)))
+    assert sum(d.allowed for d in decisions) == 700
+    assert lim.degraded_decisions == 0
+    await lim.close()
