@@ -19,6 +19,7 @@ from aiproxy.plugins import ProviderRegistry
 from aiproxy.reload import ConfigSource
 from aiproxy.settings import Settings
 from tests.fakes import FakeOpenAI
+from tests.redis_fixture import redis_server  # noqa: F401 - a fixture for every test module
 
 TOKEN = "test-token"
 

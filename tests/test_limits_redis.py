@@ -27,7 +27,7 @@ from aiproxy.limits import (
     Reservation,
     make_limiter,
 )
-from tests.redis_fixture import RedisServer, redis_server  # noqa: F401 - a fixture
+from tests.redis_fixture import RedisServer
 from tests.test_limits_memory import (  # noqa: F401 - run again here, on this module's limiter
     FakeClock,
     clock,
