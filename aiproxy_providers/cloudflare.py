@@ -128,6 +128,10 @@ def _messages(messages: Any) -> list[Any]:
         if isinstance(content, list) and all(
                 isinstance(p, dict) and p.get("type") == "text" for p in content):
             msg = {**msg, "content": "\n".join(str(p.get("text") or "") for p in content)}
+        elif isinstance(msg, dict) and content is None:
+            # OpenAI allows null content beside tool_calls; Workers AI's input schema requires
+            # a string on every message.
+            msg = {**msg, "content": ""}
         out.append(msg)
     return out
 

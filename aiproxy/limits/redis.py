@@ -20,6 +20,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from aiproxy.limits.base import (
@@ -287,7 +288,12 @@ class RedisRateLimiter(RateLimiter):
         """Run a script; any failure to get an answer becomes :class:`LimiterUnavailable`."""
         try:
             async with asyncio.timeout(self._deadline):
-                result = await script(keys=keys, args=args)
+                try:
+                    result = await script(keys=keys, args=args)
+                except RedisConnectionError:
+                    # A pooled connection from before a Redis restart fails once, on first use;
+                    # a fresh one answers (or fails at once when Redis is still down).
+                    result = await script(keys=keys, args=args)
         except (RedisError, OSError) as exc:
             self._warn(exc)
             # The message may reach clients (a 503): the class name only, no host or port.
