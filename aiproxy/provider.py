@@ -403,7 +403,16 @@ class Provider:
             body = b""
         finally:
             resp.release()
-        raise self.error_from_response(resp.status, body, resp.headers)
+        err = self.error_from_response(resp.status, body, resp.headers)
+        err.message = self.redact(err.message)
+        raise err
+
+    def redact(self, text: str) -> str:
+        """``text`` without the model's token: upstreams like to quote a rejected key back."""
+        token = self.model.token
+        if token and len(token) >= 8 and token in text:
+            text = text.replace(token, "[redacted]")
+        return text
 
     def note_rate_limit(self, headers: Mapping[str, str]) -> None:
         """Pass the upstream's ``x-ratelimit-*`` headers on to the core (``send`` does this for

@@ -397,6 +397,8 @@ class Router:
 
     async def _failed(self, route: Route, err: UpstreamError, decision: Decision,
                       tally: _Tally) -> None:
+        # Whatever a plugin forgot: the model's token never reaches a client or a log line.
+        err.message = route.provider.redact(err.message)
         tally.last_error = err
         self.metrics.upstream_errors.labels(route.name, err.kind.value).inc()
         if decision.reservation is not None:

@@ -270,3 +270,25 @@ class TestEndpoints:
         async with proxy.http.get(proxy.url("/ping")) as resp:
             assert len(resp.headers["X-Request-ID"]) == 32
 
+
+
+async def test_upstream_quoting_the_key_never_leaks_it(start_proxy, aiohttp_server):
+    from aiohttp import web
+
+    secret = "sk-upstream-secret-1234567890"
+
+    async def quote_key(request: web.Request) -> web.Response:
+        return web.json_response({"error": {
+            "message": f"bad request for key {request.headers['Authorization'][7:]}",
+            "type": "invalid_request_error", "code": None}}, status=400)
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", quote_key)
+    server = await aiohttp_server(app)
+    proxy = await start_proxy({"models": [{"name": "m", "provider": "openai", "token": secret,
+                                           "url": str(server.make_url("/v1"))}]})
+    with pytest.raises(openai.BadRequestError) as info:
+        await proxy.client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "x"}])
+    assert secret not in str(info.value.body)
+    assert "[redacted]" in info.value.message
