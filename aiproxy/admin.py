@@ -1,6 +1,10 @@
-"""Operator endpoints: ``POST /admin/reload`` (proxy token only) and ``GET /health/ready``."""
+"""Operator endpoints: ``POST /admin/reload`` (proxy token only), ``GET /health/ready`` and
+``GET /openapi.json``."""
 
 from __future__ import annotations
+
+import functools
+from importlib import resources
 
 import orjson
 from aiohttp import web
@@ -36,6 +40,17 @@ async def ready(request: web.Request) -> web.Response:
     return web.Response(status=200 if ok else 503, body=orjson.dumps(body), headers=_JSON)
 
 
+async def openapi(request: web.Request) -> web.Response:
+    """The OpenAPI document of this API (``aiproxy/openapi.json``, checked by the tests)."""
+    return web.Response(body=_openapi_document(), headers=_JSON)
+
+
+@functools.cache
+def _openapi_document() -> bytes:
+    return resources.files("aiproxy").joinpath("openapi.json").read_bytes()
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/admin/reload", reload_config)
     app.router.add_get("/health/ready", ready)
+    app.router.add_get("/openapi.json", openapi)
