@@ -114,7 +114,6 @@ class UpstreamError(Exception):
     ) -> None:
         super().__init__(message)
         self.kind = kind
-        self.message = message
         self.status = status if status is not None else _DEFAULT_STATUS[kind]
         self.code = code
         self.param = param
@@ -122,6 +121,15 @@ class UpstreamError(Exception):
         self.upstream_status = upstream_status
         # Who failed behind an aggregator (OpenRouter's metadata.provider_name), for messages.
         self.provider_name = provider_name
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+    @message.setter
+    def message(self, value: str) -> None:
+        # Kept in args too, so str(err) never shows what a redaction removed.
+        self.args = (value,)
 
     def __repr__(self) -> str:
         return f"UpstreamError({self.kind.value}, {self.status}, {self.message!r})"
@@ -457,8 +465,10 @@ class Provider:
     def stream(self, request: ChatRequest) -> AsyncIterator[dict[str, Any]]:
         """Yield OpenAI ``chat.completion.chunk`` objects; end only when the answer is complete.
 
-        Raise :class:`UpstreamError` (kind ``PROTOCOL``) if the upstream stream is cut before its
-        end. Closing the iterator early (``aclose``) must release the upstream connection.
+        Yield nothing before the upstream has answered: until the first chunk the core may
+        still fall over to another model. Raise :class:`UpstreamError` (kind ``PROTOCOL``) if
+        the upstream stream is cut before its end. Closing the iterator early (``aclose``)
+        must release the upstream connection.
         """
         raise NotImplementedError  # pragma: no cover
 

@@ -1,0 +1,431 @@
+"""The plugin conformance suite (``aiproxy.testing``) against first-party providers and the
+example plugin, and the suite's own teeth: deliberately broken providers must fail it.
+
+To cover another provider, write one adapter class (how its upstream says things) and add it
+to ``ADAPTERS``; a known, accepted gap goes in ``KNOWN_GAPS`` (a strict xfail, so fixing the
+provider turns it red until the entry is removed).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from aiohttp import web
+
+from aiproxy.config import ModelConfig
+from aiproxy.provider import (
+    ChatRequest,
+    ChatResponse,
+    ErrorKind,
+    Provider,
+    UpstreamError,
+    iter_sse,
+)
+from aiproxy.testing import (
+    CHECKS,
+    RETRY_AFTER,
+    TEXT,
+    ConformanceAdapter,
+    FakeUpstream,
+    RecordedRequest,
+    StreamEvent,
+    Usage,
+    applicable_checks,
+    chat_request,
+    collect_stream,
+    conformance_tests,
+    json_response,
+    run_check,
+    run_conformance,
+    stream_response,
+)
+from aiproxy_providers.mock import MockProvider
+from aiproxy_providers.openai import (
+    GroqProvider,
+    HuggingFaceProvider,
+    OpenAIProvider,
+    OpenRouterProvider,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "aiproxy-provider-example"
+
+
+# ---------------------------------------------------------------------------------------------
+# Adapters: how each upstream says things
+
+
+class OpenAIAdapter(ConformanceAdapter):
+    """The OpenAI Chat Completions wire format (https://platform.openai.com/docs/api-reference/chat),
+    shared by OpenAI, OpenRouter, Groq and the HuggingFace router."""
+
+    chat_paths = ("/v1/chat/completions",)
+
+    def __init__(self, provider: type[Provider] = OpenAIProvider) -> None:
+        self.provider = provider
+
+    def model_config(self, base_url: str) -> ModelConfig:
+        return ModelConfig(name="upstream/gpt-test", provider="upstream", url=base_url + "/v1",
+                           token=self.token)
+
+    def answer_text(self, text: str, usage: Usage, request: RecordedRequest) -> dict[str, Any]:
+        return {"id": "chatcmpl-abc", "object": "chat.completion", "created": 1700000000,
+                "model": request.json["model"],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                             "finish_reason": "stop", "logprobs": None}],
+                "usage": {"prompt_tokens": usage.prompt_tokens,
+                          "completion_tokens": usage.completion_tokens,
+                          "total_tokens": usage.total_tokens}}
+
+    def stream_text(self, pieces: Sequence[str], usage: Usage,
+                    request: RecordedRequest) -> list[StreamEvent]:
+        base = {"id": "chatcmpl-abc", "object": "chat.completion.chunk", "created": 1700000000,
+                "model": request.json["model"]}
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+            return {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+        events: list[StreamEvent] = [chunk({"role": "assistant", "content": ""})]
+        events += [chunk({"content": piece}) for piece in pieces]
+        events.append(chunk({}, "stop"))
+        # Like the real API: the usage chunk only when stream_options asks for it.
+        if (request.json.get("stream_options") or {}).get("include_usage"):
+            events.append({**base, "choices": [], "usage": {
+                "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+                "total_tokens": usage.total_tokens}})
+        events.append(b"[DONE]")
+        return events
+
+    def error(self, kind: ErrorKind, message: str,
+              request: RecordedRequest) -> web.StreamResponse | None:
+        def envelope(status: int, code: str | None, typ: str = "invalid_request_error",
+                     headers: dict[str, str] | None = None) -> web.Response:
+            return json_response({"error": {"message": message, "type": typ, "param": None,
+                                            "code": code}}, status=status, headers=headers)
+
+        if kind is ErrorKind.RATE_LIMITED:
+            return envelope(429, "rate_limit_exceeded", "requests",
+                            {"Retry-After": str(int(RETRY_AFTER))})
+        if kind is ErrorKind.OVERLOADED:
+            return envelope(503, None, "server_error")
+        if kind is ErrorKind.BAD_REQUEST:
+            return envelope(400, "invalid_value")
+        if kind is ErrorKind.AUTH:
+            return envelope(401, "invalid_api_key")
+        if kind is ErrorKind.CONTEXT_LENGTH:
+            message = f"This model's maximum context length is 8192 tokens. {message}"
+            return envelope(400, "context_length_exceeded")
+        if kind is ErrorKind.CONTENT_FILTER:
+            return envelope(400, "content_filter")
+        return None
+
+    def stream_error(self, message: str) -> StreamEvent | None:
+        # OpenRouter reports a failure after the first byte as an event with an error object.
+        return {"error": {"message": message, "code": 502}}
+
+    def check_request(self, request: RecordedRequest, chat: ChatRequest) -> None:
+        assert request.json["model"] == "gpt-test"
+        assert request.json["messages"] == chat.body["messages"]
+        assert request.json.get("stream", False) is chat.stream
+        assert request.json.get("stream_options") == chat.body.get("stream_options")
+        assert request.headers["Authorization"] == f"Bearer {self.token}"
+
+
+class MockAdapter(ConformanceAdapter):
+    """The offline mock: no upstream, so only the shape checks apply."""
+
+    provider = MockProvider
+    has_upstream = False
+    exact_usage = False  # it counts words
+    token = None
+
+    def model_config(self, base_url: str) -> ModelConfig:
+        return ModelConfig(name="mock/echo", provider="mock", options={"reply": TEXT})
+
+    def answer_text(self, text: str, usage: Usage, request: RecordedRequest) -> dict[str, Any]:
+        raise AssertionError("the mock provider calls no upstream")
+
+    def stream_text(self, pieces: Sequence[str], usage: Usage,
+                    request: RecordedRequest) -> list[StreamEvent]:
+        raise AssertionError("the mock provider calls no upstream")
+
+    def error(self, kind: ErrorKind, message: str,
+              request: RecordedRequest) -> web.StreamResponse | None:
+        return None
+
+
+def example_adapter() -> ConformanceAdapter:
+    """The example plugin's own adapter, from its tests (the plugin need not be installed)."""
+    if str(EXAMPLE) not in sys.path:
+        sys.path.insert(0, str(EXAMPLE))
+    spec = importlib.util.spec_from_file_location("aiproxy_ollama_example_conformance",
+                                                  EXAMPLE / "tests" / "test_conformance.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    adapter: ConformanceAdapter = module.OllamaAdapter()
+    return adapter
+
+
+ADAPTERS: dict[str, ConformanceAdapter] = {
+    "openai": OpenAIAdapter(OpenAIProvider),
+    "openrouter": OpenAIAdapter(OpenRouterProvider),
+    "groq": OpenAIAdapter(GroqProvider),
+    "huggingface": OpenAIAdapter(HuggingFaceProvider),
+    "mock": MockAdapter(),
+    "ollama-example": example_adapter(),
+}
+
+KNOWN_GAPS: dict[tuple[str, str], str] = {}
+
+
+def _cases() -> list[Any]:
+    cases = []
+    for name, adapter in ADAPTERS.items():
+        for check in applicable_checks(adapter):
+            gap = KNOWN_GAPS.get((name, check))
+            marks = [pytest.mark.xfail(strict=True, reason=gap)] if gap else []
+            cases.append(pytest.param(name, check, id=f"{name}-{check}", marks=marks))
+    return cases
+
+
+@pytest.mark.parametrize(("name", "check"), _cases())
+async def test_conformance(name: str, check: str) -> None:
+    result = await run_check(ADAPTERS[name], check)
+    assert result.ok, f"{name} / {check}: {result.detail}"
+
+
+def test_every_known_gap_names_a_real_case() -> None:
+    for name, check in KNOWN_GAPS:
+        assert check in applicable_checks(ADAPTERS[name]), (name, check)
+
+
+# ---------------------------------------------------------------------------------------------
+# The suite's teeth: each broken provider must fail the check that guards its mistake
+
+
+def _chunk(delta: dict[str, Any]) -> dict[str, Any]:
+    return {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "m",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+
+
+class RoleBeforeUpstream(OpenAIProvider):
+    """Yields the role chunk before asking the upstream: no failover once that went out."""
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[dict[str, Any]]:
+        yield _chunk({"role": "assistant"})
+        async for chunk in super().stream(request):
+            yield chunk
+
+
+class NeverClosesStream(OpenAIProvider):
+    """Forgets the response on an early exit and lets aiohttp errors escape."""
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[dict[str, Any]]:
+        resp = await self.send("POST", self.chat_url, data=request.upstream_body(
+            self.upstream_model), headers=self.headers)
+        async for event in iter_sse(resp.content):
+            if event.data == b"[DONE]":
+                break
+            yield orjson.loads(event.data)
+        resp.release()
+
+
+class SwallowsCut(OpenAIProvider):
+    """Ends a broken stream as if it were complete."""
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[dict[str, Any]]:
+        try:
+            async for chunk in super().stream(request):
+                yield chunk
+        except UpstreamError:
+            return
+
+
+class UsageUnasked(OpenAIProvider):
+    """Adds a usage chunk whether or not the client asked for one."""
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[dict[str, Any]]:
+        last: dict[str, Any] = {}
+        async for chunk in super().stream(request):
+            last = chunk
+            yield chunk
+        if not request.include_usage:
+            yield {**last, "choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 1,
+                                                     "total_tokens": 2}}
+
+
+class FreshIds(OpenAIProvider):
+    """Gives every chunk its own id."""
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[dict[str, Any]]:
+        n = 0
+        async for chunk in super().stream(request):
+            n += 1
+            yield {**chunk, "id": f"chatcmpl-{n}"}
+
+
+class RetriesInside(OpenAIProvider):
+    """Retries a 429 itself instead of leaving retries to the core."""
+
+    async def chat(self, request: ChatRequest) -> ChatResponse:
+        try:
+            return await super().chat(request)
+        except UpstreamError:
+            return await super().chat(request)
+
+
+class WrongKind(OpenAIProvider):
+    """Reports every upstream failure as OVERLOADED."""
+
+    def error_from_response(self, status: int, body: bytes, headers: Any) -> UpstreamError:
+        return UpstreamError(ErrorKind.OVERLOADED, "something failed")
+
+
+def leaky_ollama() -> ConformanceAdapter:
+    """The example plugin with its key scrubbing removed."""
+    adapter = example_adapter()
+    base: type[Provider] = adapter.provider
+
+    class LeaksKey(base):  # type: ignore[valid-type,misc]
+        # Undo both the plugin's own redaction and the one Provider.send applies.
+        def _redact(self, text: str) -> str:
+            return text
+
+        def redact(self, text: str) -> str:
+            return text
+
+    adapter.provider = LeaksKey
+    return adapter
+
+
+# NeverClosesStream leaks a connection on purpose; aiohttp says so when it is collected.
+@pytest.mark.filterwarnings("ignore:Unclosed connection:ResourceWarning")
+@pytest.mark.parametrize(("adapter", "check", "complaint"), [
+    pytest.param(OpenAIAdapter(RoleBeforeUpstream), "error_rate_limited",
+                 "chunks before raising", id="role-before-upstream"),
+    pytest.param(OpenAIAdapter(NeverClosesStream), "stream_aclose", "stayed open",
+                 id="aclose-keeps-connection"),
+    pytest.param(OpenAIAdapter(NeverClosesStream), "stream_cut", "raised ClientPayloadError",
+                 id="cut-escapes-as-aiohttp-error"),
+    pytest.param(OpenAIAdapter(SwallowsCut), "stream_cut", "no error was raised",
+                 id="cut-swallowed"),
+    pytest.param(OpenAIAdapter(UsageUnasked), "stream_no_usage", "usage was not asked for",
+                 id="usage-unasked"),
+    pytest.param(OpenAIAdapter(FreshIds), "stream_usage", "differ between chunks",
+                 id="ids-differ"),
+    pytest.param(OpenAIAdapter(RetriesInside), "error_rate_limited", "exactly one upstream call",
+                 id="retries-inside"),
+    pytest.param(OpenAIAdapter(WrongKind), "error_auth", "expected AUTH", id="wrong-kind"),
+    pytest.param(leaky_ollama(), "no_secret_in_errors", "key appears", id="leaks-key"),
+])
+async def test_suite_catches(adapter: ConformanceAdapter, check: str, complaint: str) -> None:
+    result = await run_check(adapter, check)
+    assert not result.ok, f"{check} passed a provider that breaks it"
+    assert complaint in result.detail, result.detail
+
+
+# ---------------------------------------------------------------------------------------------
+# The kit itself
+
+
+async def test_report_lists_skipped_checks_with_reasons() -> None:
+    report = await run_conformance(ADAPTERS["mock"])
+    assert report.ok, report.summary()
+    skipped = {r.name: r.detail for r in report.results if r.skipped}
+    assert skipped["stream_cut"] == "the provider calls no upstream"
+    assert {r.name for r in report.results} == set(CHECKS)
+    assert "skip stream_cut" in report.summary()
+    report.raise_for_failures()
+
+
+async def test_report_of_a_broken_provider_raises() -> None:
+    report = await run_conformance(OpenAIAdapter(SwallowsCut), ["chat", "stream_cut"])
+    assert not report.ok
+    assert [r.name for r in report.failures] == ["stream_cut"]
+    with pytest.raises(AssertionError, match="FAIL stream_cut"):
+        report.raise_for_failures()
+
+
+def test_conformance_tests_builds_a_pytest_class() -> None:
+    cls = conformance_tests(ADAPTERS["ollama-example"], name="TestX")
+    assert cls.__name__ == "TestX"
+    marks = cls.test_conformance.pytestmark  # type: ignore[attr-defined]
+    assert list(marks[0].args[1]) == applicable_checks(ADAPTERS["ollama-example"])
+
+
+class TestFakeUpstream:
+    async def test_records_routes_and_refuses_the_unrouted(self) -> None:
+        async def hello(request: web.Request) -> web.StreamResponse:
+            return json_response({"hi": (await request.json())["name"]})
+
+        async with FakeUpstream() as fake, aiohttp.ClientSession() as http:
+            fake.route("POST", "/greet", hello)
+            async with http.post(fake.url_for("/greet?x=1"), json={"name": "ann"},
+                                 headers={"X-Key": "k"}) as resp:
+                assert await resp.json() == {"hi": "ann"}
+            async with http.get(fake.url_for("/nowhere")) as resp:
+                assert resp.status == 404
+            seen = fake.requests[0]
+            assert (seen.method, seen.path, dict(seen.query)) == ("POST", "/greet", {"x": "1"})
+            assert seen.json == {"name": "ann"}
+            assert seen.headers["x-key"] == "k"  # case-insensitive, as HTTP headers are
+            assert [r.path for r in fake.unrouted] == ["/nowhere"]
+            assert fake.requests_to("/greet") == [seen]
+
+    async def test_sse_ndjson_cut_and_hold(self) -> None:
+        async def sse(request: web.Request) -> web.StreamResponse:
+            return await stream_response(request, [{"a": 1}, b"[DONE]"])
+
+        async def ndjson_cut(request: web.Request) -> web.StreamResponse:
+            return await stream_response(request, [{"a": 1}, {"a": 2}], format="ndjson",
+                                         cut_after=1)
+
+        async def held(request: web.Request) -> web.StreamResponse:
+            return await stream_response(request, [{"a": 1}], hold=5)
+
+        async with FakeUpstream() as fake, aiohttp.ClientSession() as http:
+            fake.route("GET", "/sse", sse)
+            fake.route("GET", "/cut", ndjson_cut)
+            fake.route("GET", "/held", held)
+            async with http.get(fake.url_for("/sse")) as resp:
+                assert resp.headers["Content-Type"] == "text/event-stream"
+                assert await resp.read() == b'data: {"a":1}\n\ndata: [DONE]\n\n'
+            async with http.get(fake.url_for("/cut")) as resp:
+                assert resp.headers["Content-Type"] == "application/x-ndjson"
+                assert await resp.content.readline() == b'{"a":1}\n'
+                with pytest.raises(aiohttp.ClientPayloadError):
+                    await resp.read()
+            assert fake.disconnects == 0
+            async with http.get(fake.url_for("/held")) as resp:
+                assert await resp.content.readline() == b'data: {"a":1}\n'
+                resp.close()
+            assert await fake.wait_for_disconnect(2.0)
+            assert fake.disconnects == 1
+
+
+async def test_chat_request_and_collect_stream_helpers() -> None:
+    request = chat_request(stream=True, include_usage=True, temperature=0)
+    assert request.stream and request.include_usage
+    assert orjson.loads(request.raw) == request.body
+    assert request.body["temperature"] == 0
+    provider = MockProvider(ModelConfig(name="m", provider="mock"), None)  # type: ignore[arg-type]
+    chunks = await collect_stream(provider.stream(request))
+    assert chunks[-1]["usage"]["total_tokens"] > 0
+
+
+def test_the_kit_imports_without_pytest() -> None:
+    code = ("import sys; sys.modules['pytest'] = None; import aiproxy.testing as t; "
+            "print(len(t.CHECKS))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=ROOT, timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) == len(CHECKS)
