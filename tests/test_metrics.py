@@ -105,3 +105,50 @@ async def test_metrics_need_a_token(start_proxy):
     async with proxy.http.get(proxy.url("/v1/models"),
                               headers={"Authorization": "Bearer scraper"}) as resp:
         assert resp.status == 401
+
+
+async def test_workers_metrics_add_up_across_processes(tmp_path):
+    import asyncio
+    import os
+    import subprocess
+    import sys
+
+    import aiohttp
+
+    from tests.conftest import TOKEN
+    from tests.test_cli import free_port, wait_ready
+
+    config = tmp_path / "c.yaml"
+    config.write_text("models:\n  - {name: echo, provider: mock}\n")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("AUTH_TOKEN", "PROMETHEUS_MULTIPROC_DIR")}
+    env.update(AUTH_TOKEN=TOKEN, LOG_LEVEL="WARNING")
+    proc = subprocess.Popen([sys.executable, "-m", "aiproxy", "--config", str(config),
+                             "--addr", f"127.0.0.1:{port}", "--workers", "2"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        await wait_ready(url, proc)
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        # Separate connections, so SO_REUSEPORT spreads them over both workers.
+        for _ in range(20):
+            async with aiohttp.ClientSession(headers=headers) as session, session.post(
+                    url + "/v1/chat/completions",
+                    json={"model": "echo", "messages": MSG}) as resp:
+                assert resp.status == 200
+        totals = set()
+        for _ in range(4):  # whichever worker answers the scrape reports the sum
+            async with aiohttp.ClientSession(headers=headers) as session, session.get(
+                    url + "/metrics") as resp:
+                data = samples(await resp.text())
+            totals.add(value(data, "aiproxy_requests_total", route="/v1/chat/completions",
+                             model="echo", provider="mock", status="200"))
+        assert totals == {20}
+        # Both workers served (the breaker gauge is kept per process, with its pid).
+        pids = {dict(labels).get("pid") for (name, labels) in data
+                if name == "aiproxy_circuit_breaker_state"}
+        assert len(pids) == 2
+    finally:
+        proc.terminate()
+        await asyncio.to_thread(proc.wait, 30)
