@@ -36,23 +36,41 @@ from aiproxy.testing import (
     ConformanceAdapter,
     FakeUpstream,
     RecordedRequest,
+    SSEEvent,
     StreamEvent,
     Usage,
     applicable_checks,
     chat_request,
     collect_stream,
     conformance_tests,
+    encode_stream,
     json_response,
     run_check,
     run_conformance,
     stream_response,
 )
+from aiproxy_providers.cloudflare import CloudflareProvider
+from aiproxy_providers.cohere import CohereProvider
+from aiproxy_providers.gemini import GeminiProvider
+from aiproxy_providers.gigachat import GigaChatProvider
 from aiproxy_providers.mock import MockProvider
 from aiproxy_providers.openai import (
     GroqProvider,
     HuggingFaceProvider,
     OpenAIProvider,
     OpenRouterProvider,
+)
+from tests.provider_fakes import (
+    CF_ACCOUNT,
+    COHERE_STREAM_ID,
+    FakeGigaChat,
+    cf_envelope,
+    cf_failure,
+    cohere_text,
+    gemini_error,
+    gemini_text,
+    giga_completion,
+    retry_info,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -162,6 +180,324 @@ class MockAdapter(ConformanceAdapter):
         return None
 
 
+def _usage_fields(usage: Usage) -> dict[str, int]:
+    return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.total_tokens}
+
+
+def _conversation(chat: ChatRequest) -> tuple[str, str]:
+    """The canonical request's system and user texts."""
+    system, user = chat.body["messages"]
+    return system["content"], user["content"]
+
+
+class GeminiAdapter(ConformanceAdapter):
+    """Gemini API v1beta: ``models/{model}:generateContent`` and
+    ``:streamGenerateContent?alt=sse`` (https://ai.google.dev/api/generate-content), errors as
+    google.rpc.Status bodies (https://ai.google.dev/gemini-api/docs/troubleshooting)."""
+
+    provider = GeminiProvider
+    MODEL = "gemini-2.0-flash"
+    chat_paths = (f"/v1beta/models/{MODEL}:generateContent",
+                  f"/v1beta/models/{MODEL}:streamGenerateContent")
+
+    def model_config(self, base_url: str) -> ModelConfig:
+        return ModelConfig(name=f"gemini/{self.MODEL}", provider="gemini",
+                           url=base_url + "/v1beta", token=self.token)
+
+    def answer_text(self, text: str, usage: Usage, request: RecordedRequest) -> dict[str, Any]:
+        return gemini_text(text, prompt=usage.prompt_tokens, output=usage.completion_tokens)
+
+    def stream_text(self, pieces: Sequence[str], usage: Usage,
+                    request: RecordedRequest) -> list[StreamEvent]:
+        # One GenerateContentResponse per piece; usageMetadata is cumulative, and the last
+        # event carries the finishReason and the final counts. Gemini sends no [DONE].
+        events: list[StreamEvent] = []
+        for i, piece in enumerate(pieces):
+            candidate: dict[str, Any] = {"content": {"parts": [{"text": piece}],
+                                                     "role": "model"}, "index": 0}
+            meta = {"promptTokenCount": usage.prompt_tokens,
+                    "totalTokenCount": usage.prompt_tokens}
+            if i == len(pieces) - 1:
+                candidate["finishReason"] = "STOP"
+                meta = {"promptTokenCount": usage.prompt_tokens,
+                        "candidatesTokenCount": usage.completion_tokens,
+                        "totalTokenCount": usage.total_tokens}
+            events.append({"candidates": [candidate], "usageMetadata": meta,
+                           "modelVersion": self.MODEL, "responseId": "conformance-response"})
+        return events
+
+    def error(self, kind: ErrorKind, message: str,
+              request: RecordedRequest) -> web.StreamResponse | None:
+        def status(code: int, grpc: str, text: str, *details: Any) -> web.Response:
+            return json_response(gemini_error(code, grpc, text, *details), status=code)
+
+        if kind is ErrorKind.RATE_LIMITED:  # the delay is in a google.rpc.RetryInfo detail
+            return status(429, "RESOURCE_EXHAUSTED", message, retry_info(int(RETRY_AFTER)))
+        if kind is ErrorKind.OVERLOADED:
+            return status(503, "UNAVAILABLE", f"The model is overloaded. {message}")
+        if kind is ErrorKind.BAD_REQUEST:
+            return status(400, "INVALID_ARGUMENT", message)
+        if kind is ErrorKind.AUTH:  # a bad key is a 400 with reason API_KEY_INVALID
+            return status(400, "INVALID_ARGUMENT", message, {
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": "API_KEY_INVALID", "domain": "googleapis.com"})
+        if kind is ErrorKind.CONTEXT_LENGTH:
+            return status(400, "INVALID_ARGUMENT", "The input token count (1200000) exceeds "
+                          f"the maximum number of tokens allowed (1048576). {message}")
+        if kind is ErrorKind.CONTENT_FILTER:
+            # A blocked prompt is a 200 answer with promptFeedback.blockReason and no
+            # candidates; streamed, it is the stream's only event.
+            blocked = {"promptFeedback": {"blockReason": "SAFETY", "safetyRatings": [
+                {"category": "HARM_CATEGORY_HARASSMENT", "probability": "HIGH"}]},
+                "usageMetadata": {"promptTokenCount": 11, "totalTokenCount": 11},
+                "modelVersion": self.MODEL}
+            if request.path.endswith(":streamGenerateContent"):
+                return web.Response(body=encode_stream([blocked]),
+                                    content_type="text/event-stream")
+            return json_response(blocked)
+        return None
+
+    def stream_error(self, message: str) -> StreamEvent | None:
+        return gemini_error(500, "INTERNAL", message)
+
+    def check_request(self, request: RecordedRequest, chat: ChatRequest) -> None:
+        assert request.path.endswith(":streamGenerateContent") is chat.stream
+        assert dict(request.query) == ({"alt": "sse"} if chat.stream else {})
+        assert request.headers["x-goog-api-key"] == self.token  # never ?key= in the URL
+        system, user = _conversation(chat)
+        assert request.json == {
+            "contents": [{"role": "user", "parts": [{"text": user}]}],
+            "systemInstruction": {"parts": [{"text": system}]},
+            "generationConfig": {"temperature": 0.5, "maxOutputTokens": 32},
+        }
+
+
+class CohereAdapter(ConformanceAdapter):
+    """Cohere Chat API v2 (https://docs.cohere.com/reference/chat), its named stream events
+    (https://docs.cohere.com/reference/chat-stream) and ``{"message"}`` errors
+    (https://docs.cohere.com/reference/errors)."""
+
+    provider = CohereProvider
+    MODEL = "command-a-03-2025"
+    chat_paths = ("/v2/chat",)
+
+    def model_config(self, base_url: str) -> ModelConfig:
+        return ModelConfig(name=f"cohere/{self.MODEL}", provider="cohere", url=base_url,
+                           token=self.token, options={"safety_mode": "CONTEXTUAL"})
+
+    def answer_text(self, text: str, usage: Usage, request: RecordedRequest) -> dict[str, Any]:
+        return cohere_text(text, prompt=usage.prompt_tokens, output=usage.completion_tokens)
+
+    @staticmethod
+    def _event(data: dict[str, Any]) -> SSEEvent:
+        return SSEEvent(orjson.dumps(data), event=data["type"])
+
+    def stream_text(self, pieces: Sequence[str], usage: Usage,
+                    request: RecordedRequest) -> list[StreamEvent]:
+        events: list[dict[str, Any]] = [
+            {"id": COHERE_STREAM_ID, "type": "message-start", "delta": {"message": {
+                "role": "assistant", "content": [], "tool_plan": "", "tool_calls": [],
+                "citations": []}}},
+            {"type": "content-start", "index": 0,
+             "delta": {"message": {"content": {"type": "text", "text": ""}}}},
+            *({"type": "content-delta", "index": 0,
+               "delta": {"message": {"content": {"text": piece}}}} for piece in pieces),
+            {"type": "content-end", "index": 0},
+            # Cohere's documented stream examples give the token counts as floats.
+            {"type": "message-end", "delta": {"finish_reason": "COMPLETE", "usage": {
+                "billed_units": {"input_tokens": usage.prompt_tokens,
+                                 "output_tokens": usage.completion_tokens},
+                "tokens": {"input_tokens": float(usage.prompt_tokens),
+                           "output_tokens": float(usage.completion_tokens)}}}},
+        ]
+        return [self._event(e) for e in events]
+
+    def error(self, kind: ErrorKind, message: str,
+              request: RecordedRequest) -> web.StreamResponse | None:
+        def status(code: int, text: str, headers: dict[str, str] | None = None
+                   ) -> web.Response:
+            return json_response({"id": "c0f0e7e2-5a3c-4c8e-9d2f-conformance", "message": text},
+                                 status=code, headers=headers)
+
+        if kind is ErrorKind.RATE_LIMITED:
+            return status(429, message, {"Retry-After": str(int(RETRY_AFTER))})
+        if kind is ErrorKind.OVERLOADED:
+            return status(503, f"service unavailable: {message}")
+        if kind is ErrorKind.BAD_REQUEST:
+            return status(400, f"invalid request: {message}")
+        if kind is ErrorKind.AUTH:
+            return status(401, message)
+        if kind is ErrorKind.CONTEXT_LENGTH:
+            return status(400, "too many tokens: total number of tokens in the prompt cannot "
+                          f"exceed 4081 - received 4292. {message}")
+        # CONTENT_FILTER: Cohere has no such error; its safety modes shape the answer, and a
+        # blocked answer is a finish_reason (ERROR_TOXIC), not a failure.
+        return None
+
+    def stream_error(self, message: str) -> StreamEvent | None:
+        # A generation that fails after the stream began ends with finish_reason ERROR.
+        return self._event({"type": "message-end",
+                            "delta": {"finish_reason": "ERROR", "error": message}})
+
+    def check_request(self, request: RecordedRequest, chat: ChatRequest) -> None:
+        assert request.headers["Authorization"] == f"Bearer {self.token}"
+        assert request.headers["Accept"] == ("text/event-stream" if chat.stream
+                                             else "application/json")
+        system, user = _conversation(chat)
+        assert request.json == {
+            "model": self.MODEL, "stream": chat.stream,
+            "messages": [{"role": "system", "content": system},
+                         {"role": "user", "content": user}],
+            "temperature": 0.5, "max_tokens": 32, "safety_mode": "CONTEXTUAL",
+        }
+
+
+class GigaChatAdapter(ConformanceAdapter):
+    """GigaChat REST API v1 (https://developers.sber.ru/docs/ru/gigachat/api/reference/rest/
+    post-chat, .../api/response-token-streaming), behind Sber's OAuth endpoint, which the
+    e2e fake plays: it checks the Basic credentials, RqUID and scope, and issues tokens."""
+
+    provider = GigaChatProvider
+    MODEL = "GigaChat-Pro"
+    OAUTH_PATH = "/api/v2/oauth"
+    chat_paths = ("/api/v1/chat/completions",)
+    token = f"{FakeGigaChat.CLIENT_ID}:{FakeGigaChat.CLIENT_SECRET}"
+
+    def __init__(self) -> None:
+        self.oauth = FakeGigaChat()
+
+    def model_config(self, base_url: str) -> ModelConfig:
+        return ModelConfig(name=f"gigachat/{self.MODEL}", provider="gigachat",
+                           url=base_url + "/api/v1", token=self.token,
+                           options={"oauth_url": base_url + self.OAUTH_PATH,
+                                    "scope": FakeGigaChat.SCOPE})
+
+    def setup(self, fake: FakeUpstream) -> None:
+        self.oauth = FakeGigaChat()  # fresh tokens for every check
+        fake.route("POST", self.OAUTH_PATH, self.oauth.oauth)
+
+    def answer_text(self, text: str, usage: Usage, request: RecordedRequest) -> dict[str, Any]:
+        return giga_completion(text, usage=_usage_fields(usage))
+
+    def stream_text(self, pieces: Sequence[str], usage: Usage,
+                    request: RecordedRequest) -> list[StreamEvent]:
+        # The role comes with the first delta; the last one has finish_reason and usage.
+        events: list[StreamEvent] = []
+        for i, piece in enumerate(pieces):
+            choice: dict[str, Any] = {"delta": {"content": piece}, "index": 0}
+            event: dict[str, Any] = {"choices": [choice], "created": 1683034756,
+                                     "model": "GigaChat-Pro:1.0.26.20",
+                                     "object": "chat.completion"}
+            if i == 0:
+                choice["delta"]["role"] = "assistant"
+            if i == len(pieces) - 1:
+                choice["finish_reason"] = "stop"
+                event["usage"] = _usage_fields(usage)
+            events.append(event)
+        events.append(b"[DONE]")
+        return events
+
+    def error(self, kind: ErrorKind, message: str,
+              request: RecordedRequest) -> web.StreamResponse | None:
+        # https://developers.sber.ru/docs/ru/gigachat/api/errors-description
+        def status(code: int, text: str, headers: dict[str, str] | None = None
+                   ) -> web.Response:
+            return json_response({"status": code, "message": text}, status=code,
+                                 headers=headers)
+
+        if kind is ErrorKind.RATE_LIMITED:
+            return status(429, f"Too Many Requests: {message}",
+                          {"Retry-After": str(int(RETRY_AFTER))})
+        if kind is ErrorKind.OVERLOADED:
+            return status(503, f"Service Unavailable: {message}")
+        if kind is ErrorKind.BAD_REQUEST:
+            return status(422, f"Invalid params: {message}")
+        if kind is ErrorKind.AUTH:  # the access token refused (the provider refreshes once)
+            return status(401, message)
+        if kind is ErrorKind.CONTEXT_LENGTH:  # a prompt over the model's context window
+            return status(413, f"Payload Too Large: {message}")
+        # CONTENT_FILTER: GigaChat's moderation answers finish_reason "blacklist", not an error.
+        return None
+
+    def stream_error(self, message: str) -> StreamEvent | None:
+        return {"status": 500, "message": message}
+
+    def check_request(self, request: RecordedRequest, chat: ChatRequest) -> None:
+        issued = self.oauth.issued
+        assert issued, "no access token was fetched"
+        assert request.headers["Authorization"] == f"Bearer {issued[-1]}"
+        system, user = _conversation(chat)
+        expected: dict[str, Any] = {
+            "model": self.MODEL,
+            "messages": [{"role": "system", "content": system},
+                         {"role": "user", "content": user}],
+            "temperature": 0.5, "max_tokens": 32,
+        }
+        if chat.stream:
+            expected["stream"] = True
+        assert request.json == expected
+
+
+class CloudflareAdapter(ConformanceAdapter):
+    """Workers AI's native ``/accounts/{id}/ai/run/{model}``
+    (https://developers.cloudflare.com/workers-ai/get-started/rest-api/): answers in the API v4
+    envelope, ``data: {"response"}`` stream events ending in ``[DONE]``, errors as envelope
+    codes (https://developers.cloudflare.com/workers-ai/platform/errors/)."""
+
+    provider = CloudflareProvider
+    MODEL = "@cf/meta/llama-3.1-8b-instruct"
+    chat_paths = (f"/client/v4/accounts/{CF_ACCOUNT}/ai/run/{MODEL}",)
+
+    def model_config(self, base_url: str) -> ModelConfig:
+        return ModelConfig(name=f"cloudflare/{self.MODEL}", provider="cloudflare",
+                           url=base_url + "/client/v4", token=self.token,
+                           options={"account_id": CF_ACCOUNT})
+
+    def answer_text(self, text: str, usage: Usage, request: RecordedRequest) -> dict[str, Any]:
+        return cf_envelope({"response": text, "tool_calls": [], "usage": _usage_fields(usage)})
+
+    def stream_text(self, pieces: Sequence[str], usage: Usage,
+                    request: RecordedRequest) -> list[StreamEvent]:
+        return [*({"response": piece, "p": "abcdefgh"} for piece in pieces),
+                {"response": "", "usage": _usage_fields(usage)}, b"[DONE]"]
+
+    def error(self, kind: ErrorKind, message: str,
+              request: RecordedRequest) -> web.StreamResponse | None:
+        def status(code: int, cf_code: int, text: str,
+                   headers: dict[str, str] | None = None) -> web.Response:
+            return json_response(cf_failure(cf_code, text), status=code, headers=headers)
+
+        if kind is ErrorKind.RATE_LIMITED:  # 3040: out of capacity
+            return status(429, 3040, message, {"Retry-After": str(int(RETRY_AFTER))})
+        if kind is ErrorKind.OVERLOADED:  # 3043: internal server error
+            return status(500, 3043, message)
+        if kind is ErrorKind.BAD_REQUEST:
+            return status(400, 8000, message)
+        if kind is ErrorKind.AUTH:
+            return status(401, 10000, message)
+        if kind is ErrorKind.CONTEXT_LENGTH:
+            return status(400, 5021, "AiError: The estimated number of input and maximum output "
+                          f"tokens exceeded this model context window limit. {message}")
+        # CONTENT_FILTER: Workers AI has no content-filter error.
+        return None
+
+    def stream_error(self, message: str) -> StreamEvent | None:
+        return cf_failure(3043, message)
+
+    def check_request(self, request: RecordedRequest, chat: ChatRequest) -> None:
+        assert request.headers["Authorization"] == f"Bearer {self.token}"
+        system, user = _conversation(chat)
+        expected: dict[str, Any] = {
+            "messages": [{"role": "system", "content": system},
+                         {"role": "user", "content": user}],
+            "temperature": 0.5, "max_tokens": 32,
+        }
+        if chat.stream:
+            expected["stream"] = True
+        assert request.json == expected
+
+
 def example_adapter() -> ConformanceAdapter:
     """The example plugin's own adapter, from its tests (the plugin need not be installed)."""
     if str(EXAMPLE) not in sys.path:
@@ -180,6 +516,10 @@ ADAPTERS: dict[str, ConformanceAdapter] = {
     "openrouter": OpenAIAdapter(OpenRouterProvider),
     "groq": OpenAIAdapter(GroqProvider),
     "huggingface": OpenAIAdapter(HuggingFaceProvider),
+    "gemini": GeminiAdapter(),
+    "cohere": CohereAdapter(),
+    "gigachat": GigaChatAdapter(),
+    "cloudflare": CloudflareAdapter(),
     "mock": MockAdapter(),
     "ollama-example": example_adapter(),
 }

@@ -131,24 +131,36 @@ async def test_workers_metrics_add_up_across_processes(tmp_path):
         url = f"http://127.0.0.1:{port}"
         await wait_ready(url, proc)
         headers = {"Authorization": f"Bearer {TOKEN}"}
-        # Separate connections, so SO_REUSEPORT spreads them over both workers.
-        for _ in range(20):
-            async with aiohttp.ClientSession(headers=headers) as session, session.post(
-                    url + "/v1/chat/completions",
-                    json={"model": "echo", "messages": MSG}) as resp:
-                assert resp.status == 200
-        totals = set()
-        for _ in range(4):  # whichever worker answers the scrape reports the sum
+
+        async def scrape_once() -> dict:
             async with aiohttp.ClientSession(headers=headers) as session, session.get(
                     url + "/metrics") as resp:
-                data = samples(await resp.text())
+                return samples(await resp.text())
+
+        def served_by(data: dict) -> set:
+            # The breaker gauge is kept per process, labelled with its pid.
+            return {dict(labels).get("pid") for (name, labels) in data
+                    if name == "aiproxy_circuit_breaker_state"}
+
+        # Separate connections, so SO_REUSEPORT spreads them over the workers; go on until
+        # both have served (the second may still be starting when the first answers).
+        sent = 0
+        for _ in range(50):
+            for _ in range(10):
+                async with aiohttp.ClientSession(headers=headers) as session, session.post(
+                        url + "/v1/chat/completions",
+                        json={"model": "echo", "messages": MSG}) as resp:
+                    assert resp.status == 200
+                sent += 1
+            if len(served_by(await scrape_once())) == 2:
+                break
+        totals = set()
+        for _ in range(6):  # whichever worker answers the scrape reports the sum
+            data = await scrape_once()
+            assert len(served_by(data)) == 2
             totals.add(value(data, "aiproxy_requests_total", route="/v1/chat/completions",
                              model="echo", provider="mock", status="200"))
-        assert totals == {20}
-        # Both workers served (the breaker gauge is kept per process, with its pid).
-        pids = {dict(labels).get("pid") for (name, labels) in data
-                if name == "aiproxy_circuit_breaker_state"}
-        assert len(pids) == 2
+        assert totals == {sent}
     finally:
         proc.terminate()
         await asyncio.to_thread(proc.wait, 30)
