@@ -104,8 +104,9 @@ def parse_chat_request(body: dict[str, Any], raw: bytes) -> ChatRequest:
     if stream is not None and not isinstance(stream, bool):
         raise ProxyError(400, f"'stream' must be a boolean, got {_type_name(stream)}",
                          param="stream")
-    for field, types in _FIELD_TYPES.items():
-        value = body.get(field)
+    for field in _FIELD_TYPES.keys() & body.keys():
+        types = _FIELD_TYPES[field]
+        value = body[field]
         if value is None:
             continue
         if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -15,7 +17,12 @@ from aiproxy.keys import KeyRing
 from aiproxy.limits import make_limiter
 from aiproxy.limits.base import RateLimiter
 from aiproxy.metrics import Metrics
-from aiproxy.observability import get_logger, new_request_id, valid_request_id
+from aiproxy.observability import (
+    flush_logs_forever,
+    get_logger,
+    new_request_id,
+    valid_request_id,
+)
 from aiproxy.plugins import ProviderRegistry
 from aiproxy.reload import SOURCE, ConfigSource, install_sighup
 from aiproxy.router import Router
@@ -175,9 +182,13 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     log.info("started", models=len(routes), providers=sorted({r.model.provider
                                                               for r in routes.values()}))
     undo_sighup = install_sighup(app) if SOURCE in app else (lambda: None)
+    flusher = asyncio.get_running_loop().create_task(flush_logs_forever())
     try:
         yield
     finally:
+        flusher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await flusher
         undo_sighup()
         for retired in runtime.retired:
             await retired.close()

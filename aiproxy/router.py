@@ -201,16 +201,19 @@ class Router:
 
         ``allowed`` filters the candidates (a client key's permissions).
         """
-        if name not in self.routes and name not in self.groups:
+        route = self.routes.get(name)
+        if route is not None and not route.model.fallbacks:
+            plan = [route]  # the common case, without building sets and sorting
+        elif route is None and name not in self.groups:
             raise ProxyError(404, f"The model {name!r} does not exist", code="model_not_found",
                              param="model")
-        ordered = self._expand(name, set())
-        route = self.routes.get(name)
-        if route is not None:
-            seen = {name}
-            for fallback in route.model.fallbacks:
-                ordered += self._expand(fallback, seen)
-        plan = list(dict.fromkeys(ordered))
+        else:
+            ordered = self._expand(name, set())
+            if route is not None:
+                seen = {name}
+                for fallback in route.model.fallbacks:
+                    ordered += self._expand(fallback, seen)
+            plan = list(dict.fromkeys(ordered))
         if allowed is not None:
             plan = [r for r in plan if allowed(r)]
         serving = [r for r in plan if r.serves(capability)]
