@@ -13,7 +13,7 @@ from typing import Any, TextIO
 import orjson
 import structlog
 
-__all__ = ["configure_logging", "flush_logs_forever", "get_logger", "new_request_id",
+__all__ = ["configure_logging", "flush_logs", "flush_logs_forever", "get_logger", "new_request_id",
            "valid_request_id"]
 
 
@@ -25,6 +25,7 @@ def configure_logging(level: str = "INFO", fmt: str | None = None,
                       stream: TextIO | None = None) -> None:
     """Set up structlog once per process. ``fmt`` None picks console for a TTY, else JSON."""
     out = stream or sys.stdout
+    _configured[:] = [out]
     if fmt is None:
         fmt = "console" if out.isatty() else "json"
     renderer: Any = (structlog.dev.ConsoleRenderer(colors=out.isatty()) if fmt == "console"
@@ -57,15 +58,24 @@ class _LineWriter:
     log = debug = info = warn = warning = error = critical = exception = fatal = msg
 
 
-async def flush_logs_forever(stream: TextIO | None = None, every: float = 0.5) -> None:
+def flush_logs() -> None:
+    """Flush what :func:`configure_logging` writes to (nothing when it was never called)."""
+    out = _configured[0] if _configured else None
+    if out is not None and not out.closed:
+        out.flush()
+
+
+async def flush_logs_forever(every: float = 0.5) -> None:
     """Flush the log stream periodically (run as a task for the app's lifetime)."""
-    out = stream or sys.stdout
     try:
         while True:
             await asyncio.sleep(every)
-            out.flush()
+            flush_logs()
     finally:
-        out.flush()
+        flush_logs()
+
+
+_configured: list[TextIO] = []  # the stream configure_logging set up, if it did
 
 
 def get_logger(name: str) -> Any:
