@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import struct
 import time
 from typing import Any
 
@@ -26,6 +25,7 @@ from aiproxy.provider import (
     EmbeddingsResponse,
     ImageRequest,
     ImageResponse,
+    embedding_base64,
 )
 from aiproxy.router import Route
 
@@ -44,11 +44,6 @@ def _embedding_input_ok(value: Any) -> bool:
     if all(isinstance(v, int) and not isinstance(v, bool) for v in value):
         return True  # one tokenised input
     return all(isinstance(v, list) and v and all(isinstance(t, int) for t in v) for v in value)
-
-
-def _as_base64(vector: list[float]) -> str:
-    """What OpenAI answers for ``encoding_format: base64``: little-endian float32 bytes."""
-    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
 
 
 async def embeddings(request: web.Request) -> web.Response:
@@ -91,7 +86,7 @@ async def embeddings(request: web.Request) -> web.Response:
     if encoding == "base64":
         for item in data.get("data") or ():
             if isinstance(item, dict) and isinstance(item.get("embedding"), list):
-                item["embedding"] = _as_base64(item["embedding"])
+                item["embedding"] = embedding_base64(item["embedding"])
     return web.Response(body=orjson.dumps(data), headers={**JSON_HEADERS,
                                                           **route_headers(served)})
 

@@ -7,10 +7,13 @@ Read ``docs/plugins.md`` for a walk-through; ``PLUGIN_API_VERSION`` changes when
 
 from __future__ import annotations
 
+import base64
 import email.utils
 import enum
+import struct
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
 import aiohttp
@@ -35,11 +38,17 @@ __all__ = [
     "Provider",
     "RateLimitHint",
     "SSEEvent",
+    "StreamChunks",
     "UpstreamError",
+    "completion_id",
+    "embedding_base64",
+    "end_response",
     "error_from_status",
+    "image_media_type",
     "iter_sse",
     "parse_rate_limit_headers",
     "parse_retry_after",
+    "tool_call_id",
 ]
 
 # Bumped on any incompatible change to this module. A plugin may check it at import time.
@@ -480,3 +489,100 @@ class Provider:
 
     async def close(self) -> None:
         """Release what the provider holds beyond the shared session (tokens, own sessions)."""
+
+
+# --- Building OpenAI answers ----------------------------------------------------------------
+# What every provider that translates another dialect needs in the same form.
+
+
+def completion_id() -> str:
+    """A new chat completion id in OpenAI's form: ``chatcmpl-`` and 32 hex digits."""
+    return f"chatcmpl-{uuid.uuid4().hex}"
+
+
+def tool_call_id() -> str:
+    """A new id for a tool call the upstream sent without one: ``call_`` and 24 hex digits.
+
+    The client needs one to answer the call with (the ``tool_call_id`` of its ``tool`` message).
+    """
+    return f"call_{uuid.uuid4().hex[:24]}"
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+@attrs.frozen
+class StreamChunks:
+    """Builds the ``chat.completion.chunk`` objects of one streamed answer, all with the same
+    ``id``, ``created`` and ``model`` (``docs/plugins.md``, section 7).
+
+    Make one per answer once the upstream has answered: ``StreamChunks(self.model.name)``.
+    ``logprobs=True`` adds ``"logprobs": None`` to every choice, as OpenAI's own chunks have it.
+    """
+
+    model: str
+    id: str = attrs.field(factory=completion_id)
+    created: int = attrs.field(factory=_now)
+    logprobs: bool = False
+
+    def chunk(self, delta: dict[str, Any], finish_reason: str | None = None, *,
+              index: int = 0) -> dict[str, Any]:
+        """A chunk of one choice: ``delta`` (``{}`` beside the ``finish_reason``)."""
+        choice: dict[str, Any] = {"index": index, "delta": delta, "finish_reason": finish_reason}
+        if self.logprobs:
+            choice["logprobs"] = None
+        return {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                "model": self.model, "choices": [choice]}
+
+    def role(self, index: int = 0) -> dict[str, Any]:
+        """The opening chunk of a choice: ``{"role": "assistant", "content": ""}``."""
+        return self.chunk({"role": "assistant", "content": ""}, index=index)
+
+    def usage(self, usage: Mapping[str, Any]) -> dict[str, Any]:
+        """The usage chunk (``choices: []``): last, and only if ``request.include_usage``."""
+        return {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                "model": self.model, "choices": [], "usage": usage}
+
+    def end(self, finish_reason: str, usage: Mapping[str, Any] | None, *,
+            include_usage: bool, role_sent: bool = True) -> list[dict[str, Any]]:
+        """The chunks that close a one-choice answer: the opening chunk if none went out yet
+        (``role_sent`` false), the ``finish_reason`` chunk, then the usage chunk if the client
+        asked for it (``include_usage``) and ``usage`` is known."""
+        out = [] if role_sent else [self.role()]
+        out.append(self.chunk({}, finish_reason))
+        if include_usage and usage is not None:
+            out.append(self.usage(usage))
+        return out
+
+
+def end_response(resp: aiohttp.ClientResponse, *, complete: bool) -> None:
+    """Let go of a streamed upstream response: call it in the ``finally`` around reading it.
+
+    A ``complete`` body (read to its end) releases the connection to the pool for reuse; any
+    other end (``aclose()``, an error, a cut) closes it, so the upstream stops generating and no
+    half-read body goes back to the pool.
+    """
+    if complete:
+        resp.release()
+    else:
+        resp.close()
+
+
+def embedding_base64(vector: Sequence[float]) -> str:
+    """An embedding as OpenAI answers ``encoding_format: base64``: little-endian float32 bytes,
+    base64-encoded (the form its SDKs decode)."""
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
+
+
+def image_media_type(data: bytes) -> str | None:
+    """The media type of image bytes by their magic number (PNG, JPEG, WebP, GIF), else None."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "image/gif"
+    return None

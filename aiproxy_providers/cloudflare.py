@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import base64
 import time
-import uuid
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -42,10 +41,15 @@ from aiproxy.provider import (
     ImageResponse,
     ModelConfig,
     Provider,
+    StreamChunks,
     UpstreamError,
+    completion_id,
+    end_response,
     error_from_status,
+    image_media_type,
     iter_sse,
     parse_retry_after,
+    tool_call_id,
 )
 
 __all__ = ["CloudflareOptions", "CloudflareProvider"]
@@ -145,7 +149,7 @@ def _tool_call(raw: Any) -> dict[str, Any]:
         fn = raw
     args = fn.get("arguments")
     arguments = args if isinstance(args, str) else orjson.dumps(args or {}).decode()
-    return {"id": raw.get("id") or f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+    return {"id": raw.get("id") or tool_call_id(), "type": "function",
             "function": {"name": str(fn.get("name") or ""), "arguments": arguments}}
 
 
@@ -169,19 +173,6 @@ def _finish(upstream: Any, called: bool, usage: dict[str, Any] | None,
     if max_tokens and usage and usage["completion_tokens"] >= max_tokens:
         return "length"
     return "stop"
-
-
-def _sniff(data: bytes) -> str | None:
-    """The image type by its magic bytes (flux answers JPEG, stable diffusion PNG)."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if data.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    if data[:6] in (b"GIF87a", b"GIF89a"):
-        return "image/gif"
-    return None
 
 
 def _json_object(raw: bytes, what: str) -> dict[str, Any]:
@@ -353,7 +344,7 @@ class CloudflareProvider(Provider):
             message["content"] = content or None
         usage = _usage(result.get("usage"))
         out: dict[str, Any] = {
-            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "id": completion_id(),
             "object": "chat.completion",
             "created": int(time.time()),
             "model": self.model.name,
@@ -368,13 +359,7 @@ class CloudflareProvider(Provider):
     async def stream(self, request: ChatRequest) -> AsyncIterator[dict[str, Any]]:
         body, max_tokens = self._chat_body(request, stream=True)
         resp = await self._post(body, "text/event-stream")
-        chunk_id, created, name = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), self.model.name
-
-        def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-            return {"id": chunk_id, "object": "chat.completion.chunk", "created": created,
-                    "model": name, "choices": [{"index": 0, "delta": delta,
-                                                "finish_reason": finish}]}
-
+        chunks = StreamChunks(self.model.name)
         done = role_sent = False
         calls = 0
         upstream_finish: Any = None
@@ -389,7 +374,7 @@ class CloudflareProvider(Provider):
                 if tool_calls:
                     delta["tool_calls"] = [{"index": k, **c} for k, c in enumerate(tool_calls)]
                 calls, role_sent, done = len(tool_calls), True, True
-                yield chunk(delta)
+                yield chunks.chunk(delta)
             else:
                 try:
                     async for event in iter_sse(resp.content):
@@ -414,23 +399,16 @@ class CloudflareProvider(Provider):
                             calls += len(tool_calls)
                         if "content" in delta or "tool_calls" in delta:
                             role_sent = True
-                            yield chunk(delta)
+                            yield chunks.chunk(delta)
                 except (TimeoutError, aiohttp.ClientError, ValueError):
                     raise _protocol("Workers AI's stream was cut off") from None
                 if not done:
                     raise _protocol("Workers AI's stream ended before [DONE]")
         finally:
-            # A complete answer frees the connection for reuse; a cut or abandoned one closes it.
-            if done:
-                resp.release()
-            else:
-                resp.close()
-        if not role_sent:
-            yield chunk({"role": "assistant", "content": ""})
-        yield chunk({}, _finish(upstream_finish, calls > 0, usage, max_tokens))
-        if request.include_usage and usage is not None:
-            yield {"id": chunk_id, "object": "chat.completion.chunk", "created": created,
-                   "model": name, "choices": [], "usage": usage}
+            end_response(resp, complete=done)
+        for chunk in chunks.end(_finish(upstream_finish, calls > 0, usage, max_tokens), usage,
+                                include_usage=request.include_usage, role_sent=role_sent):
+            yield chunk
 
     @staticmethod
     def _stream_delta(data: Mapping[str, Any]) -> tuple[Any, list[dict[str, Any]], Any]:
@@ -472,7 +450,7 @@ class CloudflareProvider(Provider):
         raw = await self._read(resp)
         if media_type.startswith("image/"):
             # Stable diffusion models answer the PNG itself, not JSON.
-            return ImageResponse(images=((raw, _sniff(raw) or media_type),))
+            return ImageResponse(images=((raw, image_media_type(raw) or media_type),))
         image = self._result(raw, resp.headers).get("image")
         if not isinstance(image, str) or not image:
             raise _protocol("Workers AI answered without an image")
@@ -480,4 +458,4 @@ class CloudflareProvider(Provider):
             data = base64.b64decode(image, validate=True)
         except ValueError:
             raise _protocol("Workers AI sent an image that is not valid base64") from None
-        return ImageResponse(images=((data, _sniff(data) or "application/octet-stream"),))
+        return ImageResponse(images=((data, image_media_type(data) or "application/octet-stream"),))

@@ -13,11 +13,8 @@ Cohere's own API reference is the source of every shape translated here:
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import struct
 import time
-import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from typing import Any
 
@@ -34,10 +31,15 @@ from aiproxy.provider import (
     ErrorKind,
     ModelConfig,
     Provider,
+    StreamChunks,
     UpstreamError,
+    completion_id,
+    embedding_base64,
+    end_response,
     error_from_status,
     iter_sse,
     parse_retry_after,
+    tool_call_id,
 )
 
 __all__ = ["CohereOptions", "CohereProvider"]
@@ -148,7 +150,7 @@ def _function_call(call: Any) -> dict[str, Any] | None:
         return None
     if not isinstance(args, str):
         args = orjson.dumps(args or {}).decode()
-    return {"id": _dig(call, "id") or f"call_{uuid.uuid4().hex}", "type": "function",
+    return {"id": _dig(call, "id") or tool_call_id(), "type": "function",
             "function": {"name": name, "arguments": args}}
 
 
@@ -462,7 +464,7 @@ class CohereProvider(Provider):
         if calls:
             out["tool_calls"] = calls
         return ChatResponse(data={
-            "id": data.get("id") or f"chatcmpl-{uuid.uuid4().hex}",
+            "id": data.get("id") or completion_id(),
             "object": "chat.completion",
             "created": int(time.time()),
             "model": self.model.name,
@@ -484,12 +486,7 @@ class CohereProvider(Provider):
             if not translator.done:
                 raise self._protocol("stream ended before message-end")
         finally:
-            # A finished stream hands its connection back; one abandoned mid-answer (aclose,
-            # error) is closed, so the upstream stops generating and no half-read body is reused.
-            if translator.done:
-                resp.release()
-            else:
-                resp.close()
+            end_response(resp, complete=translator.done)
 
     async def _events(
         self, resp: aiohttp.ClientResponse
@@ -544,9 +541,7 @@ class CohereProvider(Provider):
             if not isinstance(vector, list) or not all(_count(x) is not None for x in vector):
                 raise self._protocol(f"embedding {i} is not a list of numbers")
             if encoding == "base64":
-                # OpenAI's base64 encoding: the vector as little-endian float32.
-                packed = struct.pack(f"<{len(vector)}f", *vector)
-                vector = base64.b64encode(packed).decode("ascii")
+                vector = embedding_base64(vector)
             items.append({"object": "embedding", "index": i, "embedding": vector})
         tokens = _tokens(data.get("meta"), "input_tokens")
         return EmbeddingsResponse(data={
@@ -561,26 +556,22 @@ class _StreamTranslator:
     def __init__(self, provider: CohereProvider, include_usage: bool) -> None:
         self.provider = provider
         self.include_usage = include_usage
-        self.id: str | None = None
         self.created = int(time.time())
-        self.started = False
+        # Made by the first event that says something (message-start gives the answer's id).
+        self.chunks: StreamChunks | None = None
         self.done = False
         # Cohere's tool-call event index → the OpenAI tool_calls index, in order of appearance.
         self.tool_index: dict[Any, int] = {}
 
-    def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
-        return {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                "model": self.provider.model.name,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason,
-                             "logprobs": None}]}
-
-    def _start(self, out: list[dict[str, Any]], cohere_id: Any = None) -> None:
-        if self.id is None:
-            self.id = cohere_id if isinstance(cohere_id, str) and cohere_id \
-                else f"chatcmpl-{uuid.uuid4().hex}"
-        if not self.started:
-            self.started = True
-            out.append(self._chunk({"role": "assistant", "content": ""}))
+    def _start(self, out: list[dict[str, Any]], cohere_id: Any = None) -> StreamChunks:
+        """The answer's chunk builder; the first call also sends the opening (role) chunk."""
+        if self.chunks is None:
+            answer_id = cohere_id if isinstance(cohere_id, str) and cohere_id \
+                else completion_id()
+            self.chunks = StreamChunks(self.provider.model.name, id=answer_id,
+                                       created=self.created, logprobs=True)
+            out.append(self.chunks.role())
+        return self.chunks
 
     def feed(self, event: dict[str, Any]) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -593,18 +584,18 @@ class _StreamTranslator:
                 return out
             if not isinstance(text, str):
                 raise self.provider._protocol("content-delta text is not a string")
-            self._start(out)
+            chunks = self._start(out)
             if text:
-                out.append(self._chunk({"content": text}))
+                out.append(chunks.chunk({"content": text}))
         elif kind == "tool-call-start":
             call = _dig(event, "delta", "message", "tool_calls")
             name, args = _dig(call, "function", "name"), _dig(call, "function", "arguments")
             if not isinstance(name, str) or not isinstance(args, str | None):
                 raise self.provider._protocol("tool-call-start has no function name")
-            self._start(out)
+            chunks = self._start(out)
             index = self.tool_index.setdefault(event.get("index"), len(self.tool_index))
-            out.append(self._chunk({"tool_calls": [{
-                "index": index, "id": _dig(call, "id") or f"call_{uuid.uuid4().hex}",
+            out.append(chunks.chunk({"tool_calls": [{
+                "index": index, "id": _dig(call, "id") or tool_call_id(),
                 "type": "function", "function": {"name": name, "arguments": args or ""},
             }]}))
         elif kind == "tool-call-delta":
@@ -613,19 +604,17 @@ class _StreamTranslator:
             if known is None or not isinstance(args, str):
                 raise self.provider._protocol("tool-call-delta without its tool-call-start")
             if args:
-                out.append(self._chunk({"tool_calls": [{"index": known,
-                                                        "function": {"arguments": args}}]}))
+                # `known`: its tool-call-start came first, so _start only hands back the builder.
+                out.append(self._start(out).chunk({"tool_calls": [{
+                    "index": known, "function": {"arguments": args}}]}))
         elif kind == "message-end":
             delta = event.get("delta")
             finish = self.provider._finish_reason(_dig(delta, "finish_reason"),
                                                   _dig(delta, "error"), required=False)
-            self._start(out)
+            chunks = self._start(out)
             self.done = True
-            out.append(self._chunk({}, finish))
-            if self.include_usage:
-                out.append({"id": self.id, "object": "chat.completion.chunk",
-                            "created": self.created, "model": self.provider.model.name,
-                            "choices": [], "usage": _usage(_dig(delta, "usage"))})
+            out += chunks.end(finish, _usage(_dig(delta, "usage")),
+                              include_usage=self.include_usage)
         # content-start/-end, tool-plan-delta, tool-call-end, citation-start/-end, debug and
         # types added later carry nothing an OpenAI client reads.
         return out

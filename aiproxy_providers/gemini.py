@@ -14,12 +14,9 @@ Gemini speaks its own dialect (``contents``/``parts``, ``generationConfig``,
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import re
-import struct
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -38,10 +35,15 @@ from aiproxy.provider import (
     ErrorKind,
     ModelConfig,
     Provider,
+    StreamChunks,
     UpstreamError,
+    completion_id,
+    embedding_base64,
+    end_response,
     error_from_status,
     iter_sse,
     parse_retry_after,
+    tool_call_id,
 )
 
 __all__ = ["GeminiOptions", "GeminiProvider"]
@@ -93,10 +95,6 @@ def _bad(message: str, param: str | None = None) -> UpstreamError:
 
 def _protocol(message: str) -> UpstreamError:
     return UpstreamError(ErrorKind.PROTOCOL, f"Gemini: {message}")
-
-
-def _call_id() -> str:
-    return f"call_{uuid.uuid4().hex[:24]}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -373,7 +371,7 @@ def _read_parts(candidate: Any) -> tuple[str, list[dict[str, Any]]]:
             if not isinstance(call.get("name"), str):
                 raise _protocol("a functionCall has no name")
             tool_call: dict[str, Any] = {
-                "id": call.get("id") or _call_id(),  # FunctionCall.id is optional
+                "id": call.get("id") or tool_call_id(),  # FunctionCall.id is optional
                 "type": "function",
                 "function": {"name": call["name"],
                              "arguments": orjson.dumps(call.get("args") or {}).decode()},
@@ -424,8 +422,7 @@ def _candidate_index(candidate: dict[str, Any], position: int) -> int:
 
 @attrs.define
 class _StreamState:
-    id: str
-    created: int
+    chunks: StreamChunks
     started: set[int] = attrs.Factory(set)
     finished: set[int] = attrs.Factory(set)
     tool_calls: dict[int, int] = attrs.Factory(dict)  # candidate index -> calls sent so far
@@ -545,20 +542,13 @@ class GeminiProvider(Provider):
             choices.append({"index": 0, "message": {"role": "assistant", "content": ""},
                             "finish_reason": "stop"})
         return ChatResponse(data={
-            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "id": completion_id(),
             "object": "chat.completion",
             "created": int(time.time()),
             "model": self.model.name,
             "choices": choices,
             "usage": _usage(data.get("usageMetadata")),
         })
-
-    def _chunk(self, state: _StreamState, index: int | None, delta: dict[str, Any],
-               finish_reason: str | None = None) -> dict[str, Any]:
-        return {"id": state.id, "object": "chat.completion.chunk", "created": state.created,
-                "model": self.model.name,
-                "choices": [] if index is None else
-                [{"index": index, "delta": delta, "finish_reason": finish_reason}]}
 
     def _event_chunks(self, data: Any, state: _StreamState) -> list[dict[str, Any]]:
         """The OpenAI chunks for one streamed GenerateContentResponse, validated as a whole."""
@@ -575,7 +565,7 @@ class GeminiProvider(Provider):
         candidates = data.get("candidates") or []
         if not isinstance(candidates, list):
             raise _protocol("candidates is not an array")
-        chunks = []
+        out: list[dict[str, Any]] = []
         for position, candidate in enumerate(candidates):
             text, calls = _read_parts(candidate)
             self._remember_signatures(calls)
@@ -584,25 +574,25 @@ class GeminiProvider(Provider):
                 continue
             if index not in state.started:
                 state.started.add(index)
-                chunks.append(self._chunk(state, index, {"role": "assistant", "content": ""}))
+                out.append(state.chunks.role(index))
             if text:
-                chunks.append(self._chunk(state, index, {"content": text}))
+                out.append(state.chunks.chunk({"content": text}, index=index))
             for call in calls:
                 # Gemini sends each function call whole, so one delta carries all of it.
                 number = state.tool_calls.get(index, 0)
                 state.tool_calls[index] = number + 1
-                chunks.append(self._chunk(state, index,
-                                          {"tool_calls": [{"index": number, **call}]}))
+                out.append(state.chunks.chunk({"tool_calls": [{"index": number, **call}]},
+                                              index=index))
             if candidate.get("finishReason"):
                 state.finished.add(index)
-                chunks.append(self._chunk(state, index, {}, _finish_reason(
-                    candidate["finishReason"], index in state.tool_calls)))
-        return chunks
+                out.append(state.chunks.chunk({}, _finish_reason(
+                    candidate["finishReason"], index in state.tool_calls), index=index))
+        return out
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[dict[str, Any]]:
         payload = orjson.dumps(self.build_request(request.body))
         resp = await self.send("POST", self.stream_url, data=payload, headers=self._headers())
-        state = _StreamState(id=f"chatcmpl-{uuid.uuid4().hex}", created=int(time.time()))
+        state = _StreamState(StreamChunks(self.model.name))
         complete = False
         try:
             # iter_sse is an async generator (typed as an iterator): close it with us.
@@ -620,16 +610,12 @@ class GeminiProvider(Provider):
                 raise _protocol("the stream ended before a finishReason")
             complete = True
             if request.include_usage:
-                yield {**self._chunk(state, None, {}), "usage": _usage(state.usage)}
+                yield state.chunks.usage(_usage(state.usage))
         except (aiohttp.ClientError, ValueError) as exc:
             # Connection lost mid-stream, or an event over iter_sse's size bound.
             raise _protocol(f"the stream broke ({type(exc).__name__})") from None
         finally:
-            # An unfinished body (early aclose, error) must not go back to the pool.
-            if complete:
-                resp.release()
-            else:
-                resp.close()
+            end_response(resp, complete=complete)
 
     async def embeddings(self, request: EmbeddingsRequest) -> EmbeddingsResponse:
         body = request.body
@@ -672,10 +658,7 @@ class GeminiProvider(Provider):
             if not isinstance(values, list) or not all(
                     isinstance(v, int | float) and not isinstance(v, bool) for v in values):
                 raise _protocol("an embedding has no list of numbers")
-            vector: Any = values
-            if encoding == "base64":
-                # What the OpenAI API returns: the little-endian float32 bytes, base64-encoded.
-                vector = base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode()
+            vector: Any = embedding_base64(values) if encoding == "base64" else values
             items.append({"object": "embedding", "index": i, "embedding": vector})
         return EmbeddingsResponse(data={
             "object": "list",

@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import ssl
-import struct
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -48,9 +47,14 @@ from aiproxy.provider import (
     ErrorKind,
     ModelConfig,
     Provider,
+    StreamChunks,
     UpstreamError,
+    completion_id,
+    embedding_base64,
+    end_response,
     error_from_status,
     iter_sse,
+    tool_call_id,
 )
 
 __all__ = ["GigaChatOptions", "GigaChatProvider"]
@@ -339,7 +343,7 @@ def _tool_call(fc: Mapping[str, Any]) -> dict[str, Any]:
     args = fc.get("arguments")
     arguments = args if isinstance(args, str) else orjson.dumps(args or {}).decode()
     # GigaChat has no call ids; OpenAI clients need one to answer the call with.
-    return {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+    return {"id": tool_call_id(), "type": "function",
             "function": {"name": str(fc.get("name")), "arguments": arguments}}
 
 
@@ -599,7 +603,7 @@ class GigaChatProvider(Provider):
             choices.append({"index": choice.get("index", k), "message": message,
                             "finish_reason": _finish_reason(choice.get("finish_reason"), called)})
         out: dict[str, Any] = {
-            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "id": completion_id(),
             "object": "chat.completion",
             "created": int(data.get("created") or time.time()),
             "model": self.model.name,
@@ -613,13 +617,7 @@ class GigaChatProvider(Provider):
     async def stream(self, request: ChatRequest) -> AsyncIterator[dict[str, Any]]:
         body = self._chat_body(request, stream=True)
         resp = await self._call(self._chat_url, body, "text/event-stream")
-        chunk_id, created, name = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), self.model.name
-
-        def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-            return {"id": chunk_id, "object": "chat.completion.chunk", "created": created,
-                    "model": name, "choices": [{"index": 0, "delta": delta,
-                                                "finish_reason": finish}]}
-
+        chunks = StreamChunks(self.model.name)
         done = role_sent = called = False
         finish: str | None = None
         usage: dict[str, Any] | None = None
@@ -654,7 +652,7 @@ class GigaChatProvider(Provider):
                             called = True
                         if delta:
                             role_sent = True
-                            yield chunk(delta)
+                            yield chunks.chunk(delta)
                         if choice.get("finish_reason"):
                             finish = _finish_reason(choice["finish_reason"], called)
             except (TimeoutError, aiohttp.ClientError, ValueError):
@@ -662,17 +660,10 @@ class GigaChatProvider(Provider):
             if not done:
                 raise _protocol("GigaChat's stream ended before [DONE]")
         finally:
-            # A complete answer frees the connection for reuse; a cut or abandoned one closes it.
-            if done:
-                resp.release()
-            else:
-                resp.close()
-        if not role_sent:
-            yield chunk({"role": "assistant", "content": ""})
-        yield chunk({}, finish or ("tool_calls" if called else "stop"))
-        if request.include_usage and usage is not None:
-            yield {"id": chunk_id, "object": "chat.completion.chunk", "created": created,
-                   "model": name, "choices": [], "usage": usage}
+            end_response(resp, complete=done)
+        for chunk in chunks.end(finish or ("tool_calls" if called else "stop"), usage,
+                                include_usage=request.include_usage, role_sent=role_sent):
+            yield chunk
 
     # --- embeddings ---------------------------------------------------------------------
 
@@ -701,9 +692,7 @@ class GigaChatProvider(Provider):
             usage = item.get("usage")
             if isinstance(usage, dict):
                 prompt_tokens += int(usage.get("prompt_tokens") or 0)
-            # OpenAI's base64 form: little-endian float32, as its SDK decodes it.
-            embedding: Any = vector if encoding == "float" else base64.b64encode(
-                struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
+            embedding: Any = vector if encoding == "float" else embedding_base64(vector)
             out.append({"object": "embedding", "index": item.get("index", k),
                         "embedding": embedding})
         return EmbeddingsResponse(data={

@@ -26,6 +26,7 @@ from aiproxy.provider import (
     ImageRequest,
     ImageResponse,
     Provider,
+    StreamChunks,
 )
 
 __all__ = ["MockOptions", "MockProvider", "mock_png"]
@@ -114,22 +115,19 @@ class MockProvider(Provider):
             await asyncio.sleep(options.latency)
         text, prompt = self._answer(request.body)
         words = text.split(" ")
-        base = {"id": self._completion_id(request.body), "object": "chat.completion.chunk",
-                "created": int(time.time()), "model": self.model.name}
-        yield {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                    "finish_reason": None}]}
+        chunks = StreamChunks(self.model.name, id=self._completion_id(request.body))
+        yield chunks.role()
         for i, word in enumerate(words):
             if options.chunk_delay:
                 await asyncio.sleep(options.chunk_delay)
             piece = word if i == 0 else " " + word
-            yield {**base, "choices": [{"index": 0, "delta": {"content": piece},
-                                        "finish_reason": None}]}
-        yield {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+            yield chunks.chunk({"content": piece})
+        yield chunks.chunk({}, "stop")
         if request.include_usage:
             completion = len(text.split())
-            yield {**base, "choices": [], "usage": {
+            yield chunks.usage({
                 "prompt_tokens": prompt, "completion_tokens": completion,
-                "total_tokens": prompt + completion}}
+                "total_tokens": prompt + completion})
 
     async def embeddings(self, request: EmbeddingsRequest) -> EmbeddingsResponse:
         options: MockOptions = self.options

@@ -28,6 +28,7 @@ from aiproxy.provider import (
     ModelConfig,
     Provider,
     UpstreamError,
+    image_media_type,
     iter_sse,
 )
 
@@ -45,19 +46,6 @@ class OpenAIOptions:
     # OpenRouter's optional app attribution headers.
     http_referer: str | None = None
     x_title: str | None = None
-
-
-def sniff_image_type(data: bytes) -> str:
-    """The media type of image bytes, from their magic number."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if data.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    if data[:6] in (b"GIF87a", b"GIF89a"):
-        return "image/gif"
-    return "application/octet-stream"
 
 
 class OpenAIProvider(Provider):
@@ -190,7 +178,7 @@ class OpenAIProvider(Provider):
             except ValueError:
                 raise UpstreamError(ErrorKind.PROTOCOL, "the upstream sent invalid base64 "
                                     "image data") from None
-            images.append((raw, sniff_image_type(raw)))
+            images.append((raw, image_media_type(raw) or "application/octet-stream"))
         if not images:
             raise UpstreamError(ErrorKind.PROTOCOL, "the upstream answer has no image")
         return ImageResponse(tuple(images))
@@ -264,8 +252,8 @@ class HuggingFaceProvider(OpenAIProvider):
                                     f"({type(exc).__name__})") from None
             finally:
                 resp.release()
-            media_type = sniff_image_type(data)
-            if not media_type.startswith("image/"):
+            media_type = image_media_type(data)
+            if media_type is None:
                 raise UpstreamError(ErrorKind.PROTOCOL, "the upstream answer is not an image")
             return data, media_type
 
