@@ -8,6 +8,7 @@ client knows the answer is incomplete.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -49,6 +50,62 @@ async def _write(response: web.StreamResponse, data: bytes) -> None:
         raise _ClientGone from None
 
 
+class _Coalescer:
+    """Write-behind: the events produced while the relay runs without suspending (a burst
+    parsed from one upstream read) leave in one socket write, made once the relay waits for
+    the upstream. A paced stream still gets each chunk out in the same loop iteration."""
+
+    HIGH_WATER = 64 * 1024  # past this much unwritten, the relay waits (client backpressure)
+
+    def __init__(self, response: web.StreamResponse) -> None:
+        self.response = response
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.wake = asyncio.Event()
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.gone = False
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                await self.wake.wait()
+                self.wake.clear()
+                while self.parts:
+                    data = b"".join(self.parts)
+                    self.parts.clear()
+                    self.size = 0
+                    self.idle.clear()
+                    await self.response.write(data)  # drains when the client is slow
+                    self.idle.set()
+        except ConnectionError:
+            self.gone = True
+            self.idle.set()
+
+    async def write(self, data: bytes) -> None:
+        if self.gone:
+            raise _ClientGone
+        self.parts.append(data)
+        self.size += len(data)
+        self.wake.set()
+        if self.size > self.HIGH_WATER:
+            await self.idle.wait()  # let the writer catch up before reading more upstream
+
+    async def finish(self, last: bytes | None) -> None:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+        if self.gone:
+            raise _ClientGone
+        if last is not None:
+            self.parts.append(last)
+        if self.parts:
+            data = b"".join(self.parts)
+            self.parts.clear()
+            await _write(self.response, data)
+
+
 async def relay(
     response: web.StreamResponse,
     first: dict[str, Any],
@@ -66,25 +123,47 @@ async def relay(
     loop = asyncio.get_running_loop()
     deadline = None if total is None else loop.time() + total
     chunk = first
+    out = _Coalescer(response)
+    last = loop.time()
+    handle: asyncio.TimerHandle | None = None
+
+    def due() -> float:
+        return last + idle if deadline is None else min(last + idle, deadline)
+
     try:
-        while True:
-            usage = chunk.get("usage")
-            if usage:
-                outcome.usage = usage
-            if rewrite(chunk):
-                await _write(response, encode_chunk(chunk))
-                outcome.chunks += 1
-            bound = idle if deadline is None else min(idle, deadline - loop.time())
-            try:
-                async with asyncio.timeout(max(bound, 0.0)):
-                    chunk = await anext(chunks)
-            except StopAsyncIteration:
-                break
-            except TimeoutError:
-                what = "stalled" if deadline is None or loop.time() < deadline else "ran too long"
-                raise UpstreamError(ErrorKind.TIMEOUT, f"the upstream stream {what}: no chunk "
-                                    f"within {bound:.1f}s") from None
-        await _write(response, DONE)
+        try:
+            # One watchdog timer per stream instead of one asyncio.timeout per chunk: a chunk
+            # only records when it came; the timer re-arms itself lazily when it fires early.
+            async with asyncio.timeout(None) as watchdog:
+
+                def check() -> None:
+                    nonlocal handle
+                    if loop.time() >= due():
+                        watchdog.reschedule(loop.time())  # expire now
+                    else:
+                        handle = loop.call_at(due(), check)
+
+                handle = loop.call_at(due(), check)
+                while True:
+                    usage = chunk.get("usage")
+                    if usage:
+                        outcome.usage = usage
+                    if rewrite(chunk):
+                        await out.write(encode_chunk(chunk))
+                        outcome.chunks += 1
+                    last = loop.time()
+                    try:
+                        chunk = await anext(chunks)
+                    except StopAsyncIteration:
+                        break
+        except TimeoutError:
+            what = "stalled" if deadline is None or loop.time() < deadline else "ran too long"
+            raise UpstreamError(ErrorKind.TIMEOUT, f"the upstream stream {what}: no chunk "
+                                f"within {idle:.1f}s") from None
+        finally:
+            if handle is not None:
+                handle.cancel()
+        await out.finish(DONE)
         outcome.complete = True
     except _ClientGone:
         outcome.client_gone = True
@@ -96,10 +175,11 @@ async def relay(
                           err.code or ("upstream_timeout" if err.kind is ErrorKind.TIMEOUT
                                        else "stream_interrupted"))
         try:
-            await _write(response, b"data: " + orjson.dumps(body) + b"\n\n")
+            await out.finish(b"data: " + orjson.dumps(body) + b"\n\n")
         except _ClientGone:
             outcome.client_gone = True
     finally:
+        out.task.cancel()
         close = getattr(chunks, "aclose", None)
         if close is not None:
             await close()
