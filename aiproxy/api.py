@@ -17,7 +17,7 @@ from aiproxy.metrics import CONTENT_TYPE
 from aiproxy.observability import get_logger
 from aiproxy.provider import ChatRequest
 from aiproxy.router import Route, Router, Served, estimate_tokens
-from aiproxy.state import METRICS, RUNTIME, STARTED
+from aiproxy.state import METRICS, RUNTIME, STARTED, trace_of
 from aiproxy.streaming import relay
 
 __all__ = ["JSON_HEADERS", "KeyAdmission", "add_routes", "note_route", "parse_chat_request",
@@ -71,7 +71,7 @@ def _type_name(value: Any) -> str:
 
 def router_of(request: web.Request) -> Router:
     """The router this request runs on: the one current when it arrived, even across a reload."""
-    router: Router | None = request.get("aiproxy.router")
+    router: Router | None = trace_of(request).router
     if router is None:
         raise ProxyError(503, "the proxy is not ready", code="not_ready")
     return router
@@ -204,7 +204,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     chat = parse_chat_request(body, raw)
     router = router_of(request)
     name = body["model"]
-    request["aiproxy.requested"] = name
+    trace_of(request).requested = name
     key = KeyAdmission(request, name)
     await key.admit(router.limiter, estimate_tokens(len(raw), body))
     started = time.monotonic()
@@ -254,7 +254,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
     timeouts = streamed.route.timeouts
     metrics = request.app[METRICS]
-    request["aiproxy.stream"] = True
+    trace_of(request).stream = True
     metrics.streams.inc()
     try:
         outcome = await relay(response, first, chunks, idle=timeouts.idle,
@@ -268,13 +268,13 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         route.breaker.success()
     elif outcome.error is not None:
         route.breaker.failure()
-        request["aiproxy.stream_error"] = outcome.error.kind.value
+        trace_of(request).stream_error = outcome.error.kind.value
         metrics.stream_errors.labels(route.name, outcome.error.kind.value).inc()
         log.warning("stream_failed", model=route.name, kind=outcome.error.kind.value,
-                    request_id=request.get("aiproxy.request_id"))
+                    request_id=trace_of(request).request_id)
     else:
         route.breaker.release()
-        request["aiproxy.client_gone"] = True
+        trace_of(request).client_gone = True
     await _settle(router.limiter, streamed.decision.reservation, route.limits, outcome.usage,
                   outcome.chunks > 0)
     if not outcome.client_gone:
@@ -284,10 +284,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 def note_route(request: web.Request, served: Served[Any], started: float) -> None:
     """What the access log line reports about the route taken."""
-    request["aiproxy.model"] = served.route.name
-    request["aiproxy.provider"] = served.route.model.provider
-    request["aiproxy.attempts"] = served.attempts
-    request["aiproxy.upstream_ms"] = round((time.monotonic() - started) * 1000, 2)
+    trace_of(request).model = served.route.name
+    trace_of(request).provider = served.route.model.provider
+    trace_of(request).attempts = served.attempts
+    trace_of(request).upstream_ms = round((time.monotonic() - started) * 1000, 2)
 
 
 async def models(request: web.Request) -> web.Response:

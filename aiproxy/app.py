@@ -18,6 +18,7 @@ from aiproxy.limits import make_limiter
 from aiproxy.limits.base import RateLimiter
 from aiproxy.metrics import Metrics
 from aiproxy.observability import (
+    access_line,
     flush_logs_forever,
     get_logger,
     new_request_id,
@@ -37,12 +38,13 @@ from aiproxy.state import (
     SETTINGS,
     STARTED,
     Runtime,
+    Trace,
+    trace_of,
 )
 
 __all__ = ["make_app"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-access_log = get_logger("aiproxy.access")
 log = get_logger("aiproxy")
 
 
@@ -51,8 +53,8 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
     """Request id (taken from ``X-Request-ID`` or made) and one access line per request."""
     started = time.monotonic()
     incoming = request.headers.get("X-Request-ID")
-    request_id = incoming if incoming and valid_request_id(incoming) else new_request_id()
-    request["aiproxy.request_id"] = request_id
+    trace = request["aiproxy"] = Trace(
+        request_id=incoming if incoming and valid_request_id(incoming) else new_request_id())
     status = 500
     try:
         response = await handler(request)
@@ -62,32 +64,27 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
         status = 499 if request.transport is None or request.transport.is_closing() else 500
         raise
     finally:
-        if request.get("aiproxy.client_gone"):
+        if trace.client_gone:
             status = 499
-        _observe(request, status, time.monotonic() - started)
-        access_log.info(
-            "request", request_id=request_id, method=request.method, path=request.path,
-            status=status, model=request.get("aiproxy.model"),
-            requested=request.get("aiproxy.requested"),
-            provider=request.get("aiproxy.provider"), attempts=request.get("aiproxy.attempts"),
-            key=request.get("aiproxy.key_name"),
-            upstream_ms=request.get("aiproxy.upstream_ms"),
-            stream_error=request.get("aiproxy.stream_error"),
-            total_ms=round((time.monotonic() - started) * 1000, 2))
+        elapsed = time.monotonic() - started
+        _observe(request, trace, status, elapsed)
+        access_line({
+            "request_id": trace.request_id, "method": request.method, "path": request.path,
+            "status": status, "model": trace.model, "requested": trace.requested,
+            "provider": trace.provider, "attempts": trace.attempts, "key": trace.key_name,
+            "upstream_ms": trace.upstream_ms, "stream_error": trace.stream_error,
+            "total_ms": round(elapsed * 1000, 2)})
 
 
-def _observe(request: web.Request, status: int, elapsed: float) -> None:
+def _observe(request: web.Request, trace: Trace, status: int, elapsed: float) -> None:
     metrics = request.app[METRICS]
     info = request.match_info.route.resource
     # Unmatched paths share one label: a client must not be able to mint label values.
     route = info.canonical if info is not None else "unmatched"
-    model = request.get("aiproxy.model") or ""
-    metrics.requests.labels(route, model, request.get("aiproxy.provider") or "",
-                            str(status)).inc()
+    metrics.requests.labels(route, trace.model or "", trace.provider or "", str(status)).inc()
     metrics.duration.labels(route).observe(elapsed)
-    upstream_ms = request.get("aiproxy.upstream_ms")
-    if upstream_ms is not None and not request.get("aiproxy.stream"):
-        metrics.overhead.labels(route).observe(max(0.0, elapsed - upstream_ms / 1000))
+    if trace.upstream_ms is not None and not trace.stream:
+        metrics.overhead.labels(route).observe(max(0.0, elapsed - trace.upstream_ms / 1000))
 
 
 @web.middleware
@@ -97,7 +94,7 @@ async def router_middleware(request: web.Request, handler: Handler) -> web.Strea
     if router is None:
         return await handler(request)
     router.enter()
-    request["aiproxy.router"] = router
+    trace_of(request).router = router
     try:
         return await handler(request)
     finally:
@@ -127,13 +124,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             tb = tb.tb_next
         where = f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb else "?"
         log.error("internal_error", error=type(exc).__name__, where=where,
-                  request_id=request.get("aiproxy.request_id"))
+                  request_id=trace_of(request).request_id)
         return error_response(ProxyError(500, "internal error", code="internal_error"))
 
 
 async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
     response.headers["X-Content-Type-Options"] = "nosniff"
-    request_id = request.get("aiproxy.request_id")
+    request_id = trace_of(request).request_id
     if request_id:
         response.headers["X-Request-ID"] = request_id
 

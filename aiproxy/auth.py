@@ -10,7 +10,7 @@ from aiohttp import web
 
 from aiproxy.errors import ProxyError
 from aiproxy.keys import Grant
-from aiproxy.state import RUNTIME
+from aiproxy.state import RUNTIME, trace_of
 
 __all__ = ["PUBLIC_PATHS", "auth_middleware", "bearer_token", "grant_of"]
 
@@ -30,7 +30,7 @@ def bearer_token(request: web.Request) -> str | None:
 
 def grant_of(request: web.Request) -> Grant | None:
     """The client key's grant; ``None`` for the proxy token (every model, no key limits)."""
-    grant: Grant | None = request.get("aiproxy.grant")
+    grant: Grant | None = trace_of(request).grant
     return grant
 
 
@@ -55,6 +55,6 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if request.path.startswith(ADMIN_PREFIX) or request.path == "/metrics":
         raise ProxyError(403, f"key {grant.key.name!r} may not use {request.path}",
                          code="forbidden")
-    request["aiproxy.grant"] = grant
-    request["aiproxy.key_name"] = grant.key.name
+    trace_of(request).grant = grant
+    trace_of(request).key_name = grant.key.name
     return await handler(request)

@@ -28,6 +28,7 @@ from aiproxy.provider import (
     embedding_base64,
 )
 from aiproxy.router import Route
+from aiproxy.state import trace_of
 
 __all__ = ["add_routes"]
 
@@ -63,7 +64,7 @@ async def embeddings(request: web.Request) -> web.Response:
     if dims is not None and (isinstance(dims, bool) or not isinstance(dims, int) or dims < 1):
         raise ProxyError(400, "'dimensions' must be a positive integer", param="dimensions")
     router = router_of(request)
-    request["aiproxy.requested"] = model
+    trace_of(request).requested = model
     key = KeyAdmission(request, model)
     plan = router.plan(model, len(raw), Capability.EMBEDDINGS, key.allowed)
     await key.admit(router.limiter, len(raw) // 4)
@@ -111,7 +112,7 @@ def _image_request(body: dict[str, Any], prompt_keys: tuple[str, ...]) -> ImageR
 async def _generate(request: web.Request, model: str | None,
                     image_request: ImageRequest) -> tuple[ImageResponse, dict[str, str]]:
     router = router_of(request)
-    request["aiproxy.requested"] = model or "all"
+    trace_of(request).requested = model or "all"
     if not model or model == "all":
         key = KeyAdmission(request, None)
         plan = router.plan_any(Capability.IMAGES, key.allowed)

@@ -9,7 +9,7 @@ import attrs
 from aiohttp import web
 
 from aiproxy.config import Config
-from aiproxy.keys import KeyRing
+from aiproxy.keys import Grant, KeyRing
 from aiproxy.limits.base import RateLimiter
 from aiproxy.metrics import Metrics
 from aiproxy.plugins import ProviderRegistry
@@ -17,7 +17,7 @@ from aiproxy.router import Router
 from aiproxy.settings import Settings
 
 __all__ = ["CONFIG", "LIMITER", "METRICS", "REGISTRY", "RUNTIME", "SETTINGS", "STARTED",
-           "Runtime"]
+           "Runtime", "Trace", "trace_of"]
 
 
 @attrs.define
@@ -44,3 +44,29 @@ LIMITER = web.AppKey("limiter", RateLimiter)
 RUNTIME = web.AppKey("runtime", Runtime)
 STARTED = web.AppKey("started", int)
 METRICS = web.AppKey("metrics", Metrics)
+
+
+@attrs.define(slots=True)
+class Trace:
+    """What one request learns on its way, for the access line and metrics (one object on the
+    request instead of many keys: a missing key costs a KeyError in aiohttp's mapping)."""
+
+    request_id: str = ""
+    requested: str | None = None
+    model: str | None = None
+    provider: str | None = None
+    attempts: int | None = None
+    key_name: str | None = None
+    upstream_ms: float | None = None
+    stream: bool = False
+    stream_error: str | None = None
+    client_gone: bool = False
+    grant: Grant | None = None
+    router: Router | None = None
+
+
+def trace_of(request: web.Request) -> Trace:
+    trace: Trace | None = request.get("aiproxy")
+    if trace is None:
+        trace = request["aiproxy"] = Trace()
+    return trace
