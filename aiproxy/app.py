@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
 from aiproxy import admin, api, media
-from aiproxy.auth import auth_middleware
+from aiproxy.auth import authenticate
 from aiproxy.config import Config
 from aiproxy.errors import ProxyError, error_response
 from aiproxy.keys import KeyRing
@@ -49,15 +50,17 @@ log = get_logger("aiproxy")
 
 
 @web.middleware
-async def access_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Request id (taken from ``X-Request-ID`` or made) and one access line per request."""
+async def gateway(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """What every request passes through, in one middleware (each extra one costs a wrapper
+    per request): request id, authentication, the router pin, the error envelope, and at the
+    end one access line and the request metrics."""
     started = time.monotonic()
     incoming = request.headers.get("X-Request-ID")
     trace = request["aiproxy"] = Trace(
         request_id=incoming if incoming and valid_request_id(incoming) else new_request_id())
     status = 500
     try:
-        response = await handler(request)
+        response = await _answer(request, handler, trace)
         status = response.status
         return response
     except BaseException:
@@ -76,35 +79,16 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
             "total_ms": round(elapsed * 1000, 2)})
 
 
-def _observe(request: web.Request, trace: Trace, status: int, elapsed: float) -> None:
-    metrics = request.app[METRICS]
-    info = request.match_info.route.resource
-    # Unmatched paths share one label: a client must not be able to mint label values.
-    route = info.canonical if info is not None else "unmatched"
-    metrics.requests.labels(route, trace.model or "", trace.provider or "", str(status)).inc()
-    metrics.duration.labels(route).observe(elapsed)
-    if trace.upstream_ms is not None and not trace.stream:
-        metrics.overhead.labels(route).observe(max(0.0, elapsed - trace.upstream_ms / 1000))
-
-
-@web.middleware
-async def router_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Pin the current router to the request, so a reload never changes it mid-request."""
-    router = request.app[RUNTIME].router
-    if router is None:
-        return await handler(request)
-    router.enter()
-    trace_of(request).router = router
+async def _answer(request: web.Request, handler: Handler, trace: Trace) -> web.StreamResponse:
+    """Authenticate, pin the current router (a reload never changes it mid-request), run the
+    handler; every error the proxy answers is the OpenAI envelope, nothing internal leaks."""
+    router: Router | None = None
     try:
-        return await handler(request)
-    finally:
-        router.leave()
-
-
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error the proxy answers is the OpenAI envelope; nothing internal leaks."""
-    try:
+        authenticate(request, trace)
+        router = request.app[RUNTIME].router
+        if router is not None:
+            router.enter()
+            trace.router = router
         return await handler(request)
     except ProxyError as exc:
         return error_response(exc)
@@ -124,8 +108,22 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             tb = tb.tb_next
         where = f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb else "?"
         log.error("internal_error", error=type(exc).__name__, where=where,
-                  request_id=trace_of(request).request_id)
+                  request_id=trace.request_id)
         return error_response(ProxyError(500, "internal error", code="internal_error"))
+    finally:
+        if router is not None:
+            router.leave()
+
+
+def _observe(request: web.Request, trace: Trace, status: int, elapsed: float) -> None:
+    metrics = request.app[METRICS]
+    info = request.match_info.route.resource
+    # Unmatched paths share one label: a client must not be able to mint label values.
+    route = info.canonical if info is not None else "unmatched"
+    metrics.requests.labels(route, trace.model or "", trace.provider or "", str(status)).inc()
+    metrics.duration.labels(route).observe(elapsed)
+    if trace.upstream_ms is not None and not trace.stream:
+        metrics.overhead.labels(route).observe(max(0.0, elapsed - trace.upstream_ms / 1000))
 
 
 async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
@@ -143,7 +141,7 @@ def make_app(config: Config, settings: Settings, *, registry: ProviderRegistry |
     ``source`` re-reads the config and settings for a reload (SIGHUP, ``/admin/reload``).
     """
     app = web.Application(
-        middlewares=[access_middleware, error_middleware, auth_middleware, router_middleware],
+        middlewares=[gateway],
         client_max_size=settings.max_body_size,
         handler_args={"max_field_size": 65536},
     )
@@ -178,6 +176,9 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         raise
     log.info("started", models=len(routes), providers=sorted({r.model.provider
                                                               for r in routes.values()}))
+    # Everything built so far lives as long as the app: keep it out of the cyclic collector's
+    # way (a full collection of a started proxy took ~13 ms, a pause on every request then).
+    gc.freeze()
     undo_sighup = install_sighup(app) if SOURCE in app else (lambda: None)
     flusher = asyncio.get_running_loop().create_task(flush_logs_forever())
     try:

@@ -4,21 +4,17 @@ keys (by SHA-256), and ``METRICS_TOKEN`` for ``/metrics`` only."""
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from aiproxy.errors import ProxyError
 from aiproxy.keys import Grant
-from aiproxy.state import RUNTIME, trace_of
+from aiproxy.state import RUNTIME, Trace, trace_of
 
-__all__ = ["PUBLIC_PATHS", "auth_middleware", "bearer_token", "grant_of"]
+__all__ = ["PUBLIC_PATHS", "authenticate", "bearer_token", "grant_of"]
 
 PUBLIC_PATHS = frozenset({"/ping", "/health/ready", "/openapi.json"})
 ADMIN_PREFIX = "/admin/"
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
 
 def bearer_token(request: web.Request) -> str | None:
     header = request.headers.get("Authorization", "")
@@ -34,10 +30,11 @@ def grant_of(request: web.Request) -> Grant | None:
     return grant
 
 
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+def authenticate(request: web.Request, trace: Trace) -> None:
+    """Let the request through, or raise the 401/403 it gets. A client key's grant and name
+    go on the trace."""
     if request.path in PUBLIC_PATHS:
-        return await handler(request)
+        return
     token = bearer_token(request)
     if token is None:
         raise ProxyError(401, "missing bearer token: send 'Authorization: Bearer <token>'",
@@ -45,16 +42,15 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     runtime = request.app[RUNTIME]
     settings = runtime.settings
     if hmac.compare_digest(token.encode(), settings.auth_token.encode()):
-        return await handler(request)
+        return
     if (request.path == "/metrics" and settings.metrics_token
             and hmac.compare_digest(token.encode(), settings.metrics_token.encode())):
-        return await handler(request)
+        return
     grant = runtime.keys.find(token) if runtime.keys is not None else None
     if grant is None:
         raise ProxyError(401, "invalid bearer token", code="invalid_api_key")
     if request.path.startswith(ADMIN_PREFIX) or request.path == "/metrics":
         raise ProxyError(403, f"key {grant.key.name!r} may not use {request.path}",
                          code="forbidden")
-    trace_of(request).grant = grant
-    trace_of(request).key_name = grant.key.name
-    return await handler(request)
+    trace.grant = grant
+    trace.key_name = grant.key.name

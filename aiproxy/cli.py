@@ -44,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="run N server processes on one port (SO_REUSEPORT); with rate "
                              "limits configured this needs REDIS_URL, so limits stay exact")
     parser.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
+                        help="event loop: uvloop when installed (auto, the default), or force one")
     parser.add_argument("--check-config", action="store_true",
                         help="validate the config and environment, then exit 0 (ok) or 1")
     parser.add_argument("--list-providers", action="store_true",
@@ -140,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log = get_logger("aiproxy")
     if args.workers > 1:
         worker_argv = ["--config", config_path, "--addr", f"[{settings.host}]:{settings.port}",
-                       "--reuse-port"]
+                       "--reuse-port", "--loop", args.loop]
         if args.env_file:
             worker_argv += ["--env-file", args.env_file]
         return supervise(worker_argv, args.workers, settings.shutdown_grace)
@@ -149,8 +151,22 @@ def main(argv: Sequence[str] | None = None) -> int:
              version=__version__)
     web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None,
                 shutdown_timeout=settings.shutdown_grace, handler_cancellation=True,
-                reuse_port=args.reuse_port or None)
+                reuse_port=args.reuse_port or None, loop=_event_loop(args.loop))
     return 0
+
+
+def _event_loop(choice: str) -> asyncio.AbstractEventLoop | None:
+    """uvloop when asked for or, with ``auto``, when installed; None: asyncio's own."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise SystemExit("aiproxy: --loop uvloop: uvloop is not installed "
+                             "(pip install 'aiproxy[speed]')") from None
+        return None
+    return uvloop.new_event_loop()
 
 
 def _has_limits(config: Config) -> bool:

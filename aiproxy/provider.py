@@ -435,8 +435,9 @@ class Provider:
         """Pass the upstream's ``x-ratelimit-*`` headers on to the core (``send`` does this for
         every successful answer): an exhausted budget parks the model until its reset."""
         listener = self.rate_limit_listener
-        if listener is None or not any(k.lower().startswith("x-ratelimit-remaining")
-                                       for k in headers):
+        if listener is None or not ("x-ratelimit-remaining-requests" in headers
+                                    or "x-ratelimit-remaining-tokens" in headers
+                                    or "x-ratelimit-remaining" in headers):
             return
         hint = parse_rate_limit_headers(headers)
         if hint is not None and hint.remaining == 0 and hint.reset_after:

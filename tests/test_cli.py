@@ -117,7 +117,8 @@ async def wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
 
 
 class TestServer:
-    async def test_serves_and_shuts_down_gracefully(self, tmp_path):
+    @pytest.mark.parametrize("loop", ["auto", "asyncio", "uvloop"])
+    async def test_serves_and_shuts_down_gracefully(self, tmp_path, loop):
         config = tmp_path / "c.yaml"
         config.write_text("models:\n  - name: slow\n    provider: mock\n"
                           "    options: {chunk_delay: 0.1}\n")
@@ -125,7 +126,7 @@ class TestServer:
         env = {k: v for k, v in os.environ.items() if k != "AUTH_TOKEN"}
         env.update(AUTH_TOKEN="secret-token", LOG_FORMAT="json")
         proc = subprocess.Popen([sys.executable, "-m", "aiproxy", "-config", str(config),
-                                 "-addr", f"127.0.0.1:{port}"], env=env,
+                                 "-addr", f"127.0.0.1:{port}", "--loop", loop], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
             url = f"http://127.0.0.1:{port}"
