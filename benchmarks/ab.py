@@ -1,0 +1,133 @@
+"""A/B: two aiproxy source trees under the same load, interleaved, to measure one change.
+
+    .venv/bin/python benchmarks/ab.py --b /tmp/aiproxy-patched [--a /work/main]
+        [--rounds 5] [--duration 3] [--conns 32] [--mode non-stream|stream|both]
+        [--limits none|memory|redis] [--log-level INFO]
+
+Each tree is run as ``python -m aiproxy`` with ``PYTHONPATH=<tree>`` (its ``aiproxy`` and
+``aiproxy_providers`` packages win over the installed ones), pinned like ``run.py``. Rounds
+alternate A, B, B, A, ... so drift on a shared machine hits both; medians are reported with
+the B/A ratio. Stream mode also reports the per-chunk one-way delay (stamped chunks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from run import (
+    CHUNKS,
+    HERE,
+    LOAD_CORE,
+    MODEL,
+    REPO,
+    SERVER_CORE,
+    TOKEN,
+    Proc,
+    _chunk_delays,
+    bench_config,
+    body,
+    check,
+    free_port,
+    run_wrk,
+)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--a", default=str(REPO), help="baseline source tree (default: repo)")
+    parser.add_argument("--b", default=str(REPO), help="changed source tree (default: repo)")
+    parser.add_argument("--a-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra environment of A (repeatable), e.g. LOG_LEVEL=WARNING")
+    parser.add_argument("--b-env", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--duration", type=float, default=3.0)
+    parser.add_argument("--conns", type=int, default=32)
+    parser.add_argument("--mode", choices=("non-stream", "stream", "both"), default="both")
+    parser.add_argument("--limits", choices=("none", "memory", "redis"), default="none")
+    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--chunk-streams", type=int, default=100,
+                        help="stamped streams per tree for the per-chunk delay (stream mode)")
+    args = parser.parse_args()
+    pin = (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None
+    server_core, load_core = (SERVER_CORE, LOAD_CORE) if pin else (None, None)
+    if pin:
+        os.sched_setaffinity(0, {int(LOAD_CORE)})
+    workdir = Path(tempfile.mkdtemp(prefix="aiproxy-ab-"))
+    try:
+        port = free_port()
+        mock = Proc("mock", [sys.executable, str(HERE / "mock_upstream.py"), "--port", str(port),
+                             "--chunks", str(CHUNKS)], core=load_core, port=port,
+                    workdir=workdir)
+        mock.wait_ready()
+        env = {"AUTH_TOKEN": TOKEN, "LOG_LEVEL": args.log_level, "LOG_FORMAT": "json"}
+        if args.limits == "redis":
+            rport = free_port()
+            redis = Proc("redis", [shutil.which("redis-server") or "redis-server", "--port",
+                                   str(rport), "--bind", "127.0.0.1", "--save", "",
+                                   "--appendonly", "no", "--dir", str(workdir)],
+                         core=load_core, port=rport, workdir=workdir)
+            redis.wait_ready()
+            env["REDIS_URL"] = f"redis://127.0.0.1:{rport}/0"
+        cfg = workdir / "bench.yaml"
+        cfg.write_text(bench_config(mock.port, limits=args.limits != "none"))
+        procs = {}
+        for name, tree, extra in (("A", args.a, args.a_env), ("B", args.b, args.b_env)):
+            pport = free_port()
+            procs[name] = Proc(f"aiproxy-{name}", [sys.executable, "-m", "aiproxy", "--config",
+                                                   str(cfg), "--addr", f"127.0.0.1:{pport}"],
+                               core=server_core, port=pport, workdir=workdir,
+                               env={**env, "PYTHONPATH": str(Path(tree).resolve()),
+                                    **dict(kv.split("=", 1) for kv in extra)})
+            procs[name].wait_ready()
+        urls = {n: f"http://127.0.0.1:{p.port}/v1/chat/completions" for n, p in procs.items()}
+        print(f"A = {args.a} {' '.join(args.a_env)}")
+        print(f"B = {args.b} {' '.join(args.b_env)}")
+        print(f"{args.conns} connections, {args.rounds} rounds of "
+              f"{args.duration:g} s, limits {args.limits}, LOG_LEVEL={args.log_level}")
+        modes = ("non-stream", "stream") if args.mode == "both" else (args.mode,)
+        for mode in modes:
+            stream = mode == "stream"
+            for name, url in urls.items():
+                problem = check(url, MODEL, stream)
+                if problem:
+                    raise RuntimeError(f"{name} fails a {mode} request: {problem}\n"
+                                       f"{procs[name].stderr_tail()}")
+                run_wrk(url, body(MODEL, stream), args.conns, 1, core=load_core)
+            rps: dict[str, list[float]] = {"A": [], "B": []}
+            p99: dict[str, list[float]] = {"A": [], "B": []}
+            cpu: dict[str, list[float]] = {"A": [], "B": []}
+            for i in range(args.rounds):
+                for name in ("A", "B") if i % 2 == 0 else ("B", "A"):
+                    before = procs[name].cpu()
+                    res = run_wrk(urls[name], body(MODEL, stream), args.conns, args.duration,
+                                  core=load_core)
+                    cpu[name].append((procs[name].cpu() - before) / res["requests"] * 1e6)
+                    rps[name].append(res["rps"])
+                    p99[name].append(res["p99"])
+            a, b = statistics.median(rps["A"]), statistics.median(rps["B"])
+            ca, cb = statistics.median(cpu["A"]), statistics.median(cpu["B"])
+            for name, value, c in (("A", a, ca), ("B", b, cb)):
+                print(f"{'' if name == 'B' else chr(10)}{mode}: {name} {value:.0f} req/s (runs "
+                      f"{[round(x) for x in rps[name]]}), p99 "
+                      f"{statistics.median(p99[name]):.2f} ms, CPU {c:.0f} us/req")
+            print(f"{mode}: B/A throughput = {b / a:.3f}; CPU per request B/A = {cb / ca:.3f}")
+            if stream and args.chunk_streams:
+                for name, url in urls.items():
+                    res = asyncio.run(_chunk_delays(url, MODEL, args.chunk_streams, 16, 10.0))
+                    print(f"{mode}: {name} per-chunk one-way delay p50 {res['p50']:.3f} "
+                          f"p99 {res['p99']:.3f} ms ({res['chunks']} chunks)")
+    finally:
+        Proc.stop_all()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

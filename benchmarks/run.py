@@ -1,0 +1,1107 @@
+"""aiproxy's performance targets, measured in one command.
+
+    .venv/bin/python benchmarks/run.py [--quick] [--duration S] [--soak] [--repeat N]
+
+Starts (as subprocesses, on free 127.0.0.1 ports) the mock upstream, the floor references
+(``floor_passthrough.py``, ``floor_sse_relay.py``), aiproxy without limits, with in-memory
+limits and with Redis limits (when ``redis-server`` exists), then drives each with ``wrk``
+(non-stream and 50-chunk stream, 1 and 32 connections), measures per-chunk delay and memory
+with small asyncio clients, and prints a table and the targets with PASS/FAIL. The table is
+also written to ``benchmarks/results/latest.md`` and ``latest.json``. See docs/performance.md.
+
+Pinning (with ``taskset`` and 2+ CPUs): the server under test (aiproxy or a floor) runs on
+core 0; wrk, the mock upstream, redis-server and this script's own clients on core 1.
+Every process started here is stopped at the end, whatever happens (also on Ctrl-C or
+SIGTERM). Exit status: 0 all targets pass, 1 a target fails or the harness failed, 130
+interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+LUA = HERE / "wrk_post.lua"
+TOKEN = "bench"
+MODEL = "openai/gpt-4o-mini"  # as in the example config: upstream gets "gpt-4o-mini"
+MESSAGES = [
+    {"role": "system", "content": "You are a helpful assistant."},
+    {"role": "user", "content": "Tell me a joke about proxies."},
+]
+CHUNKS = 50
+STAMP_RE = re.compile(rb'"x_sent_ns":(\d+)')
+
+SERVER_CORE, LOAD_CORE = "0", "1"
+
+
+def body(model: str = MODEL, stream: bool = False, **extra: object) -> str:
+    data: dict[str, object] = {"model": model, "messages": MESSAGES, "temperature": 0.7,
+                               "max_tokens": 64}
+    if stream:
+        data["stream"] = True
+    data.update(extra)
+    return json.dumps(data, separators=(",", ":"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def _status_kb(pid: int, field: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # pid (comm) state ppid ...: comm may hold spaces, so split after its last ')'.
+        fields = stat[stat.rfind(")") + 2:].split()
+        if len(fields) > 1 and int(fields[1]) == pid:
+            out.append(int(entry.name))
+    return out
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """user + system CPU time of these processes (from /proc/<pid>/stat)."""
+    total = 0
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    return total / CLK_TCK
+
+
+def busy_seconds() -> float:
+    """CPU time all processes spent (all cores), from /proc/stat: user, nice and system.
+    irq/softirq (loopback networking, charged to no process) and steal are left out."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return 0.0
+    user, nice, system = (int(x) for x in fields[:3])
+    return (user + nice + system) / CLK_TCK
+
+
+def self_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def process_tree(pid: int) -> list[int]:
+    pids, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        pids.append(p)
+        todo += _children(p)
+    return pids
+
+
+class Proc:
+    """A started server process, killed by its own id (its process group) at the end."""
+
+    all: list[Proc] = []
+
+    def __init__(self, name: str, argv: list[str], *, core: str | None, port: int,
+                 env: dict[str, str] | None = None, workdir: Path, ready_path: str = "") -> None:
+        self.name, self.port, self.core = name, port, core
+        self.ready_path = ready_path
+        self.stderr_path = workdir / f"{name}.stderr"
+        cmd = (["taskset", "-c", core] if core is not None else []) + argv
+        self.cmd = cmd
+        with self.stderr_path.open("wb") as err:
+            self.popen = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err,
+                                          env={**os.environ, **(env or {})}, cwd=workdir,
+                                          start_new_session=True)
+        Proc.all.append(self)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def rss_mb(self) -> float:
+        """VmRSS of the process and its children (``--workers`` supervisors have some)."""
+        return sum(_status_kb(p, "VmRSS") for p in process_tree(self.pid)) / 1024
+
+    def cpu(self) -> float:
+        return cpu_seconds(process_tree(self.pid))
+
+    def fds(self) -> int:
+        total = 0
+        for p in process_tree(self.pid):
+            with contextlib.suppress(OSError):
+                total += len(os.listdir(f"/proc/{p}/fd"))
+        return total
+
+    def stderr_tail(self, lines: int = 15) -> str:
+        try:
+            text = self.stderr_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(text[-lines:])
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise RuntimeError(f"{self.name} exited with {self.popen.returncode}:\n"
+                                   f"{self.stderr_tail()}")
+            with contextlib.suppress(OSError), socket.create_connection(
+                    ("127.0.0.1", self.port), timeout=0.5):
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.name} did not listen on port {self.port} within {timeout}s")
+
+    def _exited(self) -> bool:
+        """True once the leader has exited; it stays a zombie (its pid, our group id, is not
+        reused) until :meth:`stop` reaps it."""
+        try:
+            return os.waitid(os.P_PID, self.pid,
+                             os.WEXITED | os.WNOWAIT | os.WNOHANG) is not None
+        except ChildProcessError:
+            return True
+
+    def stop(self) -> None:
+        if self.popen.returncode is None:  # not reaped yet: the group id is still ours
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, signal.SIGTERM)
+            deadline = time.monotonic() + 5
+            while not self._exited() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            # The group also holds --workers children: none may outlive the run.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(timeout=5)
+        if self in Proc.all:
+            Proc.all.remove(self)
+
+    @classmethod
+    def stop_all(cls) -> None:
+        for proc in reversed(list(cls.all)):
+            with contextlib.suppress(Exception):
+                proc.stop()
+
+
+# --------------------------------------------------------------------------- configs
+
+
+def bench_config(mock_port: int, *, limits: bool) -> str:
+    lines = ["models:",
+             f"  - name: {MODEL}",
+             "    provider: openai",
+             f"    url: http://127.0.0.1:{mock_port}/v1",
+             "    token: upstream-token"]
+    if limits:
+        # Huge: nothing is ever refused, but every request goes through the limiter.
+        lines.append("    requests_per_minute: 1000000000")
+    return "\n".join(lines) + "\n"
+
+
+def ten_model_config(mock_port: int) -> str:
+    """The shape of config/provider-config.example.yaml, every upstream being the mock."""
+    base = f"http://127.0.0.1:{mock_port}"
+    return f"""models:
+  - name: "deepseek/deepseek-r1:free"
+    provider: openrouter
+    priority: 1
+    requests_per_minute: 20
+    requests_per_hour: 1000
+    requests_per_day: 1000
+    url: "{base}/v1/chat/completions"
+    token: t
+    max_request_length: 167731
+    model_size: BIG
+    http_client_config: {{timeout_seconds: 30, idle_conn_timeout_seconds: 90}}
+    options: {{http_referer: "https://example.com", x_title: "my app"}}
+  - name: {MODEL}
+    provider: openai
+    priority: 2
+    requests_per_minute: 100000
+    tokens_per_minute: 100000000
+    url: "{base}/v1"
+    token: t
+    model_size: SMALL
+  - name: groq/llama-3.3-70b-versatile
+    provider: groq
+    priority: 1
+    requests_per_minute: 30
+    requests_per_day: 14400
+    url: "{base}/v1"
+    token: t
+    max_request_length: 120000
+    model_size: BIG
+  - name: huggingface/meta-llama/Llama-3.1-8B-Instruct
+    provider: huggingface
+    priority: 3
+    requests_per_minute: 10
+    url: "{base}/v1"
+    token: t
+    model_size: SMALL
+  - name: gemini/gemini-2.0-flash
+    provider: gemini
+    priority: 2
+    requests_per_minute: 15
+    requests_per_day: 1500
+    url: "{base}/v1beta"
+    token: t
+    model_size: BIG
+    timeouts: {{connect: 5, first_token: 30, idle: 30, total: 120}}
+  - name: command-r-plus
+    provider: cohere
+    priority: 3
+    requests_per_minute: 20
+    url: "{base}"
+    token: t
+    model_size: BIG
+  - name: GigaChat
+    provider: gigachat
+    priority: 4
+    requests_per_minute: 10
+    url: "{base}/api/v1"
+    token: "id:secret"
+    model_size: SMALL
+    options: {{scope: GIGACHAT_API_PERS, oauth_url: "{base}/oauth"}}
+  - name: "@cf/meta/llama-3.1-8b-instruct"
+    provider: cloudflare
+    priority: 2
+    requests_per_minute: 50
+    url: "{base}/client/v4"
+    token: t
+    model_size: SMALL
+    options: {{account_id: acc}}
+  - name: "@cf/black-forest-labs/flux-1-schnell"
+    provider: cloudflare
+    priority: 1
+    requests_per_minute: 10
+    url: "{base}/client/v4"
+    token: t
+    serves: [images]
+    options: {{account_id: acc}}
+  - name: openai/gpt-4o
+    provider: openai
+    priority: 1
+    requests_per_minute: 500
+    url: "{base}/v1"
+    token: t
+    model_size: BIG
+groups:
+  fast: [groq/llama-3.3-70b-versatile, "@cf/meta/llama-3.1-8b-instruct"]
+"""
+
+
+# --------------------------------------------------------------------------- wrk
+
+
+def run_wrk(url: str, req_body: str, conns: int, duration: float, *, core: str | None,
+            max_requests: int = 0, body2: str = "", every: int = 10) -> dict:
+    env = {**os.environ, "WRK_BODY": req_body, "WRK_TOKEN": TOKEN,
+           "WRK_MAX_REQUESTS": str(max_requests), "WRK_BODY2": body2, "WRK_EVERY": str(every)}
+    cmd = (["taskset", "-c", core] if core is not None else []) + [
+        "wrk", "-t1", f"-c{conns}", f"-d{max(1, round(duration))}s", "--timeout", "10s",
+        "--latency", "-s", str(LUA), url]
+    started = time.monotonic()
+    elapsed = None
+    if max_requests:
+        # Counted run: wrk's Lua prints WRK_DONE after max_requests answers; wrk's main thread
+        # would still sleep for all of -d, so interrupt it (it then prints its summary).
+        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=env) as wrk:
+            lines = []
+            try:
+                assert wrk.stdout is not None
+                for line in wrk.stdout:
+                    lines.append(line)
+                    if line.startswith("WRK_DONE") and elapsed is None:
+                        elapsed = time.monotonic() - started
+                        wrk.send_signal(signal.SIGINT)
+                err = wrk.stderr.read() if wrk.stderr else ""
+                wrk.wait(timeout=30)
+            finally:
+                if wrk.poll() is None:
+                    wrk.kill()
+        stdout, returncode = "".join(lines), wrk.returncode
+    else:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env,
+                              timeout=duration + 120, check=False)
+        stdout, err, returncode = proc.stdout, proc.stderr, proc.returncode
+    for line in stdout.splitlines():
+        if line.startswith("WRK_JSON "):
+            raw = json.loads(line[len("WRK_JSON "):])
+            seconds = elapsed or raw["duration_us"] / 1e6
+            errors = raw["connect"] + raw["read"] + raw["write"] + raw["timeout"]
+            return {"requests": raw["requests"], "rps": raw["requests"] / seconds,
+                    "p50": raw["p50_us"] / 1000, "p90": raw["p90_us"] / 1000,
+                    "p99": raw["p99_us"] / 1000, "p999": raw["p999_us"] / 1000,
+                    "max": raw["max_us"] / 1000, "errors": errors, "non2xx": raw["status"]}
+    raise RuntimeError(f"wrk gave no summary (rc {returncode}):\n{stdout}\n{err}")
+
+
+# --------------------------------------------------------------------------- async clients
+
+
+def _headers() -> dict[str, str]:
+    return {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+
+
+async def _check(url: str, model: str, stream: bool) -> str | None:
+    """One request, checked; an error message or None."""
+    async with aiohttp.ClientSession() as session, session.post(
+            url, data=body(model, stream), headers=_headers(),
+            timeout=aiohttp.ClientTimeout(total=15)) as resp:
+        data = await resp.read()
+        if resp.status != 200:
+            return f"HTTP {resp.status}: {data[:300]!r}"
+        if stream:
+            if not data.rstrip().endswith(b"data: [DONE]"):
+                return f"stream did not end with [DONE]: {data[-200:]!r}"
+            if data.count(b"\ndata: ") + 1 < CHUNKS:
+                return f"stream has {data.count(b'data: ')} events, expected {CHUNKS}+"
+        elif b'"choices"' not in data:
+            return f"no choices in {data[:200]!r}"
+    return None
+
+
+def check(url: str, model: str, stream: bool) -> str | None:
+    try:
+        return asyncio.run(_check(url, model, stream))
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+def pct(values: list[float], q: float) -> float:
+    """Nearest-rank percentile of a sorted list."""
+    if not values:
+        return float("nan")
+    k = max(0, min(len(values) - 1, round(q / 100 * len(values) + 0.5) - 1))
+    return values[k]
+
+
+async def _chunk_samples(url: str, model: str, streams: int, concurrency: int,
+                         delay_ms: float) -> tuple[list[float], list[float], int]:
+    """Per-chunk one-way delays (client arrival time minus the mock's x_sent_ns stamp) and
+    inter-arrival gaps, in ms, of ``streams`` stamped streams; and the failed streams."""
+    delays: list[float] = []
+    gaps: list[float] = []
+    failures = 0
+    sem = asyncio.Semaphore(concurrency)
+    req = body(model, True, mock_stamp=True, mock_chunk_delay_ms=delay_ms)
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def one() -> None:
+            nonlocal failures
+            async with sem:
+                try:
+                    async with session.post(url, data=req, headers=_headers(),
+                                            timeout=aiohttp.ClientTimeout(total=60)) as resp:
+                        last = None
+                        async for line in resp.content:
+                            now = time.monotonic_ns()
+                            match = STAMP_RE.search(line)
+                            if match is None:
+                                continue
+                            delays.append((now - int(match.group(1))) / 1e6)
+                            if last is not None:
+                                gaps.append((now - last) / 1e6)
+                            last = now
+                except (aiohttp.ClientError, TimeoutError):
+                    failures += 1
+
+        await asyncio.gather(*(one() for _ in range(streams)))
+    return delays, gaps, failures
+
+
+def chunk_stats(delays: list[float], gaps: list[float], failures: int, streams: int) -> dict:
+    delays, gaps = sorted(delays), sorted(gaps)
+    return {"chunks": len(delays), "streams": streams, "failures": failures,
+            "p50": pct(delays, 50), "p90": pct(delays, 90), "p99": pct(delays, 99),
+            "max": delays[-1] if delays else float("nan"),
+            "gap_p50": pct(gaps, 50), "gap_p99": pct(gaps, 99)}
+
+
+async def _chunk_delays(url: str, model: str, streams: int, concurrency: int,
+                        delay_ms: float) -> dict:
+    delays, gaps, failures = await _chunk_samples(url, model, streams, concurrency, delay_ms)
+    return chunk_stats(delays, gaps, failures, streams)
+
+
+async def _hold_streams(url: str, model: str, count: int, proc: Proc, hold: float) -> dict:
+    """Open ``count`` slow streams through ``proc``; sample its RSS while all are open."""
+    opened = 0
+    all_open = asyncio.Event()
+    failures: list[str] = []
+    sem = asyncio.Semaphore(64)  # opening pace: the listen backlog is finite
+    req = body(model, True, mock_chunks=100000, mock_chunk_delay_ms=1000)
+    connector = aiohttp.TCPConnector(limit=0)
+    session = aiohttp.ClientSession(connector=connector)
+
+    async def one() -> None:
+        nonlocal opened
+        try:
+            await sem.acquire()
+            released = False
+            try:
+                async with session.post(url, data=req, headers=_headers()) as resp:
+                    if resp.status != 200:
+                        failures.append(f"HTTP {resp.status}")
+                        return
+                    async for _line in resp.content:
+                        if not released:
+                            released = True
+                            sem.release()
+                            opened += 1
+                            if opened == count:
+                                all_open.set()
+            finally:
+                if not released:
+                    sem.release()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            failures.append(type(exc).__name__)
+
+    tasks = [asyncio.create_task(one()) for _ in range(count)]
+    samples: list[float] = []
+    fds_open = 0
+    try:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(all_open.wait(), timeout=90)
+        end = time.monotonic() + hold
+        while time.monotonic() < end:
+            samples.append(proc.rss_mb())
+            await asyncio.sleep(0.25)
+        fds_open = proc.fds()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await session.close()
+    await asyncio.sleep(3)  # let the proxy see the disconnects and release upstreams
+    return {"opened": opened, "failures": len(failures), "rss_max": max(samples, default=0.0),
+            "fds_open": fds_open, "rss_after": proc.rss_mb(), "fds_after": proc.fds()}
+
+
+# --------------------------------------------------------------------------- the run
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.pin = not args.no_pin and (os.cpu_count() or 1) >= 2 and shutil.which("taskset")
+        self.server_core = SERVER_CORE if self.pin else None
+        self.load_core = LOAD_CORE if self.pin else None
+        self.workdir = Path(tempfile.mkdtemp(prefix="aiproxy-bench-"))
+        self.rows: list[dict] = []
+        self.extra: dict[str, object] = {}
+        self.targets: list[dict] = []
+        self.notes: list[str] = []
+        env = {"AUTH_TOKEN": TOKEN, "LOG_LEVEL": args.log_level, "LOG_FORMAT": "json"}
+        if args.proxy_src:
+            env["PYTHONPATH"] = str(Path(args.proxy_src).resolve())
+        self.proxy_env = env
+
+    # -- processes
+
+    def start(self, name: str, argv: list[str], *, core: str | None, port: int,
+              env: dict[str, str] | None = None) -> Proc:
+        proc = Proc(name, argv, core=core, port=port, env=env, workdir=self.workdir)
+        proc.wait_ready()
+        return proc
+
+    def start_mock(self, name: str = "mock") -> Proc:
+        port = free_port()
+        return self.start(name, [sys.executable, str(HERE / "mock_upstream.py"), "--port",
+                                 str(port), "--chunks", str(CHUNKS)],
+                          core=self.load_core, port=port)
+
+    def start_floor(self, kind: str, mock: Proc) -> Proc:
+        port = free_port()
+        script = "floor_passthrough.py" if kind == "floor" else "floor_sse_relay.py"
+        return self.start(kind, [sys.executable, str(HERE / script), "--port", str(port),
+                                 "--upstream", f"http://127.0.0.1:{mock.port}/v1"],
+                          core=self.server_core, port=port)
+
+    def start_proxy(self, name: str, config: str, *, env: dict[str, str] | None = None,
+                    extra: list[str] | None = None, core: str | None = "server") -> Proc:
+        path = self.workdir / f"{name}.yaml"
+        path.write_text(config)
+        port = free_port()
+        return self.start(name, [sys.executable, "-m", "aiproxy", "--config", str(path),
+                                 "--addr", f"127.0.0.1:{port}", *(extra or [])],
+                          core=self.server_core if core == "server" else core, port=port,
+                          env={**self.proxy_env, **(env or {})})
+
+    def start_redis(self) -> tuple[Proc | None, str]:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            return None, "redis-server not found (apt-get install -y redis-server)"
+        try:
+            import redis  # noqa: F401 - aiproxy's optional dependency
+        except ImportError:
+            return None, "the redis package is not installed (pip install -e '.[redis]')"
+        port = free_port()
+        proc = self.start("redis", [binary, "--port", str(port), "--bind", "127.0.0.1",
+                                    "--save", "", "--appendonly", "no",
+                                    "--dir", str(self.workdir)],
+                          core=self.load_core, port=port)
+        return proc, f"redis://127.0.0.1:{port}/0"
+
+    @staticmethod
+    def url(proc: Proc) -> str:
+        return f"http://127.0.0.1:{proc.port}/v1/chat/completions"
+
+    # -- measuring
+
+    def measure(self, label: str, proc: Proc, model: str, stream: bool, conns: int) -> dict:
+        args = self.args
+        req = body(model, stream)
+        run_wrk(self.url(proc), req, conns, args.warmup, core=self.load_core)
+        results = []
+        for _ in range(args.repeat):
+            ours = [p for p in Proc.all if p.alive()]
+            before, ours_before = proc.cpu(), sum(p.cpu() for p in ours)
+            busy, wrk_cpu, start = busy_seconds(), children_cpu(), time.monotonic()
+            res = run_wrk(self.url(proc), req, conns, args.duration, core=self.load_core)
+            # CPU the server under test spent per request: steadier than req/s when other
+            # work shares the machine (10 ms clock ticks: fine over seconds of load).
+            res["cpu_us"] = (proc.cpu() - before) / max(1, res["requests"]) * 1e6
+            # Cores kept busy by processes that are not ours (other jobs on a shared box).
+            foreign = (busy_seconds() - busy) - (sum(p.cpu() for p in ours) - ours_before) \
+                - (children_cpu() - wrk_cpu)
+            res["other_load"] = max(0.0, foreign / (time.monotonic() - start))
+            results.append(res)
+        best = sorted(results, key=lambda r: r["rps"])[len(results) // 2]  # the median run
+        row = {"scenario": label, "mode": "stream" if stream else "non-stream",
+               "conns": conns, **best, "rss_mb": proc.rss_mb(), "pid": proc.pid,
+               "runs_rps": [round(r["rps"], 1) for r in results]}
+        self.rows.append(row)
+        err = "" if not (row["errors"] or row["non2xx"]) else \
+            f"  ERRORS {row['errors']} socket, {row['non2xx']} non-2xx"
+        log(f"  {label:<28} {row['mode']:<10} c={conns:<3} {row['rps']:>9.1f} req/s  "
+            f"p50 {row['p50']:.3f}  p90 {row['p90']:.3f}  p99 {row['p99']:.3f} ms  "
+            f"CPU {row['cpu_us']:.0f} us/req  RSS {row['rss_mb']:.1f} MB  "
+            f"other load {row['other_load']:.2f} cores{err}")
+        return row
+
+    def row(self, label: str, mode: str, conns: int) -> dict | None:
+        return next((r for r in self.rows if r["scenario"] == label and r["mode"] == mode
+                     and r["conns"] == conns), None)
+
+    def target(self, name: str, measured: str, value: float | None, limit: str,
+               ok: bool | None, rows: tuple[dict | None, ...] = ()) -> None:
+        if any(r is None for r in rows) or value is None:
+            result = "N/A"
+        elif any(r is not None and (r["errors"] or r["non2xx"]) for r in rows):
+            result = "FAIL (errors)"
+        else:
+            result = "PASS" if ok else "FAIL"
+        self.targets.append({"target": name, "measured": measured, "value": value,
+                             "limit": limit, "result": result})
+
+    # -- the whole run
+
+    def run(self) -> None:
+        args = self.args
+        log(f"aiproxy benchmark: {os.cpu_count()} CPUs, {platform.python_implementation()} "
+            f"{platform.python_version()}, aiohttp {aiohttp.__version__}, work dir "
+            f"{self.workdir}")
+        if self.pin:
+            log(f"pinning: aiproxy / floor under test on core {SERVER_CORE}; wrk, mock "
+                f"upstream, redis-server and the asyncio clients on core {LOAD_CORE}")
+            os.sched_setaffinity(0, {int(LOAD_CORE)})
+        else:
+            log("pinning: none (fewer than 2 CPUs, no taskset, or --no-pin)")
+        log(f"aiproxy from: {self.aiproxy_origin()}; LOG_LEVEL={args.log_level} "
+            "(access log to /dev/null)")
+        mock = self.start_mock()
+        floor = self.start_floor("floor", mock)
+        relay = self.start_floor("floor-sse", mock)
+        cfg = bench_config(mock.port, limits=False)
+        cfg_limits = bench_config(mock.port, limits=True)
+        proxy = self.start_proxy("aiproxy", cfg)
+        proxy_mem = self.start_proxy("aiproxy-mem", cfg_limits)
+        redis_proc, redis_url = self.start_redis()
+        proxy_redis = None
+        if redis_proc is not None:
+            proxy_redis = self.start_proxy("aiproxy-redis", cfg_limits,
+                                           env={"REDIS_URL": redis_url})
+        else:
+            self.notes.append(f"Redis scenarios skipped: {redis_url}")
+        quiet = None
+        if args.log_level.upper() == "INFO":
+            quiet = self.start_proxy("aiproxy-nolog", cfg, env={"LOG_LEVEL": "WARNING"})
+
+        targets: list[tuple[str, Proc, str]] = [("direct (mock upstream)", mock, "gpt-4o-mini"),
+                                                ("floor pass-through", floor, MODEL),
+                                                ("floor SSE relay", relay, MODEL),
+                                                ("aiproxy", proxy, MODEL),
+                                                ("aiproxy + in-memory limits", proxy_mem, MODEL)]
+        if proxy_redis is not None:
+            targets.append(("aiproxy + Redis limits", proxy_redis, MODEL))
+        for label, proc, model in targets:
+            for stream in (False, True):
+                problem = check(self.url(proc), model, stream)
+                if problem:
+                    raise RuntimeError(f"{label} fails a {'stream' if stream else 'plain'} "
+                                       f"request: {problem}\n{proc.stderr_tail()}")
+
+        for stream in (False, True):
+            for conns in (1, 32):
+                log(f"\n{f'stream ({CHUNKS} chunks)' if stream else 'non-stream'}, "
+                    f"{conns} connection{'s' if conns > 1 else ''}:")
+                for label, proc, model in targets:
+                    # Each floor is the reference of one mode only.
+                    if (stream and proc is floor) or (not stream and proc is relay):
+                        continue
+                    self.measure(label, proc, model, stream, conns)
+                if quiet is not None and not stream and conns == 32:
+                    self.measure("aiproxy (LOG_LEVEL=WARNING)", quiet, MODEL, False, 32)
+
+        for proc in (floor, proxy_mem, proxy_redis, quiet, redis_proc):
+            if proc is not None:
+                proc.stop()  # idle, but nothing else may run on the cores now
+        self.chunk_delay(mock, relay, proxy)
+        relay.stop()
+
+        self.memory(mock)
+        self.workers(mock, cfg)
+        if args.soak:
+            self.soak(proxy)
+        self.evaluate()
+
+    def chunk_delay(self, mock: Proc, relay: Proc, proxy: Proc) -> None:
+        """Per-chunk one-way delay of paced, stamped streams: direct, floor relay, aiproxy.
+        The three paths take turns in rounds, so that noise hits them alike."""
+        args = self.args
+        rounds = 4
+        log(f"\nper-chunk delay (stamped chunks every {args.chunk_delay_ms:g} ms, "
+            f"{args.streams} streams a path in {rounds} interleaved rounds, "
+            f"{args.stream_concurrency} at a time):")
+        paths = (("direct (mock upstream)", mock, "gpt-4o-mini"),
+                 ("floor SSE relay", relay, MODEL), ("aiproxy", proxy, MODEL))
+        samples: dict[str, tuple[list[float], list[float], list[int]]] = {
+            label: ([], [], [0]) for label, _, _ in paths}
+        ours = [p for p in Proc.all if p.alive()]
+        busy, mine = busy_seconds(), sum(p.cpu() for p in ours) + self_cpu()
+        start = time.monotonic()
+        for _ in range(rounds):
+            for label, proc, model in paths:
+                delays, gaps, failures = asyncio.run(_chunk_samples(
+                    self.url(proc), model, max(1, args.streams // rounds),
+                    args.stream_concurrency, args.chunk_delay_ms))
+                samples[label][0].extend(delays)
+                samples[label][1].extend(gaps)
+                samples[label][2][0] += failures
+        foreign = (busy_seconds() - busy) - (sum(p.cpu() for p in ours) + self_cpu() - mine)
+        other = max(0.0, foreign / (time.monotonic() - start))
+        chunk: dict[str, dict] = {}
+        for label, (delays, gaps, failures) in samples.items():
+            res = chunk[label] = chunk_stats(delays, gaps, failures[0], args.streams)
+            res["other_load"] = other
+            log(f"  {label:<28} {res['chunks']} chunks: one-way delay p50 {res['p50']:.3f}  "
+                f"p90 {res['p90']:.3f}  p99 {res['p99']:.3f}  max {res['max']:.3f} ms; "
+                f"inter-arrival p99 {res['gap_p99']:.3f} ms; failures {res['failures']}")
+        log(f"  other load during the test: {other:.2f} cores")
+        self.extra["chunk_delay"] = chunk
+
+    def aiproxy_origin(self) -> str:
+        out = subprocess.run([sys.executable, "-c", "import aiproxy; print(aiproxy.__file__)"],
+                             capture_output=True, text=True, check=False,
+                             env={**os.environ, **self.proxy_env}, cwd=self.workdir)
+        return (out.stdout.strip() or out.stderr.strip()).removesuffix("/__init__.py")
+
+    def memory(self, mock: Proc) -> None:
+        args = self.args
+        log("\nmemory (config shaped like config/provider-config.example.yaml, 10 models):")
+        proxy = self.start_proxy("aiproxy-10models", ten_model_config(mock.port))
+        problem = check(self.url(proxy), MODEL, True)
+        if problem:
+            raise RuntimeError(f"aiproxy-10models: {problem}\n{proxy.stderr_tail()}")
+        time.sleep(1.0)
+        rest = {"rss_mb": proxy.rss_mb(), "fds": proxy.fds()}
+        log(f"  at rest: RSS {rest['rss_mb']:.1f} MB, {rest['fds']} fds")
+        held = asyncio.run(_hold_streams(self.url(proxy), MODEL, args.open_streams, proxy,
+                                         args.hold))
+        log(f"  {held['opened']}/{args.open_streams} streams open: RSS max {held['rss_max']:.1f} "
+            f"MB, {held['fds_open']} fds; after closing them: RSS {held['rss_after']:.1f} MB, "
+            f"{held['fds_after']} fds; failures {held['failures']}")
+        self.extra["memory"] = {"rest": rest, "streams": held, "open_streams": args.open_streams}
+        proxy.stop()
+
+    def workers(self, mock: Proc, cfg: str) -> None:
+        helptext = subprocess.run([sys.executable, "-m", "aiproxy", "--help"],
+                                  capture_output=True, text=True, check=False,
+                                  env={**os.environ, **self.proxy_env}, cwd=self.workdir).stdout
+        if "--workers" not in helptext:
+            log("\n--workers 2 scaling: not available (aiproxy has no --workers flag)")
+            self.extra["workers"] = None
+            return
+        log("\n--workers scaling (proxy unpinned: it may use both cores, which wrk and the "
+            "mock share):")
+        res = {}
+        for n in (1, 2):
+            proc = self.start_proxy(f"aiproxy-w{n}", cfg, extra=["--workers", str(n)],
+                                    core=None)
+            try:
+                problem = check(self.url(proc), MODEL, False)
+                if problem:
+                    log(f"  --workers {n}: {problem}")
+                    res[n] = None
+                    continue
+                res[n] = self.measure(f"aiproxy --workers {n} (unpinned)", proc, MODEL,
+                                      False, 32)
+            finally:
+                proc.stop()
+        self.extra["workers"] = res
+
+    def soak(self, proxy: Proc) -> None:
+        args = self.args
+        total, first = args.soak_requests, min(10_000, args.soak_requests // 10)
+        log(f"\nsoak: {total} requests (1 in 10 streamed), 32 connections, RSS and fds "
+            f"sampled after {first} and {total}:")
+        url = self.url(proxy)
+        samples = []
+        for count in (first, total - first):
+            res = run_wrk(url, body(MODEL), 32, 3600, core=self.load_core, max_requests=count,
+                          body2=body(MODEL, True), every=10)
+            time.sleep(1.0)
+            samples.append({"requests": res["requests"], "errors": res["errors"] +
+                            res["non2xx"], "rss_mb": proxy.rss_mb(), "fds": proxy.fds(),
+                            "rps": res["rps"]})
+            done = sum(s["requests"] for s in samples)
+            log(f"  after {done} requests: RSS {samples[-1]['rss_mb']:.1f} MB, "
+                f"{samples[-1]['fds']} fds ({res['rps']:.0f} req/s, "
+                f"{samples[-1]['errors']} errors)")
+        self.extra["soak"] = samples
+
+    # -- verdicts
+
+    def evaluate(self) -> None:
+        t = self.target
+        floor = self.row("floor pass-through", "non-stream", 32)
+        prox = self.row("aiproxy", "non-stream", 32)
+        ratio = prox["rps"] / floor["rps"] if floor and prox else None
+        t("non-stream, 32 conns: aiproxy / floor pass-through throughput",
+          f"{prox['rps']:.0f} / {floor['rps']:.0f} req/s; CPU {prox['cpu_us']:.0f} / "
+          f"{floor['cpu_us']:.0f} us/req" if ratio else "-", ratio, ">= 0.60",
+          ratio is not None and ratio >= 0.6, (floor, prox))
+
+        direct1 = self.row("direct (mock upstream)", "non-stream", 1)
+        prox1 = self.row("aiproxy", "non-stream", 1)
+        floor1 = self.row("floor pass-through", "non-stream", 1)
+        for q, limit in (("p50", 0.4), ("p99", 1.0)):
+            added = prox1[q] - direct1[q] if direct1 and prox1 else None
+            floor_added = (f"; the floor adds {floor1[q] - direct1[q]:.3f}"
+                           if floor1 and direct1 else "")
+            t(f"1 conn, non-stream: added latency {q} (aiproxy - direct)",
+              f"{prox1[q]:.3f} - {direct1[q]:.3f} ms{floor_added}" if added is not None
+              else "-", added, f"<= {limit} ms", added is not None and added <= limit,
+              (direct1, prox1))
+
+        relay = self.row("floor SSE relay", "stream", 32)
+        sprox = self.row("aiproxy", "stream", 32)
+        ratio = sprox["rps"] / relay["rps"] if relay and sprox else None
+        t(f"stream ({CHUNKS} chunks), 32 conns: aiproxy / floor SSE relay throughput",
+          f"{sprox['rps']:.0f} / {relay['rps']:.0f} streams/s; CPU {sprox['cpu_us']:.0f} / "
+          f"{relay['cpu_us']:.0f} us/stream" if ratio else "-", ratio,
+          ">= 0.80", ratio is not None and ratio >= 0.8, (relay, sprox))
+
+        chunk = self.extra.get("chunk_delay") or {}
+        cd, cp = chunk.get("direct (mock upstream)"), chunk.get("aiproxy")
+        cf = chunk.get("floor SSE relay")
+        added = cp["p99"] - cd["p99"] if cd and cp and cd["chunks"] and cp["chunks"] else None
+        floor_added = f"; the floor adds {cf['p99'] - cd['p99']:.3f}" if cf and cd else ""
+        t("stream: added per-chunk delay p99 (aiproxy - direct, one-way)",
+          f"{cp['p99']:.3f} - {cd['p99']:.3f} ms{floor_added}" if added is not None else "-",
+          added,
+          "<= 1.0 ms", added is not None and added <= 1.0 and not cp["failures"])
+
+        for label, limit in (("aiproxy + in-memory limits", 0.9), ("aiproxy + Redis limits", 0.6)):
+            lim = self.row(label, "non-stream", 32)
+            ratio = lim["rps"] / prox["rps"] if lim and prox else None
+            t(f"non-stream, 32 conns: {label} / aiproxy unlimited",
+              f"{lim['rps']:.0f} / {prox['rps']:.0f} req/s; CPU {lim['cpu_us']:.0f} / "
+              f"{prox['cpu_us']:.0f} us/req" if ratio else "-", ratio,
+              f">= {limit:.2f}", ratio is not None and ratio >= limit, (lim, prox))
+
+        mem = self.extra.get("memory") or {}
+        rest = (mem.get("rest") or {}).get("rss_mb")
+        t("RSS at rest, 10-model config", f"{rest:.1f} MB" if rest else "-", rest, "<= 80 MB",
+          rest is not None and rest <= 80)
+        held = mem.get("streams") or {}
+        peak = held.get("rss_max")
+        n = mem.get("open_streams", 0)
+        complete = held.get("opened") == n and not held.get("failures")
+        t(f"RSS with {n} concurrent open streams",
+          f"{peak:.1f} MB ({held.get('opened')} open)" if peak else "-", peak, "<= 150 MB",
+          peak is not None and peak <= 150 and complete)
+
+        soak = self.extra.get("soak")
+        if soak:
+            growth = soak[1]["rss_mb"] - soak[0]["rss_mb"]
+            fd_growth = soak[1]["fds"] - soak[0]["fds"]
+            done = soak[0]["requests"] + soak[1]["requests"]
+            errors = soak[0]["errors"] + soak[1]["errors"]
+            t(f"soak: RSS growth from request {soak[0]['requests']} to {done}",
+              f"{soak[0]['rss_mb']:.1f} -> {soak[1]['rss_mb']:.1f} MB", growth, "<= 5 MB",
+              growth <= 5 and not errors)
+            # Pooled upstream keep-alive connections come and go (up to one per client
+            # connection, 32); a leak grows with the requests between the samples instead.
+            t("soak: open fds growth", f"{soak[0]['fds']} -> {soak[1]['fds']}", fd_growth,
+              "<= 32 (the upstream pool)", fd_growth <= 32 and not errors)
+        else:
+            self.targets.append({"target": "soak: RSS growth over 100,000 requests",
+                                 "measured": "-", "value": None, "limit": "<= 5 MB",
+                                 "result": "not run (use --soak)"})
+
+        workers = self.extra.get("workers")
+        if workers is None:
+            self.targets.append({"target": "--workers 2 scaling", "measured": "not available",
+                                 "value": None, "limit": "(informational)", "result": "-"})
+        else:
+            one, two = workers.get(1), workers.get(2)
+            ratio = two["rps"] / one["rps"] if one and two else None
+            self.targets.append({
+                "target": "--workers 2 / --workers 1 throughput (non-stream, 32 conns)",
+                "measured": f"{two['rps']:.0f} / {one['rps']:.0f} req/s" if ratio else "-",
+                "value": ratio, "limit": "(informational)", "result": "-"})
+
+    # -- reporting
+
+    def report(self) -> str:
+        args = self.args
+        head = ["| scenario | mode | conns | req/s | p50 ms | p90 ms | p99 ms | CPU us/req "
+                "| RSS MB | errors | other load |",
+                "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines = list(head)
+        for r in self.rows:
+            errs = r["errors"] + r["non2xx"]
+            lines.append(f"| {r['scenario']} | {r['mode']} | {r['conns']} | {r['rps']:.0f} | "
+                         f"{r['p50']:.3f} | {r['p90']:.3f} | {r['p99']:.3f} | "
+                         f"{r['cpu_us']:.0f} | {r['rss_mb']:.1f} | {errs} | "
+                         f"{r['other_load']:.2f} |")
+        chunk = self.extra.get("chunk_delay") or {}
+        if chunk:
+            lines += ["", f"Per-chunk one-way delay (mock stamps each chunk, chunks every "
+                      f"{args.chunk_delay_ms:g} ms, {args.streams} streams, "
+                      f"{args.stream_concurrency} concurrent):", "",
+                      "| path | chunks | p50 ms | p90 ms | p99 ms | max ms | failures |",
+                      "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+            for label, c in chunk.items():
+                lines.append(f"| {label} | {c['chunks']} | {c['p50']:.3f} | {c['p90']:.3f} | "
+                             f"{c['p99']:.3f} | {c['max']:.3f} | {c['failures']} |")
+            other = next(iter(chunk.values())).get("other_load")
+            if other is not None:
+                lines += ["", f"Other load during the per-chunk test: {other:.2f} cores."]
+        lines += ["", "| target | measured | value | limit | result |",
+                  "| --- | --- | ---: | --- | --- |"]
+        for tg in self.targets:
+            value = tg["value"]
+            shown = "-" if value is None else f"{value:.3f}"
+            lines.append(f"| {tg['target']} | {tg['measured']} | {shown} | {tg['limit']} | "
+                         f"**{tg['result']}** |")
+        return "\n".join(lines)
+
+    def write(self, table: str, name: str = "latest") -> Path:
+        args = self.args
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        meta = self.meta()
+        header = [
+            "# aiproxy benchmark: latest run", "",
+            f"- date: {meta['date']}; git {meta['git']}",
+            f"- machine: {meta['cpus']} CPUs ({meta['cpu']}), {meta['kernel']}; "
+            f"Python {meta['python']}, aiohttp {meta['aiohttp']}",
+            f"- pinning: {meta['pinning']}",
+            f"- {args.duration:g} s per scenario (median of {args.repeat}), "
+            f"{args.warmup:g} s warm-up; aiproxy LOG_LEVEL={args.log_level}, access log to "
+            "/dev/null",
+            f"- command: `{meta['command']}`",
+            "- CPU us/req: CPU time (user + system) of the server under test per request (per "
+            "stream in stream rows), from /proc/<pid>/stat; steadier than req/s on a shared "
+            "machine. other load: cores kept busy by processes the benchmark did not start.",
+        ] + [f"- note: {n}" for n in self.notes] + [""]
+        (out / f"{name}.md").write_text("\n".join(header) + "\n" + table + "\n")
+        (out / f"{name}.json").write_text(json.dumps(
+            {"meta": meta, "rows": self.rows, "targets": self.targets, **self.extra},
+            indent=1, default=str) + "\n")
+        return out / f"{name}.md"
+
+    def load(self, path: Path) -> None:
+        """Results of an earlier run (its JSON), to score and report again (--rescore)."""
+        data = json.loads(path.read_text())
+        self.rows = data["rows"]
+        self.loaded_meta = data["meta"]
+        self.notes = []
+        for key in ("chunk_delay", "memory", "soak"):
+            if data.get(key) is not None:
+                self.extra[key] = data[key]
+        workers = data.get("workers")
+        self.extra["workers"] = ({int(k): v for k, v in workers.items()}
+                                 if isinstance(workers, dict) else workers)
+
+    def meta(self) -> dict:
+        if getattr(self, "loaded_meta", None):
+            return self.loaded_meta
+        git = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
+                             capture_output=True, text=True, check=False).stdout.strip()
+        cpu = "?"
+        with contextlib.suppress(OSError):
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+        return {"date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+                "git": git or "?", "cpus": os.cpu_count(), "cpu": cpu,
+                "kernel": f"{platform.system()} {platform.release()}",
+                "python": platform.python_version(), "aiohttp": aiohttp.__version__,
+                "pinning": (f"server under test on core {SERVER_CORE}; wrk, mock, redis, "
+                            f"clients on core {LOAD_CORE}") if self.pin else "none",
+                "command": " ".join([Path(sys.executable).name, *sys.argv]),
+                "args": vars(self.args)}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="short runs (~2 s a scenario, fewer streams): a smoke check")
+    parser.add_argument("--duration", type=float, help="seconds per scenario (default 5)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="runs per scenario; the median is reported")
+    parser.add_argument("--soak", action="store_true",
+                        help="also send --soak-requests requests and check RSS/fd growth")
+    parser.add_argument("--soak-requests", type=int, default=100_000)
+    parser.add_argument("--open-streams", type=int, default=1000)
+    parser.add_argument("--log-level", default="INFO",
+                        help="aiproxy LOG_LEVEL (INFO keeps the access log: its cost counts)")
+    parser.add_argument("--proxy-src", metavar="DIR",
+                        help="run aiproxy from this source tree (PYTHONPATH) instead of the "
+                             "installed one: for A/B tests of a change")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
+    parser.add_argument("--out", default=str(HERE / "results"),
+                        help="where latest.md / latest.json go")
+    parser.add_argument("--rescore", metavar="JSON",
+                        help="score and report the results of an earlier run again (its "
+                             "latest.json), without measuring")
+    parser.add_argument("--keep-logs", action="store_true",
+                        help="keep the work dir (configs, stderr of every process)")
+    args = parser.parse_args(argv)
+    if args.duration is None:
+        args.duration = 2.0 if args.quick else 5.0
+    args.warmup = 0.5 if args.quick else 1.0
+    args.streams = 64 if args.quick else 200
+    args.stream_concurrency = 16
+    args.chunk_delay_ms = 10.0
+    args.hold = 1.0 if args.quick else 2.5
+    args.repeat = max(1, args.repeat)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.rescore:
+        bench = Bench(args)
+        shutil.rmtree(bench.workdir, ignore_errors=True)
+        bench.load(Path(args.rescore))
+        meta = bench.loaded_meta
+        for key in ("duration", "warmup", "repeat", "log_level", "chunk_delay_ms", "streams",
+                    "stream_concurrency"):
+            setattr(args, key, meta.get("args", {}).get(key, getattr(args, key)))
+        bench.evaluate()
+        table = bench.report()
+        print(table)
+        print(f"\nwritten to {bench.write(table)}")
+        return 1 if any(t["result"].startswith("FAIL") for t in bench.targets) else 0
+    if shutil.which("wrk") is None:
+        print("wrk not found: apt-get install -y wrk", file=sys.stderr)
+        return 2
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    bench = Bench(args)
+    code = 0
+    try:
+        bench.run()
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        code = 130
+    except Exception as exc:
+        print(f"\nbenchmark failed: {exc}", file=sys.stderr)
+        code = 1
+    finally:
+        if code:
+            with contextlib.suppress(Exception):
+                bench.evaluate()  # what was measured before the failure still gets reported
+        Proc.stop_all()
+        if not args.keep_logs and code == 0:
+            shutil.rmtree(bench.workdir, ignore_errors=True)
+        elif bench.workdir.exists():
+            print(f"logs kept in {bench.workdir}", file=sys.stderr)
+    if not bench.rows:
+        return code or 1
+    table = bench.report()
+    print("\n" + table)
+    # An interrupted or failed run never replaces the last complete one.
+    path = bench.write(table, "partial" if code else "latest")
+    print(f"\nwritten to {path} and {path.with_suffix('.json')}")
+    if code:
+        return code
+    return 1 if any(t["result"].startswith("FAIL") for t in bench.targets) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
