@@ -432,7 +432,10 @@ class Router:
     def _exhausted(self, plan: list[Route], tally: _Tally) -> ProxyError:
         names = ", ".join(tally.tried) if tally.tried else ", ".join(r.name for r in plan)
         if tally.only_rate_limited and tally.limited_until is not None:
-            return ProxyError(429, f"rate limit reached for {names}; retry later",
+            said = ""
+            if tally.last_error is not None and tally.tried:
+                said = f" (upstream: {from_upstream(tally.last_error, tally.tried[-1]).message})"
+            return ProxyError(429, f"rate limit reached for {names}{said}; retry later",
                               code="rate_limit_exceeded", retry_after=tally.limited_until)
         err = tally.last_error
         if err is None or not tally.attempted_any:
