@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
@@ -23,6 +23,7 @@ from aiproxy.streaming import relay
 __all__ = ["JSON_HEADERS", "KeyAdmission", "add_routes", "note_route", "parse_chat_request",
            "read_json", "route_headers", "router_of"]
 
+T = TypeVar("T")
 JSON_HEADERS = {"Content-Type": "application/json", "Cache-Control": "no-store"}
 log = get_logger("aiproxy.api")
 
@@ -198,6 +199,14 @@ class KeyAdmission:
         if self.grant is not None:
             await _settle(limiter, self.reservation, self.grant.limits, usage, used_anything)
 
+    async def guard(self, limiter: RateLimiter, call: Awaitable[T]) -> T:
+        """Await the routed call; if it fails, the key's token reservation is given back."""
+        try:
+            return await call
+        except BaseException:
+            await self.settle(limiter, None, False)
+            raise
+
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     body, raw = await read_json(request)
@@ -209,11 +218,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     await key.admit(router.limiter, estimate_tokens(len(raw), body))
     started = time.monotonic()
     if not chat.stream:
-        try:
-            served = await router.chat(chat, name, len(raw), key.allowed)
-        except BaseException:
-            await key.settle(router.limiter, None, False)
-            raise
+        served = await key.guard(router.limiter,
+                                 router.chat(chat, name, len(raw), key.allowed))
         note_route(request, served, started)
         data = served.result.data
         data["model"] = served.route.name
@@ -224,12 +230,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         await key.settle(router.limiter, usage, True)
         return web.Response(body=orjson.dumps(data), headers={**JSON_HEADERS,
                                                               **route_headers(served)})
-    try:
-        streamed = await router.open_stream(chat, name, len(raw), key.allowed,
-                                            need_usage=key.counts_tokens)
-    except BaseException:
-        await key.settle(router.limiter, None, False)
-        raise
+    streamed = await key.guard(router.limiter, router.open_stream(
+        chat, name, len(raw), key.allowed, need_usage=key.counts_tokens))
     note_route(request, streamed, started)
     first, chunks = streamed.result
     response = web.StreamResponse(headers={

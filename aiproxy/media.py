@@ -75,11 +75,7 @@ async def embeddings(request: web.Request) -> web.Response:
             return await route.provider.embeddings(call_request)
 
     started = time.monotonic()
-    try:
-        served = await router.run(plan, call)
-    except BaseException:
-        await key.settle(router.limiter, None, False)
-        raise
+    served = await key.guard(router.limiter, router.run(plan, call))
     note_route(request, served, started)
     data = served.result.data
     data["model"] = served.route.name
