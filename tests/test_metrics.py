@@ -164,3 +164,23 @@ async def test_workers_metrics_add_up_across_processes(tmp_path):
     finally:
         proc.terminate()
         await asyncio.to_thread(proc.wait, 30)
+
+
+def test_in_process_histograms_are_cumulative_and_exact():
+    from aiproxy.metrics import Metrics
+
+    metrics = Metrics()
+    for seconds in (0.003, 0.007, 0.007, 400.0):
+        metrics.duration.labels("/r").observe(seconds)
+    metrics.streams.inc()
+    metrics.streams.inc()
+    metrics.streams.dec()
+    data = samples(metrics.render().decode())
+    bucket = "aiproxy_request_duration_seconds_bucket"
+    assert value(data, bucket, route="/r", le="0.005") == 1
+    assert value(data, bucket, route="/r", le="0.01") == 3
+    assert value(data, bucket, route="/r", le="300.0") == 3
+    assert value(data, bucket, route="/r", le="+Inf") == 4
+    assert value(data, "aiproxy_request_duration_seconds_count", route="/r") == 4
+    assert value(data, "aiproxy_request_duration_seconds_sum", route="/r") == pytest.approx(400.017)
+    assert value(data, "aiproxy_streams_in_flight") == 1
