@@ -46,6 +46,10 @@ async def reload(app: web.Application) -> list[str]:
         except ConfigError as exc:
             log.error("reload_rejected", errors=exc.errors)
             return exc.errors
+        except Exception as exc:  # noqa: BLE001 - a plugin failing to build keeps the old config
+            errors = [f"building the new configuration failed: {type(exc).__name__}"]
+            log.error("reload_rejected", errors=errors)
+            return errors
         old = runtime.router
         runtime.router, runtime.keys, runtime.settings = router, KeyRing(config, router), settings
     if old is not None:

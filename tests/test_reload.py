@@ -153,3 +153,26 @@ async def test_sighup_reloads_a_running_process(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+async def test_a_plugin_that_fails_to_build_keeps_the_old_config(tmp_path, start_proxy):
+    from aiproxy.plugins import ProviderRegistry
+    from aiproxy.provider import Provider
+
+    class Broken(Provider):
+        default_url = "x://"
+
+        def __init__(self, *args, **kwargs):
+            raise RuntimeError("boom")
+
+    registry = ProviderRegistry()
+    registry.register("broken", Broken)
+    path = tmp_path / "c.yaml"
+    write(path, [{"name": "old", "provider": "mock"}])
+    proxy = await start_proxy(yaml.safe_load(path.read_text()), registry=registry,
+                              source=lambda: (load_config(path, {}), make_settings()))
+    write(path, [{"name": "new", "provider": "broken"}])
+    status, body = await reload(proxy)
+    assert status == 400
+    assert "RuntimeError" in body["error"]["message"]
+    assert (await proxy.client.chat.completions.create(model="old", messages=MSG)).model == "old"
