@@ -92,6 +92,9 @@ async def _answer(request: web.Request, handler: Handler, trace: Trace) -> web.S
         return await handler(request)
     except ProxyError as exc:
         return error_response(exc)
+    except ConnectionError:
+        trace.client_gone = True  # the client left; aiohttp drops the connection quietly
+        raise
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
