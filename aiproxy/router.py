@@ -173,11 +173,6 @@ class Router:
             groups.setdefault(name, []).extend(members)
         return {name: tuple(dict.fromkeys(members)) for name, members in groups.items()}
 
-    def public_names(self) -> list[str]:
-        """Model names then group names, as ``/models`` lists them."""
-        return [m.name for m in self.config.models] + [g for g in self.groups
-                                                        if g not in self.routes]
-
     def _expand(self, name: str, seen: set[str]) -> list[Route]:
         """Routes a name stands for: a model (itself), or a group ordered by priority, then LRU."""
         if name in seen:
@@ -250,7 +245,7 @@ class Router:
                 return await route.provider.chat(request)
 
         return await self._run(self.plan(name, length, Capability.CHAT, allowed), call,
-                               estimate_tokens(length, request.body), self._timeout_wrap)
+                               estimate_tokens(length, request.body))
 
     async def open_stream(
         self, request: ChatRequest, name: str, length: int,
@@ -274,29 +269,23 @@ class Router:
             return first, chunks
 
         return await self._run(self.plan(name, length, Capability.CHAT, allowed), call,
-                               estimate_tokens(length, request.body), self._timeout_wrap)
+                               estimate_tokens(length, request.body))
 
     async def run(self, plan: list[Route], call: Callable[[Route], Awaitable[T]],
                   estimate: int = 0) -> Served[T]:
         """The attempt loop for any capability (embeddings, images use it directly)."""
-        return await self._run(plan, call, estimate, self._timeout_wrap)
+        return await self._run(plan, call, estimate)
 
-    @staticmethod
-    async def _timeout_wrap(route: Route, call: Callable[[Route], Awaitable[T]]) -> T:
-        try:
-            return await call(route)
-        except TimeoutError:
-            raise UpstreamError(ErrorKind.TIMEOUT,
-                                "no answer from the upstream within its time bound") from None
+    async def _run(self, plan: list[Route], call: Callable[[Route], Awaitable[T]],
+                   estimate: int) -> Served[T]:
+        served = await self._rounds(plan, call, estimate, _Tally())
+        if served.route is not plan[0]:
+            self.metrics.fallbacks.inc()
+        return served
 
-    async def _run(
-        self,
-        plan: list[Route],
-        call: Callable[[Route], Awaitable[T]],
-        estimate: int,
-        wrap: Callable[[Route, Callable[[Route], Awaitable[T]]], Awaitable[T]],
-    ) -> Served[T]:
-        tally = _Tally()
+    async def _rounds(self, plan: list[Route], call: Callable[[Route], Awaitable[T]],
+                      estimate: int, tally: _Tally) -> Served[T]:
+        """Rounds over ``plan`` until one candidate answers; the final error otherwise."""
         policy = plan[0].retry
         deadline = self._clock() + policy.max_time
         candidates = plan
@@ -304,10 +293,8 @@ class Router:
             retry_next: list[Route] = []
             ready_at: float | None = None  # when the earliest upstream-parked candidate frees
             for index, route in enumerate(candidates):
-                outcome = await self._attempt(route, call, wrap, estimate, tally)
+                outcome = await self._attempt(route, call, estimate, tally)
                 if isinstance(outcome, Served):
-                    if outcome.route is not plan[0]:
-                        self.metrics.fallbacks.inc()
                     return outcome
                 if outcome is None:
                     continue  # skipped: limited, parked or circuit open
@@ -320,7 +307,7 @@ class Router:
                                        or r.model.max_request_length
                                        > route.model.max_request_length)]
                         if bigger:
-                            return await self._run(bigger, call, estimate, wrap)
+                            return await self._rounds(bigger, call, estimate, tally)
                     if err.kind is ErrorKind.AUTH or (err.kind is ErrorKind.BAD_REQUEST
                                                       and err.upstream_status == 404):
                         continue  # this model is misconfigured; another may serve the request
@@ -343,14 +330,8 @@ class Router:
             candidates = retry_next
         raise self._exhausted(plan, tally)
 
-    async def _attempt(
-        self,
-        route: Route,
-        call: Callable[[Route], Awaitable[T]],
-        wrap: Callable[[Route, Callable[[Route], Awaitable[T]]], Awaitable[T]],
-        estimate: int,
-        tally: _Tally,
-    ) -> Served[T] | UpstreamError | None:
+    async def _attempt(self, route: Route, call: Callable[[Route], Awaitable[T]],
+                       estimate: int, tally: _Tally) -> Served[T] | UpstreamError | None:
         """One try of one candidate: a result, its error, or ``None`` when it was skipped."""
         if not route.breaker.allow():
             wait = route.breaker.retry_after()
@@ -364,6 +345,9 @@ class Router:
             route.breaker.release()
             raise ProxyError(503, f"rate limiter unavailable: {exc}",
                              code="limiter_unavailable") from None
+        except BaseException:
+            route.breaker.release()  # a half-open probe that never ran must not stay taken
+            raise
         if not decision.allowed:
             route.breaker.release()
             tally.limited(decision.retry_after)
@@ -375,7 +359,11 @@ class Router:
         tally.tried.append(route.name)
         started = time.monotonic()
         try:
-            result = await wrap(route, call)
+            try:
+                result = await call(route)
+            except TimeoutError:
+                raise UpstreamError(ErrorKind.TIMEOUT, "no answer from the upstream within "
+                                    "its time bound") from None
         except UpstreamError as err:
             await self._failed(route, err, decision, tally)
             return err

@@ -79,7 +79,7 @@ class _Coalescer:
                     self.idle.clear()
                     await self.response.write(data)  # drains when the client is slow
                     self.idle.set()
-        except ConnectionError:
+        except Exception:  # noqa: BLE001 - any failed write means this client is lost
             self.gone = True
             self.idle.set()
 
@@ -91,6 +91,8 @@ class _Coalescer:
         self.wake.set()
         if self.size > self.HIGH_WATER:
             await self.idle.wait()  # let the writer catch up before reading more upstream
+            if self.gone:
+                raise _ClientGone
 
     async def finish(self, last: bytes | None) -> None:
         self.task.cancel()

@@ -78,7 +78,7 @@ class TestPlan:
         assert [r.name for r in router.plan("fast", 1, Capability.CHAT)] == ["a", "c"]
         # a named model first, then its fallbacks (a group, in priority order)
         assert [r.name for r in router.plan("a", 1, Capability.CHAT)] == ["a", "c", "b"]
-        assert router.public_names() == ["a", "b", "c", "fast", "cheap"]
+        assert list(router.groups) == ["fast", "cheap"]
 
     async def test_unknown_model_404(self):
         router = await make_router([mock("a")])
@@ -303,6 +303,7 @@ class TestFaults:
             model("large", url, priority=3, model_size="G", max_request_length=100_000)]})
         raw = await ask(proxy, "G")
         assert raw.parse().model == "large"
+        assert raw.headers["x-aiproxy-attempts"] == "2"  # the refused attempt counts too
         assert len(fake.requests_for("small")) == 1
         assert fake.requests_for("same") == []  # no larger than the one that refused
 
@@ -368,3 +369,52 @@ class TestFaults:
         assert info.value.status_code == 502
         assert "m1, m2" in info.value.message
         assert "upstream-secret" not in info.value.message
+
+
+class TestRouterLifecycle:
+    async def test_cancelled_acquire_frees_the_half_open_probe(self):
+        from aiproxy.limits.base import Decision, Limits, RateLimiter, Reservation
+
+        class Hanging(RateLimiter):
+            async def acquire(self, key: str, limits: Limits, tokens: int = 0) -> Decision:
+                await asyncio.sleep(3600)
+                raise AssertionError("unreachable")
+
+            async def reconcile(self, reservation: Reservation, limits: Limits,
+                                actual_tokens: int) -> None:
+                return None
+
+            async def park(self, key: str, seconds: float) -> None:
+                return None
+
+        router = await make_router([mock("m", circuit_breaker={"failures": 1,
+                                                                "cooldown": 0.01})])
+        router.limiter = Hanging()
+        breaker = router.routes["m"].breaker
+        breaker.failure()
+        await asyncio.sleep(0.02)
+        assert breaker.state is BreakerState.HALF_OPEN
+        from aiproxy.provider import ChatRequest
+
+        request = ChatRequest(body={"model": "m", "messages": MSG}, raw=b"{}")
+        task = asyncio.create_task(router.chat(request, "m", 10))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert breaker.allow()  # the probe the cancelled request took is free again
+
+    async def test_a_retired_router_closes_only_when_idle_and_only_what_is_not_kept(self):
+        closed: list[str] = []
+        router = await make_router([mock("kept"), mock("dropped")])
+        for route in router.routes.values():
+            async def close(name: str = route.name) -> None:
+                closed.append(name)
+            route.provider.close = close  # type: ignore[method-assign]
+        router.enter()
+        router.retire({"kept"})
+        await asyncio.sleep(0.01)
+        assert closed == []  # a request is still running on it
+        router.leave()
+        await asyncio.sleep(0.01)
+        assert closed == ["dropped"]
