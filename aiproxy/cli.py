@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import platform
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,12 +17,12 @@ import attrs
 from aiohttp import web
 
 from aiproxy import __version__
-from aiproxy.app import make_app
-from aiproxy.config import Config, ConfigError, load_config
+from aiproxy.config import Config, ConfigError, Settings, load_config, load_env, settings_from_env
+from aiproxy.generation import ProviderPool, config_warnings, has_limits, redis_missing
+from aiproxy.http import make_app
+from aiproxy.limits import InMemoryRateLimiter
 from aiproxy.observability import configure_logging, get_logger
 from aiproxy.plugins import ProviderRegistry
-from aiproxy.routes import build_routes
-from aiproxy.settings import Settings, load_env, settings_from_env
 from aiproxy.workers import supervise
 
 __all__ = ["main", "parse_addr"]
@@ -83,19 +86,48 @@ def _fail(lines: Sequence[str]) -> int:
     return 1
 
 
-async def _check_providers(config: Config, settings: Settings, registry: ProviderRegistry) -> None:
-    """Build every provider once (as startup would) so plugin option errors show now."""
-    sessions: dict[float, aiohttp.ClientSession] = {}
+async def _check_providers(config: Config, registry: ProviderRegistry) -> None:
+    """Build every provider once, as startup would, so that every plugin option error shows
+    now (all of them, each with its path); then close what was built."""
+    pool = ProviderPool(registry, InMemoryRateLimiter())
     try:
-        routes = build_routes(config, settings, registry, sessions)
-        for route in routes.values():
-            await route.provider.close()
+        _, fresh = pool.stage(config)
+        await pool.discard(fresh)
     finally:
-        for session in sessions.values():
-            await session.close()
+        await pool.close()
+
+
+def _read(args: argparse.Namespace, config_path: str,
+          env_path: str | None) -> tuple[Config | None, Settings | None, list[str]]:
+    """The config and the settings, with every problem of both (a bad variable does not
+    hide a bad model)."""
+    errors: list[str] = []
+    settings: Settings | None = None
+    config: Config | None = None
+    try:
+        env = load_env(env_path)
+    except ConfigError as exc:
+        return None, None, exc.errors
+    try:
+        settings = settings_from_env(env)
+        if args.addr:
+            host, port = parse_addr(args.addr)
+            settings = attrs.evolve(settings, host=host or settings.host, port=port)
+    except ConfigError as exc:
+        errors += exc.errors
+    except ValueError as exc:
+        errors.append(str(exc))
+    try:
+        config = load_config(config_path, env)
+    except ConfigError as exc:
+        errors += exc.errors
+    return config, settings, errors
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["health-check"]:
+        return health_check(argv[1:])
     args = _parser().parse_args(argv)
     if args.version:
         print(f"aiproxy {__version__} (python {platform.python_version()}, "
@@ -112,32 +144,44 @@ def main(argv: Sequence[str] | None = None) -> int:
                       "/config/provider-config.yaml found)"])
     env_path = _find(args.env_file, DEFAULT_ENV_FILES) if args.env_file is None \
         else args.env_file
-
-    def source() -> tuple[Config, Settings]:
-        """Read the .env and the config: at start, and again on every reload."""
-        env = load_env(env_path)
-        settings = settings_from_env(env)
-        if args.addr:
-            host, port = parse_addr(args.addr)
-            settings = attrs.evolve(settings, host=host or settings.host, port=port)
-        return load_config(config_path, env), settings
-
-    try:
-        config, settings = source()
-        asyncio.run(_check_providers(config, settings, registry))
-    except ConfigError as exc:
-        return _fail(exc.errors)
-    except ValueError as exc:
-        return _fail([str(exc)])
     if args.workers < 1:
         return _fail([f"--workers: must be at least 1, got {args.workers}"])
-    if args.workers > 1 and not settings.redis_url and _has_limits(config):
-        return _fail([f"--workers {args.workers}: rate limits are configured, and each worker "
-                      "would count them alone (admitting up to N times the limit); set "
-                      "REDIS_URL so the workers share exact limits, or run one worker"])
+
+    config, settings, errors = _read(args, config_path, env_path)
+    if config is not None:
+        try:
+            asyncio.run(_check_providers(config, registry))
+        except ConfigError as exc:
+            errors += exc.errors
+    if settings is not None:
+        missing = redis_missing(settings)
+        if missing:
+            errors.append(missing)
+    if (config is not None and settings is not None and args.workers > 1
+            and not settings.redis_url and has_limits(config)):
+        errors.append(f"--workers {args.workers}: rate or token limits are configured (on a "
+                      "model or a client key), and each worker would count them alone, "
+                      "admitting up to N times the limit; set REDIS_URL so the workers share "
+                      "exact limits, or run one worker")
+    if errors or config is None or settings is None:
+        return _fail(errors)
+    warnings = config_warnings(config, registry)
+    for warning in warnings:
+        print(f"aiproxy: warning: {warning}", file=sys.stderr)
     if args.check_config:
-        print(f"aiproxy: {config_path}: ok ({len(config.models)} models)")
+        print(f"aiproxy: {config_path}: ok ({len(config.models)} models"
+              f"{f', {len(warnings)} warnings' if warnings else ''})")
         return 0
+
+    def source() -> tuple[Config, Settings]:
+        """Read the .env and the config again, for a reload."""
+        env = load_env(env_path)
+        new = settings_from_env(env)
+        if args.addr:
+            host, port = parse_addr(args.addr)
+            new = attrs.evolve(new, host=host or new.host, port=port)
+        return load_config(config_path, env), new
+
     configure_logging(settings.log_level, settings.log_format)
     log = get_logger("aiproxy")
     if args.workers > 1:
@@ -147,12 +191,55 @@ def main(argv: Sequence[str] | None = None) -> int:
             worker_argv += ["--env-file", args.env_file]
         return supervise(worker_argv, args.workers, settings.shutdown_grace)
     app = make_app(config, settings, registry=registry, source=source)
-    log.info("listening", host=settings.host, port=settings.port, config=config_path,
-             version=__version__)
-    web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None,
-                shutdown_timeout=settings.shutdown_grace, handler_cancellation=True,
-                reuse_port=args.reuse_port or None, loop=_event_loop(args.loop))
+
+    def listening(_: str) -> None:
+        # run_app calls this once its sites are bound: the port is really ours now.
+        log.info("listening", host=settings.host, port=settings.port, config=config_path,
+                 version=__version__)
+
+    try:
+        web.run_app(app, host=settings.host, port=settings.port, print=listening,
+                    access_log=None, shutdown_timeout=settings.shutdown_grace,
+                    handler_cancellation=True, reuse_port=args.reuse_port or None,
+                    loop=_event_loop(args.loop))
+    except OSError as exc:
+        if exc.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+            print(f"aiproxy: cannot listen on {settings.host}:{settings.port}: "
+                  f"{exc.strerror or exc}", file=sys.stderr)
+            return 1
+        raise
     return 0
+
+
+def health_check(argv: Sequence[str]) -> int:
+    """``aiproxy health-check``: exit 0 when the proxy answers ``GET /ping`` on the port it
+    listens on, as the same settings say (``--env-file``/``.env``, ``PORT``, ``--addr``)."""
+    parser = argparse.ArgumentParser(prog="aiproxy health-check", allow_abbrev=False)
+    parser.add_argument("--env-file", "-env-file", metavar="PATH")
+    parser.add_argument("--addr", "-addr", metavar="[HOST]:PORT")
+    parser.add_argument("--timeout", type=float, default=3.0)
+    args = parser.parse_args(argv)
+    env_path = _find(args.env_file, DEFAULT_ENV_FILES) if args.env_file is None \
+        else args.env_file
+    try:
+        env = load_env(env_path)
+        host, port = env.get("HOST", "").strip(), env.get("PORT", "").strip() or "8080"
+        if args.addr:
+            addr_host, addr_port = parse_addr(args.addr)
+            host, port = addr_host or host, str(addr_port)
+    except (ConfigError, ValueError) as exc:
+        print(f"aiproxy health-check: {exc}", file=sys.stderr)
+        return 1
+    if host in ("", "0.0.0.0", "::"):
+        host = "127.0.0.1"
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}/ping"
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout) as resp:
+            ok = resp.status == 200
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"aiproxy health-check: {url}: {exc}", file=sys.stderr)
+        return 1
+    return 0 if ok else 1
 
 
 def _event_loop(choice: str) -> asyncio.AbstractEventLoop | None:
@@ -167,8 +254,3 @@ def _event_loop(choice: str) -> asyncio.AbstractEventLoop | None:
                              "(pip install 'aiproxy[speed]')") from None
         return None
     return uvloop.new_event_loop()
-
-
-def _has_limits(config: Config) -> bool:
-    return any(m.requests_per_minute or m.requests_per_hour or m.requests_per_day
-               or m.tokens_per_minute or m.tokens_per_day for m in config.models)

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-from aiohttp import web
-
 from aiproxy.provider import ErrorKind, UpstreamError
 
-__all__ = ["ProxyError", "error_body", "error_response", "from_upstream"]
+__all__ = ["ProxyError", "error_body", "from_upstream"]
 
 # The OpenAI ``type`` for each status the proxy answers, so SDKs raise the right exception.
 _TYPES = {
@@ -59,17 +56,6 @@ class ProxyError(Exception):
 def error_body(message: str, type_: str, code: str | None = None,
                param: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
-
-
-def error_response(exc: ProxyError) -> web.Response:
-    headers = {"Cache-Control": "no-store", **exc.headers}
-    if exc.status == 401:
-        headers["WWW-Authenticate"] = "Bearer"
-    if exc.retry_after is not None:
-        # Whole seconds, rounded up, so a client that waits that long is never early.
-        headers["Retry-After"] = str(max(1, int(-(-exc.retry_after // 1))))
-    return web.Response(status=exc.status, body=orjson.dumps(exc.body()),
-                        content_type="application/json", headers=headers)
 
 
 _UPSTREAM_TYPES = {

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import attrs
 
 from aiproxy.config import Config, KeyConfig
 from aiproxy.errors import ProxyError
-from aiproxy.limits.base import LimiterUnavailable, Limits, RateLimiter, Reservation
-from aiproxy.router import Route, Router
+from aiproxy.limits.base import Limits
 
-__all__ = ["Grant", "KeyRing", "admit"]
+if TYPE_CHECKING:
+    from aiproxy.routing.plan import Planner, Route
+
+__all__ = ["Grant", "KeyRing"]
 
 
 @attrs.frozen
@@ -39,14 +42,14 @@ class Grant:
 
 
 class KeyRing:
-    """Keys by SHA-256 digest, resolved against one router's models and groups."""
+    """Keys by SHA-256 digest, resolved against one generation's models and groups."""
 
-    def __init__(self, config: Config, router: Router) -> None:
+    def __init__(self, config: Config, planner: Planner) -> None:
         self._grants: dict[str, Grant] = {}
         for key in config.keys:
             models: set[str] = set()
             for listed in key.models:
-                models.update(route.name for route in router.expand(listed))
+                models.update(route.name for route in planner.expand(listed))
             self._grants[key.digest] = Grant(
                 key=key, names=frozenset(key.models) | frozenset(models),
                 models=frozenset(models),
@@ -61,17 +64,3 @@ class KeyRing:
     def grants(self) -> Mapping[str, Grant]:
         return self._grants
 
-
-async def admit(limiter: RateLimiter, grant: Grant | None, estimate: int) -> Reservation | None:
-    """Take one request (and the token estimate) from the key's own limits, or answer 429."""
-    if grant is None or grant.limits.unlimited:
-        return None
-    try:
-        decision = await limiter.acquire(f"key:{grant.key.name}", grant.limits, estimate)
-    except LimiterUnavailable as exc:
-        raise ProxyError(503, f"rate limiter unavailable: {exc}",
-                         code="limiter_unavailable") from None
-    if not decision.allowed:
-        raise ProxyError(429, f"rate limit reached for key {grant.key.name!r}; retry later",
-                         code="rate_limit_exceeded", retry_after=decision.retry_after)
-    return decision.reservation

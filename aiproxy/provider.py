@@ -303,7 +303,6 @@ class ChatResponse:
     """A complete chat completion in the OpenAI shape (``object: chat.completion``)."""
 
     data: dict[str, Any]
-    rate_limit: RateLimitHint | None = None
 
 
 @attrs.frozen
@@ -319,7 +318,6 @@ class EmbeddingsResponse:
     """An OpenAI embeddings answer (``object: list`` of ``embedding`` items, ``usage``)."""
 
     data: dict[str, Any]
-    rate_limit: RateLimitHint | None = None
 
 
 @attrs.frozen
@@ -335,7 +333,6 @@ class ImageResponse:
     """Generated images as bytes with their media type; the core builds the client's answer."""
 
     images: tuple[tuple[bytes, str], ...]
-    rate_limit: RateLimitHint | None = None
 
 
 class Provider:
@@ -352,13 +349,17 @@ class Provider:
     capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.CHAT})
     #: Used when a model's config has no ``url:``; ``None`` makes ``url:`` required.
     default_url: ClassVar[str | None] = None
+    #: Whether the upstream needs ``token:``; ``--check-config`` warns when it is empty (except
+    #: for an upstream on this machine).
+    requires_token: ClassVar[bool] = True
     #: An attrs class for the model's ``options:``; ``None`` refuses any option.
     options_type: ClassVar[type[Any] | None] = None
 
     def __init__(self, model: ModelConfig, session: aiohttp.ClientSession) -> None:
         self.model = model
         self.session = session
-        # Set by the core: told when the upstream announces an exhausted budget.
+        # Set by the core once, when it builds the provider: told when the upstream announces
+        # an exhausted budget (``note_rate_limit``); the core parks the model until the reset.
         self.rate_limit_listener: Callable[[RateLimitHint], None] | None = None
         url = model.url or self.default_url
         if not url:

@@ -73,6 +73,7 @@ def mock_png(width: int = 2, height: int = 2, seed: bytes = b"") -> bytes:
 
 class MockProvider(Provider):
     capabilities = frozenset({Capability.CHAT, Capability.EMBEDDINGS, Capability.IMAGES})
+    requires_token = False  # offline: no upstream
     default_url = "mock://local"
     options_type = MockOptions
 

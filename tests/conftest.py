@@ -12,12 +12,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from aiproxy.app import make_app
-from aiproxy.config import parse_config
+from aiproxy.config import Settings, parse_config
+from aiproxy.generation import ConfigSource
+from aiproxy.http import make_app
 from aiproxy.limits.base import RateLimiter
 from aiproxy.plugins import ProviderRegistry
-from aiproxy.reload import ConfigSource
-from aiproxy.settings import Settings
 from tests.fakes import FakeOpenAI
 from tests.redis_fixture import redis_server  # noqa: F401 - a fixture for every test module
 

@@ -7,8 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from aiproxy.config import ConfigError, load_config, parse_config
-from aiproxy.settings import load_env, parse_duration, settings_from_env
+from aiproxy.config import (
+    ConfigError,
+    load_config,
+    load_env,
+    parse_config,
+    parse_duration,
+    settings_from_env,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_VARS = ("OPENROUTER_API_KEY", "OPENAI_API_KEY", "GROQ_API_KEY", "HF_TOKEN",

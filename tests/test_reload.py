@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from aiproxy.config import load_config
-from aiproxy.state import RUNTIME
+from aiproxy.http.state import RUNTIME
 from tests.conftest import TOKEN, make_settings
 from tests.test_cli import free_port, wait_ready
 
@@ -96,11 +96,13 @@ async def test_invalid_config_is_rejected_and_the_old_kept(reloadable):
 
 async def test_unchanged_models_keep_their_state(reloadable):
     proxy, path = reloadable
-    before = proxy.app[RUNTIME].active_router().routes["old"]
+    before = proxy.app[RUNTIME].current.router.routes["old"]
     write(path, [{"name": "old", "provider": "mock", "options": {"chunk_delay": 0.05}},
                  {"name": "more", "provider": "mock"}])
     assert (await reload(proxy))[0] == 200
-    assert proxy.app[RUNTIME].active_router().routes["old"] is before
+    after = proxy.app[RUNTIME].current.router.routes["old"]
+    assert after.provider is before.provider  # the same provider, its sessions kept
+    assert after.state is before.state  # the same breaker and recency
 
 
 async def test_reload_brings_new_keys(reloadable):

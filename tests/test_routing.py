@@ -7,31 +7,35 @@ import itertools
 import time
 from typing import Any
 
-import aiohttp
 import openai
 import pytest
 
 from aiproxy.config import parse_config
 from aiproxy.errors import ProxyError
+from aiproxy.generation import ProviderPool, Runtime
+from aiproxy.http.state import RUNTIME
 from aiproxy.limits import InMemoryRateLimiter
+from aiproxy.metrics import Metrics
 from aiproxy.plugins import ProviderRegistry
 from aiproxy.provider import Capability
-from aiproxy.retry import BreakerState, CircuitBreaker, RetryPolicy
-from aiproxy.router import Router
-from aiproxy.routes import build_routes
-from aiproxy.state import RUNTIME
+from aiproxy.record import Record
+from aiproxy.routing import BreakerState, CircuitBreaker, RetryPolicy, Router
 from tests.conftest import make_settings, openai_model
 
 MSG = [{"role": "user", "content": "hello"}]
 
 
+def make_runtime() -> Runtime:
+    return Runtime(ProviderPool(ProviderRegistry(), InMemoryRateLimiter()), Metrics())
+
+
 async def make_router(models: list[dict[str, Any]], **extra: Any) -> Router:
     config = parse_config({"models": models, **extra}, {})
-    sessions: dict[float, aiohttp.ClientSession] = {}
-    routes = build_routes(config, make_settings(), ProviderRegistry(), sessions)
-    for session in sessions.values():
+    runtime = make_runtime()
+    router = runtime.start(config, make_settings()).router
+    for session in runtime.pool.sessions.values():
         await session.close()
-    return Router(config, routes, InMemoryRateLimiter())
+    return router
 
 
 def mock(name: str, **extra: Any) -> dict[str, Any]:
@@ -44,15 +48,15 @@ class TestPlan:
                                     mock("a", priority=1, model_size="BIG"),
                                     mock("b", priority=2, model_size="BIG"),
                                     mock("s", priority=0, model_size="SMALL")])
-        assert [r.name for r in router.plan("BIG", 10, Capability.CHAT)] == ["a", "b", "c"]
+        assert [r.name for r in router.planner.plan("BIG", 10, Capability.CHAT)] == ["a", "b", "c"]
 
     async def test_ties_go_to_least_recently_used(self):
         router = await make_router([mock("a", model_size="G"), mock("b", model_size="G")])
-        router.routes["a"].last_used = 10.0
-        router.routes["b"].last_used = 5.0
-        assert [r.name for r in router.plan("G", 10, Capability.CHAT)] == ["b", "a"]
-        router.routes["b"].last_used = 20.0
-        assert [r.name for r in router.plan("G", 10, Capability.CHAT)] == ["a", "b"]
+        router.routes["a"].state.last_used = 10.0
+        router.routes["b"].state.last_used = 5.0
+        assert [r.name for r in router.planner.plan("G", 10, Capability.CHAT)] == ["b", "a"]
+        router.routes["b"].state.last_used = 20.0
+        assert [r.name for r in router.planner.plan("G", 10, Capability.CHAT)] == ["a", "b"]
 
     async def test_length_filter_leaves_out_small_models(self):
         router = await make_router([mock("small", priority=1, model_size="G",
@@ -60,13 +64,14 @@ class TestPlan:
                                     mock("big", priority=2, model_size="G",
                                          max_request_length=10_000),
                                     mock("any", priority=3, model_size="G")])
-        assert [r.name for r in router.plan("G", 50, Capability.CHAT)] == ["small", "big", "any"]
-        assert [r.name for r in router.plan("G", 500, Capability.CHAT)] == ["big", "any"]
+        assert [r.name for r in router.planner.plan("G", 50, Capability.CHAT)] == [
+            "small", "big", "any"]
+        assert [r.name for r in router.planner.plan("G", 500, Capability.CHAT)] == ["big", "any"]
 
     async def test_too_long_for_every_candidate(self):
         router = await make_router([mock("small", max_request_length=100)])
         with pytest.raises(ProxyError) as info:
-            router.plan("small", 500, Capability.CHAT)
+            router.planner.plan("small", 500, Capability.CHAT)
         assert info.value.status == 400
         assert info.value.code == "context_length_exceeded"
 
@@ -75,21 +80,21 @@ class TestPlan:
             [mock("a", aliases=["fast"], fallbacks=["cheap"]), mock("b", priority=5),
              mock("c", priority=1, aliases=["fast"])],
             groups={"cheap": ["b", "c"]})
-        assert [r.name for r in router.plan("fast", 1, Capability.CHAT)] == ["a", "c"]
+        assert [r.name for r in router.planner.plan("fast", 1, Capability.CHAT)] == ["a", "c"]
         # a named model first, then its fallbacks (a group, in priority order)
-        assert [r.name for r in router.plan("a", 1, Capability.CHAT)] == ["a", "c", "b"]
+        assert [r.name for r in router.planner.plan("a", 1, Capability.CHAT)] == ["a", "c", "b"]
         assert list(router.groups) == ["fast", "cheap"]
 
     async def test_unknown_model_404(self):
         router = await make_router([mock("a")])
         with pytest.raises(ProxyError) as info:
-            router.plan("zzz", 1, Capability.CHAT)
+            router.planner.plan("zzz", 1, Capability.CHAT)
         assert (info.value.status, info.value.code) == (404, "model_not_found")
 
     async def test_capability_filter(self):
         router = await make_router([mock("pics", serves=["images"])])
         with pytest.raises(ProxyError) as info:
-            router.plan("pics", 1, Capability.CHAT)
+            router.planner.plan("pics", 1, Capability.CHAT)
         assert info.value.status == 400
         assert "does not serve chat" in info.value.message
 
@@ -264,7 +269,7 @@ class TestFaults:
         await asyncio.sleep(0.05)
         raw = await ask(proxy, "m1")
         assert raw.parse().choices[0].message.content.startswith("reply from m1")
-        for session in proxy.app[RUNTIME].sessions.values():
+        for session in proxy.app[RUNTIME].pool.sessions.values():
             assert not session.connector._acquired  # type: ignore[union-attr]
 
     async def test_slow_first_token_falls_over_invisibly(self, start_proxy, fake_upstream):
@@ -397,24 +402,31 @@ class TestRouterLifecycle:
         from aiproxy.provider import ChatRequest
 
         request = ChatRequest(body={"model": "m", "messages": MSG}, raw=b"{}")
-        task = asyncio.create_task(router.chat(request, "m", 10))
+        task = asyncio.create_task(router.chat(Record(), None, request))
         await asyncio.sleep(0.01)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
         assert breaker.allow()  # the probe the cancelled request took is free again
 
-    async def test_a_retired_router_closes_only_when_idle_and_only_what_is_not_kept(self):
+    async def test_a_retired_generation_closes_only_when_idle_and_only_what_is_not_kept(self):
         closed: list[str] = []
-        router = await make_router([mock("kept"), mock("dropped")])
-        for route in router.routes.values():
+        runtime = make_runtime()
+        first = runtime.start(parse_config({"models": [mock("kept"), mock("dropped")]}, {}),
+                              make_settings())
+        for route in first.router.routes.values():
             async def close(name: str = route.name) -> None:
                 closed.append(name)
             route.provider.close = close  # type: ignore[method-assign]
-        router.enter()
-        router.retire({"kept"})
+        assert runtime.enter() is first  # a request starts on the first generation
+        second, fresh = runtime.build(parse_config({"models": [mock("kept")]}, {}),
+                                      make_settings())
+        assert fresh == []  # "kept" is unchanged: its provider is reused, nothing is built
+        assert second.router.routes["kept"].provider is first.router.routes["kept"].provider
+        runtime._swap(second)
         await asyncio.sleep(0.01)
-        assert closed == []  # a request is still running on it
-        router.leave()
+        assert closed == []  # a request is still running on the first generation
+        runtime.leave(first)
         await asyncio.sleep(0.01)
         assert closed == ["dropped"]
+        await runtime.close()

@@ -10,7 +10,7 @@ from pathlib import Path
 import attrs
 from dotenv import dotenv_values
 
-from aiproxy.config import ConfigError
+from aiproxy.config.schema import ConfigError
 
 __all__ = ["Settings", "load_env", "parse_duration", "settings_from_env"]
 

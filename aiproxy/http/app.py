@@ -1,20 +1,23 @@
-"""``make_app``: the application with its middlewares, shared sessions, providers and router."""
+"""``make_app``: the application, its one middleware, and the lifecycle of its generations."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import gc
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from aiproxy import admin, api, media
-from aiproxy.auth import authenticate
-from aiproxy.config import Config
-from aiproxy.errors import ProxyError, error_response
-from aiproxy.keys import KeyRing
+from aiproxy.config import Config, Settings
+from aiproxy.errors import ProxyError
+from aiproxy.generation import ConfigSource, ProviderPool, Runtime
+from aiproxy.http import admin, chat, media
+from aiproxy.http.auth import authenticate
+from aiproxy.http.errors import error_response
+from aiproxy.http.state import LIMITER, METRICS, RUNTIME, STARTED, Trace, trace_of
 from aiproxy.limits import make_limiter
 from aiproxy.limits.base import RateLimiter
 from aiproxy.metrics import Metrics
@@ -26,27 +29,16 @@ from aiproxy.observability import (
     valid_request_id,
 )
 from aiproxy.plugins import ProviderRegistry
-from aiproxy.reload import SOURCE, ConfigSource, install_sighup
-from aiproxy.router import Router
-from aiproxy.routes import build_routes
-from aiproxy.settings import Settings
-from aiproxy.state import (
-    CONFIG,
-    LIMITER,
-    METRICS,
-    REGISTRY,
-    RUNTIME,
-    SETTINGS,
-    STARTED,
-    Runtime,
-    Trace,
-    trace_of,
-)
 
 __all__ = ["make_app"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 log = get_logger("aiproxy")
+CONFIG = web.AppKey("config", Config)
+SETTINGS = web.AppKey("settings", Settings)
+# What is echoed or logged of a client-chosen name is bounded: a 5 MiB model name must not
+# become 5 MiB of log a request.
+LOGGED_NAME_MAX = 256
 
 
 @web.middleware
@@ -58,6 +50,8 @@ async def gateway(request: web.Request, handler: Handler) -> web.StreamResponse:
     incoming = request.headers.get("X-Request-ID")
     trace = request["aiproxy"] = Trace(
         request_id=incoming if incoming and valid_request_id(incoming) else new_request_id())
+    runtime = request.app[RUNTIME]
+    generation = trace.generation = runtime.enter()
     status = 500
     try:
         response = await _answer(request, handler, trace)
@@ -67,28 +61,32 @@ async def gateway(request: web.Request, handler: Handler) -> web.StreamResponse:
         status = 499 if request.transport is None or request.transport.is_closing() else 500
         raise
     finally:
+        if trace.open_stream is not None:
+            await trace.open_stream.aclose()  # settles a stream the handler never pumped
+        if generation is not None:
+            runtime.leave(generation)
         if trace.client_gone:
             status = 499
         elapsed = time.monotonic() - started
         _observe(request, trace, status, elapsed)
+        requested = trace.requested
+        if requested is not None and len(requested) > LOGGED_NAME_MAX:
+            requested = requested[:LOGGED_NAME_MAX] + "…"
         access_line({
             "request_id": trace.request_id, "method": request.method, "path": request.path,
-            "status": status, "model": trace.model, "requested": trace.requested,
-            "provider": trace.provider, "attempts": trace.attempts, "key": trace.key_name,
-            "upstream_ms": trace.upstream_ms, "stream_error": trace.stream_error,
+            "status": status, "model": trace.model, "requested": requested,
+            "provider": trace.provider, "attempts": trace.attempts, "tried": trace.tried,
+            "key": trace.key_name, "upstream_ms": trace.upstream_ms,
+            "tokens_in": trace.tokens_in, "tokens_out": trace.tokens_out,
+            "error_kind": trace.error_kind, "stream_error": trace.stream_error,
             "total_ms": round(elapsed * 1000, 2)})
 
 
 async def _answer(request: web.Request, handler: Handler, trace: Trace) -> web.StreamResponse:
-    """Authenticate, pin the current router (a reload never changes it mid-request), run the
-    handler; every error the proxy answers is the OpenAI envelope, nothing internal leaks."""
-    router: Router | None = None
+    """Authenticate and run the handler; every error the proxy answers is the OpenAI
+    envelope, nothing internal leaks."""
     try:
         authenticate(request, trace)
-        router = request.app[RUNTIME].router
-        if router is not None:
-            router.enter()
-            trace.router = router
         return await handler(request)
     except ProxyError as exc:
         return error_response(exc)
@@ -113,9 +111,6 @@ async def _answer(request: web.Request, handler: Handler, trace: Trace) -> web.S
         log.error("internal_error", error=type(exc).__name__, where=where,
                   request_id=trace.request_id)
         return error_response(ProxyError(500, "internal error", code="internal_error"))
-    finally:
-        if router is not None:
-            router.leave()
 
 
 def _observe(request: web.Request, trace: Trace, status: int, elapsed: float) -> None:
@@ -139,61 +134,80 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
 def make_app(config: Config, settings: Settings, *, registry: ProviderRegistry | None = None,
              limiter: RateLimiter | None = None,
              source: ConfigSource | None = None) -> web.Application:
-    """The application; providers and sessions are made at startup and closed at cleanup.
-
-    ``source`` re-reads the config and settings for a reload (SIGHUP, ``/admin/reload``).
-    """
+    """The application; its first generation is built at startup and everything is closed at
+    cleanup. ``source`` re-reads the config and settings for a reload (SIGHUP,
+    ``POST /admin/reload``)."""
     app = web.Application(
         middlewares=[gateway],
         client_max_size=settings.max_body_size,
         handler_args={"max_field_size": 65536},
     )
-    app[SETTINGS] = settings
     app[CONFIG] = config
-    app[REGISTRY] = registry or ProviderRegistry()
+    app[SETTINGS] = settings
     app[STARTED] = int(time.time())
-    app[RUNTIME] = Runtime(settings=settings)
-    app[METRICS] = Metrics()
-    app[LIMITER] = limiter or make_limiter(settings.redis_url, prefix=settings.redis_prefix,
-                                           fail_mode=settings.redis_fail_mode)
-    if source is not None:
-        app[SOURCE] = source
+    app[METRICS] = metrics = Metrics()
+    app[LIMITER] = limiter = limiter or make_limiter(
+        settings.redis_url, prefix=settings.redis_prefix, fail_mode=settings.redis_fail_mode)
+    app[RUNTIME] = Runtime(ProviderPool(registry or ProviderRegistry(), limiter), metrics,
+                           source)
     app.on_response_prepare.append(_security_headers)
+    app.on_shutdown.append(_shutting_down)
     app.cleanup_ctx.append(_lifecycle)
-    api.add_routes(app)
+    chat.add_routes(app)
     media.add_routes(app)
     admin.add_routes(app)
     return app
 
 
+async def _shutting_down(app: web.Application) -> None:
+    log.info("shutting_down", in_flight=app[RUNTIME].in_flight,
+             grace_s=app[SETTINGS].shutdown_grace)
+
+
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     runtime = app[RUNTIME]
-    sessions = runtime.sessions
     try:
-        routes = build_routes(app[CONFIG], app[SETTINGS], app[REGISTRY], sessions)
-        runtime.router = Router(app[CONFIG], routes, app[LIMITER], metrics=app[METRICS])
-        runtime.keys = KeyRing(app[CONFIG], runtime.router)
+        generation = runtime.start(app[CONFIG], app[SETTINGS])
     except BaseException:
-        for session in sessions.values():
-            await session.close()
+        await runtime.close()
         raise
-    log.info("started", models=len(routes), providers=sorted({r.model.provider
-                                                              for r in routes.values()}))
+    config = generation.config
+    log.info("started", models=[m.name for m in config.models],
+             groups={name: list(members) for name, members in generation.router.groups.items()},
+             providers=sorted({m.provider for m in config.models}))
     # Everything built so far lives as long as the app: keep it out of the cyclic collector's
     # way (a full collection of a started proxy took ~13 ms, a pause on every request then).
     gc.freeze()
-    undo_sighup = install_sighup(app) if SOURCE in app else (lambda: None)
+    undo_sighup = _install_sighup(runtime) if runtime.source is not None else (lambda: None)
     flusher = asyncio.get_running_loop().create_task(flush_logs_forever())
     try:
         yield
     finally:
+        log.info("stopped", cut_in_flight=runtime.in_flight)
         flusher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await flusher
         undo_sighup()
-        for retired in runtime.retired:
-            await retired.close()
-        await runtime.active_router().close()
-        for session in sessions.values():
-            await session.close()
+        await runtime.close()
         await app[LIMITER].close()
+
+
+def _install_sighup(runtime: Runtime) -> Callable[[], None]:
+    """Reload on SIGHUP (main thread only); returns the undo."""
+    loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task[list[str]]] = set()
+
+    def on_hup() -> None:
+        task = loop.create_task(runtime.reload())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    try:
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+    except (RuntimeError, ValueError, NotImplementedError):
+        return lambda: None  # not the main thread, or no signals here
+
+    def undo() -> None:
+        loop.remove_signal_handler(signal.SIGHUP)
+
+    return undo

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import time
 from typing import Any
@@ -10,25 +9,16 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from aiproxy.api import (
-    JSON_HEADERS,
-    KeyAdmission,
-    note_route,
-    read_json,
-    route_headers,
-    router_of,
-)
 from aiproxy.errors import ProxyError
+from aiproxy.http.body import read_json
+from aiproxy.http.chat import JSON_HEADERS, route_headers
+from aiproxy.http.state import generation_of, trace_of
 from aiproxy.provider import (
-    Capability,
     EmbeddingsRequest,
-    EmbeddingsResponse,
     ImageRequest,
     ImageResponse,
     embedding_base64,
 )
-from aiproxy.router import Route
-from aiproxy.state import trace_of
 
 __all__ = ["add_routes"]
 
@@ -63,23 +53,12 @@ async def embeddings(request: web.Request) -> web.Response:
     dims = body.get("dimensions")
     if dims is not None and (isinstance(dims, bool) or not isinstance(dims, int) or dims < 1):
         raise ProxyError(400, "'dimensions' must be a positive integer", param="dimensions")
-    router = router_of(request)
-    trace_of(request).requested = model
-    key = KeyAdmission(request, model)
-    plan = router.plan(model, len(raw), Capability.EMBEDDINGS, key.allowed)
-    await key.admit(router.limiter, len(raw) // 4)
-    call_request = EmbeddingsRequest(body=body, raw=raw)
-
-    async def call(route: Route) -> EmbeddingsResponse:
-        async with asyncio.timeout(route.timeouts.total):
-            return await route.provider.embeddings(call_request)
-
-    started = time.monotonic()
-    served = await key.guard(router.limiter, router.run(plan, call))
-    note_route(request, served, started)
+    trace = trace_of(request)
+    trace.requested = model
+    served = await generation_of(request).router.embeddings(
+        trace, trace.grant, EmbeddingsRequest(body=body, raw=raw))
     data = served.result.data
     data["model"] = served.route.name
-    await key.settle(router.limiter, data.get("usage"), True)
     if encoding == "base64":
         for item in data.get("data") or ():
             if isinstance(item, dict) and isinstance(item.get("embedding"), list):
@@ -107,23 +86,10 @@ def _image_request(body: dict[str, Any], prompt_keys: tuple[str, ...]) -> ImageR
 
 async def _generate(request: web.Request, model: str | None,
                     image_request: ImageRequest) -> tuple[ImageResponse, dict[str, str]]:
-    router = router_of(request)
-    trace_of(request).requested = model or "all"
-    if not model or model == "all":
-        key = KeyAdmission(request, None)
-        plan = router.plan_any(Capability.IMAGES, key.allowed)
-    else:
-        key = KeyAdmission(request, model)
-        plan = router.plan(model, len(image_request.raw), Capability.IMAGES, key.allowed)
-    await key.admit(router.limiter, 0)
-
-    async def call(route: Route) -> ImageResponse:
-        async with asyncio.timeout(route.timeouts.total):
-            return await route.provider.images(image_request)
-
-    started = time.monotonic()
-    served = await router.run(plan, call)
-    note_route(request, served, started)
+    trace = trace_of(request)
+    trace.requested = model or "all"
+    served = await generation_of(request).router.images(
+        trace, trace.grant, None if not model or model == "all" else model, image_request)
     return served.result, route_headers(served)
 
 

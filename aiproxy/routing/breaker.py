@@ -1,5 +1,4 @@
-"""Retry policy (exponential backoff with jitter, from the ``backoff`` module) and the
-per-model circuit breaker."""
+"""The per-model circuit breaker, and the probe through which one call reports to it."""
 
 from __future__ import annotations
 
@@ -7,48 +6,15 @@ import enum
 import time
 from collections.abc import Callable
 
-import attrs
-import backoff
-
-from aiproxy.config import RetryConfig
-
-__all__ = ["BreakerState", "CircuitBreaker", "RetryPolicy"]
+__all__ = ["BreakerState", "CircuitBreaker", "Probe", "Verdict"]
 
 
-@attrs.frozen
-class RetryPolicy:
-    """How often and how long to retry a request whose candidates all failed retryably.
+class Verdict(enum.Enum):
+    """How one call went, as far as the model's health is concerned."""
 
-    ``max_retries`` counts extra rounds over the plan (a plan of one model: retries of it).
-    ``jitter`` is the randomised fraction of each delay: 0 = exact exponential, 1 = full jitter.
-    ``max_time`` bounds the whole request's retrying; ``max_wait`` is the longest upstream
-    ``Retry-After`` the proxy waits out itself rather than answering 429.
-    """
-
-    max_retries: int = 3
-    base_delay: float = 1.0
-    max_delay: float = 30.0
-    jitter: float = 0.1
-    max_time: float = 60.0
-
-    def with_override(self, override: RetryConfig) -> RetryPolicy:
-        return attrs.evolve(
-            self,
-            max_retries=self.max_retries if override.max_retries is None else override.max_retries,
-            base_delay=self.base_delay if override.base_delay is None else override.base_delay,
-            max_delay=self.max_delay if override.max_delay is None else override.max_delay,
-            jitter=self.jitter if override.jitter is None else override.jitter,
-        )
-
-    def delay(self, retry: int) -> float:
-        """Seconds to wait before retry number ``retry`` (1-based)."""
-        gen = backoff.expo(base=2, factor=self.base_delay, max_value=self.max_delay)
-        gen.send(None)  # backoff's generators are primed with one send(None)
-        value = 0.0
-        for _ in range(retry):
-            value = float(next(gen))
-        jitter = min(max(self.jitter, 0.0), 1.0)
-        return value * (1 - jitter) + backoff.full_jitter(value * jitter)
+    OK = "ok"  # the upstream served: the breaker closes
+    FAILED = "failed"  # the upstream is unwell (down, overloaded, timed out, broke a stream)
+    NEUTRAL = "neutral"  # neither: cancelled, client gone, the client's own bad request, 429
 
 
 class BreakerState(enum.Enum):
@@ -86,6 +52,11 @@ class CircuitBreaker:
             return 0.0
         return max(0.0, self._opened_at + self._cooldown - self._clock())
 
+    def probe(self) -> Probe | None:
+        """A permit for one call, or ``None`` while the circuit is open (or a half-open probe
+        is already out). The call reports back through :meth:`Probe.end`, exactly once."""
+        return Probe(self) if self.allow() else None
+
     def allow(self) -> bool:
         """May a request go to this model now? In half-open, only one probe at a time."""
         state = self.state
@@ -122,3 +93,34 @@ class CircuitBreaker:
     def _open(self) -> None:
         self._state = BreakerState.OPEN
         self._opened_at = self._clock()
+
+
+class Probe:
+    """One call's permit from a breaker. :meth:`end` reports the verdict; only the first report
+    counts, so every exit path may end it without double counting. As a context manager, a
+    probe that an exception leaves without a verdict (cancelled, a bug) is released; one that
+    the block leaves normally stays out until ended (a stream ends it when it ends)."""
+
+    __slots__ = ("_breaker", "ended")
+
+    def __init__(self, breaker: CircuitBreaker) -> None:
+        self._breaker = breaker
+        self.ended = False
+
+    def end(self, verdict: Verdict) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        if verdict is Verdict.OK:
+            self._breaker.success()
+        elif verdict is Verdict.FAILED:
+            self._breaker.failure()
+        else:
+            self._breaker.release()
+
+    def __enter__(self) -> Probe:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if exc_type is not None:
+            self.end(Verdict.NEUTRAL)

@@ -1,0 +1,88 @@
+"""Chat completions and the model list: the OpenAI wire format in, one router call, out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from aiproxy.http.body import parse_chat_request, read_json
+from aiproxy.http.relay import relay
+from aiproxy.http.state import STARTED, generation_of, trace_of
+from aiproxy.limits.base import Decision
+from aiproxy.routing import Served
+
+__all__ = ["JSON_HEADERS", "add_routes", "route_headers"]
+
+JSON_HEADERS = {"Content-Type": "application/json", "Cache-Control": "no-store"}
+SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache, no-store",
+               "X-Accel-Buffering": "no"}
+
+
+def route_headers(served: Served[Any]) -> dict[str, str]:
+    """Which model answered, after how many attempts, and its ``x-ratelimit-*`` state."""
+    route = served.route
+    headers = {
+        "x-aiproxy-model": route.name,
+        "x-aiproxy-provider": route.model.provider,
+        "x-aiproxy-attempts": str(served.attempts),
+    }
+    headers.update(_rate_headers(served.decision))
+    return headers
+
+
+def _rate_headers(decision: Decision) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for kind in ("requests", "tokens"):
+        limit = getattr(decision, f"{kind}_limit")
+        if limit is None:
+            continue
+        headers[f"x-ratelimit-limit-{kind}"] = str(limit)
+        headers[f"x-ratelimit-remaining-{kind}"] = str(getattr(decision, f"{kind}_remaining"))
+        reset = getattr(decision, f"{kind}_reset") or 0.0
+        headers[f"x-ratelimit-reset-{kind}"] = f"{reset:.3f}s".replace(".000s", "s")
+    return headers
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    body, raw = await read_json(request)
+    chat = parse_chat_request(body, raw)
+    trace = trace_of(request)
+    trace.requested = body["model"]
+    router = generation_of(request).router
+    if not chat.stream:
+        served = await router.chat(trace, trace.grant, chat)
+        data = served.result.data
+        data["model"] = served.route.name
+        return web.Response(body=orjson.dumps(data), headers={**JSON_HEADERS,
+                                                              **route_headers(served)})
+    stream = trace.open_stream = await router.stream(trace, trace.grant, chat)
+    response = web.StreamResponse(headers={**SSE_HEADERS, **route_headers(stream.served)})
+    await response.prepare(request)
+    await relay(response, stream)
+    return response
+
+
+async def models(request: web.Request) -> web.Response:
+    generation = generation_of(request)
+    router = generation.router
+    created = request.app[STARTED]
+    grant = trace_of(request).grant
+    visible = (lambda name: True) if grant is None or grant.everything else (
+        grant.names.__contains__)
+    data = []
+    for model in generation.config.models:
+        if visible(model.name):
+            data.append({"id": model.name, "object": "model", "created": created,
+                         "owned_by": model.provider})
+    data += [{"id": group, "object": "model", "created": created, "owned_by": "aiproxy"}
+             for group in router.groups if group not in router.routes and visible(group)]
+    return web.Response(body=orjson.dumps({"object": "list", "data": data}),
+                        headers=JSON_HEADERS)
+
+
+def add_routes(app: web.Application) -> None:
+    for prefix in ("", "/v1"):
+        app.router.add_post(f"{prefix}/chat/completions", chat_completions)
+        app.router.add_get(f"{prefix}/models", models)

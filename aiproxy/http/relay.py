@@ -1,0 +1,117 @@
+"""Write a routed stream to the client as SSE.
+
+Headers have gone out by the time this runs, so a failure can no longer change the status:
+it ends the stream with an OpenAI-style ``data: {"error": ...}`` event and no ``[DONE]``, so the
+client knows the answer is incomplete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from aiproxy.errors import error_body
+from aiproxy.provider import ErrorKind
+from aiproxy.routing import ClientGone, RoutedStream
+
+__all__ = ["DONE", "encode_chunk", "relay"]
+
+DONE = b"data: [DONE]\n\n"
+
+
+def encode_chunk(chunk: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+
+async def _write(response: web.StreamResponse, data: bytes) -> None:
+    try:
+        await response.write(data)
+    except ConnectionError:
+        raise ClientGone from None
+
+
+class _Coalescer:
+    """Write-behind: the events produced while the relay runs without suspending (a burst
+    parsed from one upstream read) leave in one socket write, made once the relay waits for
+    the upstream. A paced stream still gets each chunk out in the same loop iteration."""
+
+    HIGH_WATER = 64 * 1024  # past this much unwritten, the relay waits (client backpressure)
+
+    def __init__(self, response: web.StreamResponse) -> None:
+        self.response = response
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.wake = asyncio.Event()
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.gone = False
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                await self.wake.wait()
+                self.wake.clear()
+                while self.parts:
+                    data = b"".join(self.parts)
+                    self.parts.clear()
+                    self.size = 0
+                    self.idle.clear()
+                    await self.response.write(data)  # drains when the client is slow
+                    self.idle.set()
+        except Exception:  # noqa: BLE001 - any failed write means this client is lost
+            self.gone = True
+            self.idle.set()
+
+    async def write(self, data: bytes) -> None:
+        if self.gone:
+            raise ClientGone
+        self.parts.append(data)
+        self.size += len(data)
+        self.wake.set()
+        if self.size > self.HIGH_WATER:
+            await self.idle.wait()  # let the writer catch up before reading more upstream
+            if self.gone:
+                raise ClientGone
+
+    async def finish(self, last: bytes | None) -> None:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+        if self.gone:
+            raise ClientGone
+        if last is not None:
+            self.parts.append(last)
+        if self.parts:
+            data = b"".join(self.parts)
+            self.parts.clear()
+            await _write(self.response, data)
+
+
+async def relay(response: web.StreamResponse, stream: RoutedStream) -> None:
+    """Write the stream's chunks as SSE as they arrive, then ``[DONE]``, or the error event
+    when the upstream broke it; a client gone mid-way just ends the relay (the stream has
+    settled itself either way)."""
+    out = _Coalescer(response)
+
+    async def emit(chunk: dict[str, Any]) -> None:
+        await out.write(encode_chunk(chunk))
+
+    try:
+        err = await stream.pump(emit)
+        if err is None:
+            await out.finish(DONE)
+        else:
+            body = error_body(f"the stream was interrupted: {err.message}", "upstream_error",
+                              err.code or ("upstream_timeout" if err.kind is ErrorKind.TIMEOUT
+                                           else "stream_interrupted"))
+            await out.finish(b"data: " + orjson.dumps(body) + b"\n\n")
+        await response.write_eof()
+    except (ClientGone, ConnectionError):
+        stream.client_left()
+    finally:
+        out.task.cancel()

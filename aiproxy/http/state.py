@@ -1,0 +1,47 @@
+"""What hangs off the application (typed keys, no global state) and off each request."""
+
+from __future__ import annotations
+
+import attrs
+from aiohttp import web
+
+from aiproxy.errors import ProxyError
+from aiproxy.generation import Generation, Runtime
+from aiproxy.keys import Grant
+from aiproxy.limits.base import RateLimiter
+from aiproxy.metrics import Metrics
+from aiproxy.record import Record
+from aiproxy.routing import RoutedStream
+
+__all__ = ["LIMITER", "METRICS", "RUNTIME", "STARTED", "Trace", "generation_of", "trace_of"]
+
+RUNTIME = web.AppKey("runtime", Runtime)
+LIMITER = web.AppKey("limiter", RateLimiter)
+METRICS = web.AppKey("metrics", Metrics)
+STARTED = web.AppKey("started", int)
+
+
+@attrs.define(slots=True)
+class Trace(Record):
+    """A request's record, with what the HTTP layer holds for it: the client key's grant, the
+    generation it runs on, and a stream the gateway must settle if the handler never did."""
+
+    grant: Grant | None = None
+    generation: Generation | None = None
+    open_stream: RoutedStream | None = None
+
+
+def trace_of(request: web.Request) -> Trace:
+    trace: Trace | None = request.get("aiproxy")
+    if trace is None:
+        trace = request["aiproxy"] = Trace()
+    return trace
+
+
+def generation_of(request: web.Request) -> Generation:
+    """The generation this request runs on: the one live when it arrived, even across a
+    reload; 503 before the first config is loaded."""
+    generation = trace_of(request).generation
+    if generation is None:
+        raise ProxyError(503, "the proxy is not ready", code="not_ready")
+    return generation

@@ -1,0 +1,187 @@
+"""The routes of one config and the plan of a request: which models, in which order.
+
+A :class:`Route` is a configured model with its provider and the run-time state it keeps in
+this process (breaker, recency), shared by every generation whose config leaves the model
+unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Generic, TypeVar
+
+import attrs
+
+from aiproxy.config import Config, ModelConfig
+from aiproxy.errors import ProxyError
+from aiproxy.limits.base import Decision, Limits
+from aiproxy.provider import Capability, Provider
+from aiproxy.routing.breaker import CircuitBreaker
+from aiproxy.routing.policy import RetryPolicy
+
+__all__ = ["Planner", "Route", "RouteState", "Served", "Timeouts"]
+
+T = TypeVar("T")
+
+DEFAULT_FIRST_TOKEN = 60.0
+DEFAULT_IDLE = 60.0
+DEFAULT_TOTAL = 600.0
+
+
+@attrs.frozen
+class Timeouts:
+    """Resolved bounds for one model: first token (stream) / idle between chunks / total."""
+
+    first_token: float
+    idle: float
+    total: float | None  # non-stream calls always have one; streams only when configured
+    stream_total: float | None
+
+    @classmethod
+    def of(cls, model: ModelConfig) -> Timeouts:
+        t = model.timeouts
+        legacy = model.http_client_config.timeout_seconds or None
+        return cls(first_token=t.first_token or DEFAULT_FIRST_TOKEN, idle=t.idle or DEFAULT_IDLE,
+                   total=t.total or legacy or DEFAULT_TOTAL, stream_total=t.total)
+
+
+@attrs.define(eq=False, slots=True)
+class RouteState:
+    """What a model learns while it serves: its breaker and when it was last chosen."""
+
+    breaker: CircuitBreaker
+    last_used: float = 0.0
+
+    @classmethod
+    def of(cls, model: ModelConfig) -> RouteState:
+        cb = model.circuit_breaker
+        return cls(CircuitBreaker(cb.failures, cb.cooldown, max(cb.max_cooldown, cb.cooldown)))
+
+
+@attrs.frozen(eq=False)
+class Route:
+    """A configured model: its provider, its policies and its shared run-time state."""
+
+    model: ModelConfig
+    provider: Provider
+    retry: RetryPolicy
+    state: RouteState
+    limits: Limits = attrs.field(init=False)
+    timeouts: Timeouts = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "limits", Limits.of(self.model))
+        object.__setattr__(self, "timeouts", Timeouts.of(self.model))
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        return self.state.breaker
+
+    def serves(self, capability: Capability) -> bool:
+        if capability not in self.provider.capabilities:
+            return False
+        return not self.model.serves or capability.value in self.model.serves
+
+
+@attrs.frozen
+class Served(Generic[T]):
+    """What answered: the route, the result, the attempts it took and the limiter's decision."""
+
+    route: Route
+    result: T
+    attempts: int
+    decision: Decision
+
+
+def _recency(route: Route) -> tuple[int, float]:
+    return route.model.priority, route.state.last_used
+
+
+class Planner:
+    """Names to routes: a model is itself, a group (``model_size``, ``aliases``, ``groups:``)
+    is its members by priority, then least recently used; ``fallbacks:`` extend a plan."""
+
+    def __init__(self, config: Config, routes: Mapping[str, Route]) -> None:
+        self.config = config
+        self.routes = dict(routes)
+        self.groups = _build_groups(config)
+
+    def _expand(self, name: str, seen: set[str]) -> list[Route]:
+        if name in seen:
+            return []
+        seen.add(name)
+        route = self.routes.get(name)
+        if route is not None:
+            return [route]
+        members: list[Route] = []
+        for member in self.groups.get(name, ()):
+            members += self._expand(member, seen)
+        return sorted(members, key=_recency)
+
+    def expand(self, name: str) -> list[Route]:
+        """The models a model or group name stands for (fallbacks not included)."""
+        return self._expand(name, set())
+
+    def plan(self, name: str, length: int, capability: Capability,
+             allowed: Callable[[Route], bool] | None = None) -> list[Route]:
+        """The ordered candidates for a request; :class:`ProxyError` when there are none.
+
+        ``allowed`` filters the candidates (a client key's permissions).
+        """
+        route = self.routes.get(name)
+        if route is not None and not route.model.fallbacks:
+            plan = [route]  # the common case, without building sets and sorting
+        elif route is None and name not in self.groups:
+            raise ProxyError(404, f"The model {name!r} does not exist", code="model_not_found",
+                             param="model")
+        else:
+            ordered = self._expand(name, set())
+            if route is not None:
+                seen = {name}
+                for fallback in route.model.fallbacks:
+                    ordered += self._expand(fallback, seen)
+            plan = list(dict.fromkeys(ordered))
+        if allowed is not None:
+            plan = [r for r in plan if allowed(r)]
+        serving = [r for r in plan if r.serves(capability)]
+        if not serving:
+            raise ProxyError(400, f"model {name!r} does not serve {capability.value}",
+                             code="unsupported_capability", param="model")
+        fitting = [r for r in serving if not r.model.max_request_length
+                   or length <= r.model.max_request_length]
+        if not fitting:
+            biggest = max(r.model.max_request_length for r in serving)
+            raise ProxyError(400, f"request of {length} bytes exceeds the max_request_length of "
+                             f"every candidate for {name!r} (largest {biggest})",
+                             code="context_length_exceeded", param="messages")
+        return fitting
+
+    def plan_any(self, capability: Capability,
+                 allowed: Callable[[Route], bool] | None = None) -> list[Route]:
+        """Every model meant for ``capability`` (the old ``/image`` with model ``all``): those
+        that list it in ``serves:``, or, as the old proxy marked image models, serve nothing
+        explicitly and have ``max_request_length: 0``. Priority order, then LRU."""
+        chosen = [r for r in self.routes.values() if r.serves(capability) and (
+            capability.value in r.model.serves
+            or (not r.model.serves and not r.model.max_request_length))
+            and (allowed is None or allowed(r))]
+        if not chosen:
+            raise ProxyError(404, f"no model is configured for {capability.value}",
+                             code="model_not_found", param="model")
+        return sorted(chosen, key=_recency)
+
+
+def _build_groups(config: Config) -> dict[str, tuple[str, ...]]:
+    groups: dict[str, list[str]] = {}
+    for model in config.models:
+        if model.model_size:
+            groups.setdefault(model.model_size, []).append(model.name)
+        for alias in model.aliases:
+            groups.setdefault(alias, []).append(model.name)
+    for name, members in config.groups.items():
+        groups.setdefault(name, []).extend(members)
+    return {name: tuple(dict.fromkeys(members)) for name, members in groups.items()}

@@ -1,0 +1,51 @@
+"""The retry policy: exponential backoff with jitter, from the ``backoff`` module."""
+
+from __future__ import annotations
+
+import attrs
+import backoff
+
+from aiproxy.config import RetryConfig, Settings
+
+__all__ = ["RetryPolicy"]
+
+
+@attrs.frozen
+class RetryPolicy:
+    """How often and how long to retry a request whose candidates all failed retryably.
+
+    ``max_retries`` counts extra rounds over the plan (a plan of one model: retries of it).
+    ``jitter`` is the randomised fraction of each delay: 0 = exact exponential, 1 = full jitter.
+    ``max_time`` bounds the whole request's retrying; ``max_wait`` is the longest upstream
+    ``Retry-After`` the proxy waits out itself rather than answering 429.
+    """
+
+    max_retries: int = 3
+    base_delay: float = 1.0
+    max_delay: float = 30.0
+    jitter: float = 0.1
+    max_time: float = 60.0
+
+    @classmethod
+    def of(cls, settings: Settings) -> RetryPolicy:
+        return cls(settings.retry_max_retries, settings.retry_base_delay,
+                   settings.retry_max_delay, settings.retry_jitter)
+
+    def with_override(self, override: RetryConfig) -> RetryPolicy:
+        return attrs.evolve(
+            self,
+            max_retries=self.max_retries if override.max_retries is None else override.max_retries,
+            base_delay=self.base_delay if override.base_delay is None else override.base_delay,
+            max_delay=self.max_delay if override.max_delay is None else override.max_delay,
+            jitter=self.jitter if override.jitter is None else override.jitter,
+        )
+
+    def delay(self, retry: int) -> float:
+        """Seconds to wait before retry number ``retry`` (1-based)."""
+        gen = backoff.expo(base=2, factor=self.base_delay, max_value=self.max_delay)
+        gen.send(None)  # backoff's generators are primed with one send(None)
+        value = 0.0
+        for _ in range(retry):
+            value = float(next(gen))
+        jitter = min(max(self.jitter, 0.0), 1.0)
+        return value * (1 - jitter) + backoff.full_jitter(value * jitter)

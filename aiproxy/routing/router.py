@@ -1,0 +1,480 @@
+"""The router: it owns a request from admission to settlement, for every capability.
+
+Admission (the client key's permission and limits), the plan, the attempts (model limits,
+breakers, retries, timeouts, parking) and the settlement (both token reservations reconciled
+with the reported usage or given back, the breaker's verdict, token and latency metrics, the
+request's record) all happen here. HTTP handlers parse, call one method, and write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+
+import attrs
+import orjson
+
+from aiproxy.config import Config
+from aiproxy.errors import ProxyError, from_upstream
+from aiproxy.keys import Grant
+from aiproxy.limits.base import Decision, LimiterUnavailable, Limits, RateLimiter, Reservation
+from aiproxy.metrics import Metrics
+from aiproxy.observability import get_logger
+from aiproxy.provider import (
+    Capability,
+    ChatRequest,
+    ChatResponse,
+    EmbeddingsRequest,
+    EmbeddingsResponse,
+    ErrorKind,
+    ImageRequest,
+    ImageResponse,
+    UpstreamError,
+)
+from aiproxy.record import Record
+from aiproxy.routing.breaker import BreakerState, Probe, Verdict
+from aiproxy.routing.plan import Planner, Route, Served
+from aiproxy.routing.stream import RoutedStream
+
+__all__ = ["Router", "Served", "estimate_tokens", "usage_tokens"]
+
+T = TypeVar("T")
+log = get_logger("aiproxy.router")
+
+# What a failed attempt says about the model's health.
+_UNWELL = frozenset({ErrorKind.OVERLOADED, ErrorKind.TIMEOUT, ErrorKind.CONNECTION,
+                     ErrorKind.PROTOCOL, ErrorKind.AUTH})
+
+
+def estimate_tokens(request_length: int, body: Mapping[str, Any]) -> int:
+    """A cheap upper-ish estimate for token limits: ~4 bytes a token plus the output bound."""
+    out = body.get("max_completion_tokens") or body.get("max_tokens") or 0
+    return request_length // 4 + (out if isinstance(out, int) and out > 0 else 0)
+
+
+def usage_tokens(usage: Any) -> int | None:
+    """The total tokens an OpenAI ``usage`` object reports, or ``None`` when it reports none."""
+    if not isinstance(usage, Mapping):
+        return None
+    total = usage.get("total_tokens")
+    if isinstance(total, int):
+        return total
+    parts = [p for p in (usage.get("prompt_tokens"), usage.get("completion_tokens"))
+             if isinstance(p, int)]
+    return sum(parts) if parts else None
+
+
+@attrs.define(eq=False, slots=True)
+class Attempt:
+    """One admitted try of one route: its breaker permit, its model reservation, its start."""
+
+    route: Route
+    probe: Probe
+    decision: Decision
+    started: float
+
+
+@attrs.define(eq=False)
+class Exchange:
+    """One request from admission to settlement; :meth:`settle` runs exactly once."""
+
+    router: Router
+    record: Record
+    grant: Grant | None
+    plan: list[Route]
+    estimate: int
+    key_reservation: Reservation | None = None
+    attempts: int = 0
+    upstream: float = 0.0  # seconds spent in attempts
+    settled: bool = False
+
+    async def admit_key(self) -> None:
+        """Take one request (and the estimate) from the client key's own limits, or 429."""
+        grant = self.grant
+        if grant is None or grant.limits.unlimited:
+            return
+        decision = await self.router.acquire(f"key:{grant.key.name}", grant.limits,
+                                             self.estimate)
+        if not decision.allowed:
+            raise ProxyError(429, f"rate limit reached for key {grant.key.name!r}; retry later",
+                             code="rate_limit_exceeded", retry_after=decision.retry_after)
+        self.key_reservation = decision.reservation
+
+    async def settle(self, attempt: Attempt | None, verdict: Verdict,
+                     usage: Mapping[str, Any] | None, used: int | None) -> None:
+        """Reconcile both reservations (``used`` tokens; ``None`` keeps the estimate), report
+        the breaker's verdict, count tokens and time, and complete the record. Shielded: a
+        cancelled request still gives back what it took."""
+        if self.settled:
+            return
+        self.settled = True
+        await asyncio.shield(self._settle(attempt, verdict, usage, used))
+
+    async def _settle(self, attempt: Attempt | None, verdict: Verdict,
+                      usage: Mapping[str, Any] | None, used: int | None) -> None:
+        router, record = self.router, self.record
+        reported = usage_tokens(usage)
+        tokens = reported if reported is not None else used
+        record.attempts = self.attempts
+        record.upstream_ms = round(self.upstream * 1000, 2) if self.attempts else None
+        if attempt is not None:
+            route = attempt.route
+            attempt.probe.end(verdict)
+            router.metrics.breaker_state(route.name, route.breaker.state.value)
+            await router.reconcile(attempt.decision.reservation, route.limits, tokens)
+            if isinstance(usage, Mapping):
+                for key, direction in (("prompt_tokens", "in"), ("completion_tokens", "out")):
+                    value = usage.get(key)
+                    if isinstance(value, int) and value > 0:
+                        router.metrics.tokens.labels(route.name, direction).inc(value)
+                prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+                record.tokens_in = prompt if isinstance(prompt, int) else None
+                record.tokens_out = completion if isinstance(completion, int) else None
+        if self.grant is not None:
+            await router.reconcile(self.key_reservation, self.grant.limits,
+                                   tokens if attempt is not None else 0)
+
+    async def run(self, call: Callable[[Route], Awaitable[T]]) -> tuple[Attempt, T]:
+        """Rounds over the plan until one candidate answers; the final error otherwise (and
+        then the request is settled: nothing served it)."""
+        tally = _Tally()
+        try:
+            attempt, result = await self._rounds(self.plan, call, tally)
+        except BaseException:
+            if tally.last_error is not None:
+                self.record.error_kind = tally.last_error.kind.value
+            await self.settle(None, Verdict.NEUTRAL, None, 0)
+            raise
+        if attempt.route is not self.plan[0]:
+            self.router.metrics.fallbacks.inc()
+        record = self.record
+        record.model = attempt.route.name
+        record.provider = attempt.route.model.provider
+        return attempt, result
+
+    async def _rounds(self, plan: list[Route], call: Callable[[Route], Awaitable[T]],
+                      tally: _Tally) -> tuple[Attempt, T]:
+        router = self.router
+        policy = plan[0].retry
+        deadline = router.clock() + policy.max_time
+        candidates = plan
+        for round_no in range(policy.max_retries + 1):
+            retry_next: list[Route] = []
+            ready_at: float | None = None  # when the earliest upstream-parked candidate frees
+            for index, route in enumerate(candidates):
+                outcome = await self._attempt(route, call, tally)
+                if isinstance(outcome, tuple):
+                    return outcome
+                if outcome is None:
+                    continue  # skipped: limited, parked or circuit open
+                err = outcome
+                if not err.kind.retryable:
+                    if err.kind is ErrorKind.CONTEXT_LENGTH:
+                        bigger = [r for r in candidates[index + 1:]
+                                  if route.model.max_request_length
+                                  and (not r.model.max_request_length
+                                       or r.model.max_request_length
+                                       > route.model.max_request_length)]
+                        if bigger:
+                            return await self._rounds(bigger, call, tally)
+                    if err.kind is ErrorKind.AUTH or (err.kind is ErrorKind.BAD_REQUEST
+                                                      and err.upstream_status == 404):
+                        continue  # this model is misconfigured; another may serve the request
+                    raise from_upstream(err, route.name)
+                if err.kind is ErrorKind.RATE_LIMITED and err.retry_after:
+                    ready = router.clock() + err.retry_after
+                    ready_at = ready if ready_at is None else min(ready_at, ready)
+                retry_next.append(route)
+            if not retry_next or round_no == policy.max_retries:
+                break
+            wait = policy.delay(round_no + 1)
+            if ready_at is not None:
+                # A hair past the park, so the limiter has surely released it.
+                wait = max(wait, ready_at - router.clock() + 0.01)
+            if wait > policy.max_delay or router.clock() + wait > deadline:
+                break  # an upstream asks for longer than we hold a client: answer now
+            log.debug("retry_wait", seconds=round(wait, 3), round=round_no + 1,
+                      request_id=self.record.request_id)
+            router.metrics.retries.inc()
+            await asyncio.sleep(wait)
+            candidates = retry_next
+        raise tally.exhausted(plan)
+
+    async def _attempt(self, route: Route, call: Callable[[Route], Awaitable[T]],
+                       tally: _Tally) -> tuple[Attempt, T] | UpstreamError | None:
+        """One try of one candidate: the attempt and its result, its error, or ``None`` when
+        it was skipped (circuit open, limited, parked)."""
+        router = self.router
+        probe = route.breaker.probe()
+        if probe is None:
+            tally.unavailable(route.breaker.retry_after())
+            return None
+        with probe:  # a permit an exception leaves unended (cancelled, limiter down) is freed
+            decision = await router.acquire(route.name, route.limits, self.estimate)
+            if not decision.allowed:
+                probe.end(Verdict.NEUTRAL)
+                tally.limited(decision.retry_after)
+                router.metrics.limited.labels(route.name).inc()
+                return None
+            route.state.last_used = router.clock()
+            self.attempts += 1
+            tally.tried.append(route.name)
+            self.record.tried = tally.tried
+            attempt = Attempt(route, probe, decision, time.monotonic())
+            try:
+                try:
+                    result = await call(route)
+                except TimeoutError:
+                    raise UpstreamError(ErrorKind.TIMEOUT, "no answer from the upstream within "
+                                        "its time bound") from None
+            except UpstreamError as err:
+                await self._failed(attempt, err, tally)
+                return err
+            except (asyncio.CancelledError, ProxyError):
+                await asyncio.shield(router.reconcile(decision.reservation, route.limits, 0))
+                raise
+            except Exception as exc:  # noqa: BLE001 - a plugin bug must not become a 500
+                log.error("provider_bug", model=route.name, provider=route.model.provider,
+                          error=type(exc).__name__, request_id=self.record.request_id)
+                bug = UpstreamError(ErrorKind.PROTOCOL, f"provider {route.model.provider!r} "
+                                    f"failed ({type(exc).__name__})")
+                await self._failed(attempt, bug, tally)
+                return bug
+            finally:
+                self.upstream += time.monotonic() - attempt.started
+            router.metrics.upstream.labels(route.name, route.model.provider).observe(
+                time.monotonic() - attempt.started)
+            return attempt, result
+        return None  # pragma: no cover - the with block always returns
+
+    async def _failed(self, attempt: Attempt, err: UpstreamError, tally: _Tally) -> None:
+        router, route = self.router, attempt.route
+        # Whatever a plugin forgot: the model's token never reaches a client or a log line.
+        err.message = route.provider.redact(err.message)
+        tally.last_error = err
+        tally.last_model = route.name
+        router.metrics.upstream_errors.labels(route.name, err.kind.value).inc()
+        # A failed attempt used no tokens the client pays for: give back the estimate.
+        await router.reconcile(attempt.decision.reservation, route.limits, 0)
+        if err.kind is ErrorKind.RATE_LIMITED:
+            attempt.probe.end(Verdict.NEUTRAL)
+            if err.retry_after:
+                await router.park(route.name, err.retry_after)
+            tally.limited(err.retry_after or 1.0)
+            return
+        tally.only_rate_limited = False
+        attempt.probe.end(Verdict.FAILED if err.kind in _UNWELL else Verdict.NEUTRAL)
+        router.metrics.breaker_state(route.name, route.breaker.state.value)
+        log.info("upstream_failed", model=route.name, provider=route.model.provider,
+                 kind=err.kind.value, status=err.upstream_status, retry_after=err.retry_after,
+                 request_id=self.record.request_id)
+
+
+@attrs.define
+class _Tally:
+    """What happened to the candidates of one request, for the final error."""
+
+    tried: list[str] = attrs.field(factory=list)
+    last_error: UpstreamError | None = None
+    last_model: str = ""
+    limited_until: float | None = None  # earliest moment a refused candidate frees up
+    unavailable_until: float | None = None  # earliest breaker re-probe
+    only_rate_limited: bool = True
+
+    def limited(self, seconds: float) -> None:
+        self.limited_until = seconds if self.limited_until is None else min(self.limited_until,
+                                                                            seconds)
+
+    def unavailable(self, seconds: float) -> None:
+        self.unavailable_until = seconds if self.unavailable_until is None else min(
+            self.unavailable_until, seconds)
+        self.only_rate_limited = False
+
+    def exhausted(self, plan: list[Route]) -> ProxyError:
+        names = ", ".join(self.tried) if self.tried else ", ".join(r.name for r in plan)
+        if self.only_rate_limited and self.limited_until is not None:
+            said = ""
+            if self.last_error is not None:
+                said = f" (upstream: {from_upstream(self.last_error, self.last_model).message})"
+            return ProxyError(429, f"rate limit reached for {names}{said}; retry later",
+                              code="rate_limit_exceeded", retry_after=self.limited_until)
+        err = self.last_error
+        if err is None:
+            wait = min(x for x in (self.unavailable_until, self.limited_until, 1.0)
+                       if x is not None)
+            return ProxyError(503, f"no candidate available for {names} (circuit open or "
+                              "rate limited); retry later", code="service_unavailable",
+                              retry_after=max(wait, 1.0))
+        status = 504 if err.kind is ErrorKind.TIMEOUT else 502
+        if err.kind is ErrorKind.RATE_LIMITED:
+            status = 429
+        base = from_upstream(err, self.last_model)
+        return ProxyError(status, f"all candidates failed ({names}); last error: "
+                          f"{base.message}", code=base.code or "upstream_error",
+                          retry_after=err.retry_after if status == 429 else None)
+
+
+class Router:
+    """Routes one generation's requests. It never reaches back up into HTTP."""
+
+    def __init__(self, planner: Planner, limiter: RateLimiter, metrics: Metrics,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.planner = planner
+        self.limiter = limiter
+        self.metrics = metrics
+        self.clock = clock
+
+    @property
+    def config(self) -> Config:
+        return self.planner.config
+
+    @property
+    def routes(self) -> dict[str, Route]:
+        return self.planner.routes
+
+    @property
+    def groups(self) -> dict[str, tuple[str, ...]]:
+        return self.planner.groups
+
+    def breaker_states(self) -> dict[str, BreakerState]:
+        return {name: route.breaker.state for name, route in self.routes.items()}
+
+    # --- the limiter, with its failure mapped to the client's 503 -------------------------
+
+    async def acquire(self, key: str, limits: Limits, estimate: int) -> Decision:
+        try:
+            return await self.limiter.acquire(key, limits, estimate)
+        except LimiterUnavailable as exc:
+            raise ProxyError(503, f"rate limiter unavailable: {exc}",
+                             code="limiter_unavailable") from None
+
+    async def reconcile(self, reservation: Reservation | None, limits: Limits,
+                        tokens: int | None) -> None:
+        """Replace a reservation's estimate by ``tokens`` (``None``: the estimate stands)."""
+        if reservation is None or tokens is None:
+            return
+        try:
+            await self.limiter.reconcile(reservation, limits, tokens)
+        except LimiterUnavailable:
+            log.warning("reconcile_failed", key=reservation.key)
+
+    async def park(self, name: str, seconds: float) -> None:
+        try:
+            await self.limiter.park(name, seconds)
+        except LimiterUnavailable:
+            log.warning("park_failed", model=name)
+
+    # --- admission ---------------------------------------------------------------------
+
+    async def _admit(self, record: Record, grant: Grant | None, name: str | None,
+                     capability: Capability, length: int, estimate: int) -> Exchange:
+        """Permission, plan and the key's own limits: an :class:`Exchange`, or the error."""
+        allowed = None if grant is None or grant.everything else grant.allows
+        if name is None:
+            plan = self.planner.plan_any(capability, allowed)
+        else:
+            if grant is not None:
+                grant.check(name)
+            plan = self.planner.plan(name, length, capability, allowed)
+        if grant is not None:
+            # A key's reservation never exceeds what the key itself may spend, so one
+            # request of a small key cannot hold a shared model window.
+            windows = grant.limits.token_windows
+            if windows:
+                estimate = min(estimate, min(limit for _, limit in windows))
+        exchange = Exchange(self, record, grant, plan, estimate)
+        await exchange.admit_key()
+        return exchange
+
+    async def _serve(self, exchange: Exchange, call: Callable[[Route], Awaitable[T]],
+                     usage_of: Callable[[T], Mapping[str, Any] | None]) -> Served[T]:
+        attempt, result = await exchange.run(call)
+        await exchange.settle(attempt, Verdict.OK, usage_of(result), None)
+        return Served(attempt.route, result, exchange.attempts, attempt.decision)
+
+    # --- the capabilities ----------------------------------------------------------------
+
+    async def chat(self, record: Record, grant: Grant | None,
+                   request: ChatRequest) -> Served[ChatResponse]:
+        length = len(request.raw)
+        exchange = await self._admit(record, grant, request.body["model"], Capability.CHAT,
+                                     length, estimate_tokens(length, request.body))
+
+        async def call(route: Route) -> ChatResponse:
+            async with asyncio.timeout(route.timeouts.total):
+                return await route.provider.chat(request)
+
+        return await self._serve(exchange, call, lambda r: r.data.get("usage"))
+
+    async def embeddings(self, record: Record, grant: Grant | None,
+                         request: EmbeddingsRequest) -> Served[EmbeddingsResponse]:
+        length = len(request.raw)
+        exchange = await self._admit(record, grant, request.body["model"],
+                                     Capability.EMBEDDINGS, length, length // 4)
+
+        async def call(route: Route) -> EmbeddingsResponse:
+            async with asyncio.timeout(route.timeouts.total):
+                return await route.provider.embeddings(request)
+
+        return await self._serve(exchange, call, lambda r: r.data.get("usage"))
+
+    async def images(self, record: Record, grant: Grant | None, name: str | None,
+                     request: ImageRequest) -> Served[ImageResponse]:
+        """``name`` None: any image model (the old ``/image`` with no model or ``all``)."""
+        exchange = await self._admit(record, grant, name, Capability.IMAGES,
+                                     len(request.raw), 0)
+
+        async def call(route: Route) -> ImageResponse:
+            async with asyncio.timeout(route.timeouts.total):
+                return await route.provider.images(request)
+
+        return await self._serve(exchange, call, lambda r: None)
+
+    async def stream(self, record: Record, grant: Grant | None,
+                     request: ChatRequest) -> RoutedStream:
+        """Try candidates until one yields its first chunk (nothing has reached the client
+        yet, so a failure until then falls over invisibly). The stream settles when it ends,
+        whichever way: see :class:`RoutedStream`."""
+        length = len(request.raw)
+        exchange = await self._admit(record, grant, request.body["model"], Capability.CHAT,
+                                     length, estimate_tokens(length, request.body))
+        key_counts_tokens = grant is not None and bool(grant.limits.token_windows)
+
+        async def call(route: Route) -> tuple[dict[str, Any], AsyncIterator[dict[str, Any]]]:
+            upstream = _with_usage(request, route, key_counts_tokens)
+            chunks = aiter(route.provider.stream(upstream))
+            started = time.monotonic()
+            try:
+                async with asyncio.timeout(route.timeouts.first_token):
+                    first = await anext(chunks)
+                self.metrics.first_token.labels(route.name).observe(time.monotonic() - started)
+            except StopAsyncIteration:
+                raise UpstreamError(ErrorKind.PROTOCOL,
+                                    "the upstream stream ended before its first chunk") from None
+            except BaseException:
+                await _aclose(chunks)
+                raise
+            return first, chunks
+
+        attempt, (first, chunks) = await exchange.run(call)
+        record.stream = True
+        return RoutedStream(exchange, attempt, first, chunks, length // 4,
+                            wants_usage=request.include_usage)
+
+
+def _with_usage(request: ChatRequest, route: Route, need_usage: bool) -> ChatRequest:
+    """Ask for the final usage chunk when a token limit needs it, whatever the client asked
+    (the stream keeps it from a client that did not ask)."""
+    if request.include_usage or not (need_usage or route.limits.token_windows):
+        return request
+    body = dict(request.body)
+    body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+    return ChatRequest(body=body, raw=orjson.dumps(body), stream=True)
+
+
+async def _aclose(chunks: AsyncIterator[dict[str, Any]]) -> None:
+    close = getattr(chunks, "aclose", None)
+    if close is not None:
+        await close()

@@ -1,0 +1,164 @@
+"""A routed stream: the answer of one attempt, chunk by chunk, settled when it ends.
+
+The router hands a :class:`RoutedStream` to the HTTP layer with its first chunk in hand. The
+HTTP layer only writes what :meth:`RoutedStream.pump` gives it; the stream owns the idle and
+total bounds between chunks, the usage it hides from a client that did not ask for it, and the
+settlement (reservations, breaker verdict, tokens, the record), whichever way the stream ends:
+complete, broken upstream, client gone, cancelled, or never pumped at all (:meth:`aclose`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from aiproxy.observability import get_logger
+from aiproxy.provider import ErrorKind, UpstreamError
+from aiproxy.routing.breaker import Verdict
+from aiproxy.routing.plan import Served
+
+if TYPE_CHECKING:
+    from aiproxy.routing.router import Attempt, Exchange
+
+__all__ = ["ClientGone", "RoutedStream"]
+
+log = get_logger("aiproxy.stream")
+
+
+class ClientGone(Exception):
+    """Writing to the client failed: it went away."""
+
+
+Emit = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class RoutedStream:
+    """One streamed answer. Iterate it only through :meth:`pump`."""
+
+    def __init__(self, exchange: Exchange, attempt: Attempt, first: dict[str, Any],
+                 chunks: AsyncIterator[dict[str, Any]], prompt_estimate: int, *,
+                 wants_usage: bool) -> None:
+        self._exchange = exchange
+        self.attempt = attempt
+        self._first = first
+        self._chunks = chunks
+        self._prompt_estimate = prompt_estimate
+        self._wants_usage = wants_usage
+        self._usage: dict[str, Any] | None = None
+        self._relayed_chars = 0  # content relayed, for an estimate when no usage came
+        self.chunks = 0  # chunks given to the client
+
+    @property
+    def served(self) -> Served[None]:
+        """Who answers, after how many attempts, under which limiter decision."""
+        return Served(self.attempt.route, None, self._exchange.attempts, self.attempt.decision)
+
+    def _rewrite(self, chunk: dict[str, Any]) -> bool:
+        """Name the model that answers; keep usage we asked for only for our own counting
+        from a client that did not ask. False: nothing of the chunk is for the client."""
+        chunk["model"] = self.attempt.route.name
+        usage = chunk.get("usage")
+        if usage:
+            self._usage = usage
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            if isinstance(delta, dict):
+                content = delta.get("content")
+                if isinstance(content, str):
+                    self._relayed_chars += len(content)
+        if not self._wants_usage and "usage" in chunk:
+            del chunk["usage"]
+            return bool(chunk.get("choices"))
+        return True
+
+    async def pump(self, emit: Emit) -> UpstreamError | None:
+        """Give every chunk to ``emit`` as it arrives; ``None`` when the answer is complete,
+        the error when the upstream broke it. :class:`ClientGone` from ``emit`` propagates.
+        The stream is settled and the upstream closed when this returns or raises."""
+        route = self.attempt.route
+        idle, total = route.timeouts.idle, route.timeouts.stream_total
+        loop = asyncio.get_running_loop()
+        deadline = None if total is None else loop.time() + total
+        last = loop.time()
+        handle: asyncio.TimerHandle | None = None
+        metrics = self._exchange.router.metrics
+        metrics.streams.inc()
+        chunk = self._first
+
+        def due() -> float:
+            return last + idle if deadline is None else min(last + idle, deadline)
+
+        try:
+            try:
+                # One watchdog timer per stream instead of one asyncio.timeout per chunk: a
+                # chunk only records when it came; the timer re-arms itself lazily.
+                async with asyncio.timeout(None) as watchdog:
+
+                    def check() -> None:
+                        nonlocal handle
+                        if loop.time() >= due():
+                            watchdog.reschedule(loop.time())  # expire now
+                        else:
+                            handle = loop.call_at(due(), check)
+
+                    handle = loop.call_at(due(), check)
+                    while True:
+                        if self._rewrite(chunk):
+                            await emit(chunk)
+                            self.chunks += 1
+                        last = loop.time()
+                        try:
+                            chunk = await anext(self._chunks)
+                        except StopAsyncIteration:
+                            break
+            except TimeoutError:
+                if deadline is not None and loop.time() >= deadline:
+                    message = f"the upstream stream ran past its total bound of {total:.1f}s"
+                else:
+                    message = f"the upstream stream stalled: no chunk within {idle:.1f}s"
+                raise UpstreamError(ErrorKind.TIMEOUT, message) from None
+            finally:
+                if handle is not None:
+                    handle.cancel()
+        except (ClientGone, asyncio.CancelledError):
+            self._exchange.record.client_gone = True
+            await self._end(Verdict.NEUTRAL)
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure reaches the client as an event
+            err = exc if isinstance(exc, UpstreamError) else UpstreamError(
+                ErrorKind.PROTOCOL, f"the provider failed ({type(exc).__name__})")
+            err.message = route.provider.redact(err.message)
+            record = self._exchange.record
+            record.stream_error = err.kind.value
+            metrics.stream_errors.labels(route.name, err.kind.value).inc()
+            log.warning("stream_failed", model=route.name, kind=err.kind.value,
+                        request_id=record.request_id)
+            await self._end(Verdict.FAILED)
+            return err
+        finally:
+            metrics.streams.dec()
+        await self._end(Verdict.OK)
+        return None
+
+    def client_left(self) -> None:
+        """The client went away after the stream ended (it missed the last write)."""
+        self._exchange.record.client_gone = True
+
+    async def aclose(self) -> None:
+        """End a stream that was never pumped to its end (the client left before the first
+        write): settle it as abandoned. A no-op once settled."""
+        if not self._exchange.settled:
+            self._exchange.record.client_gone = True
+            await self._end(Verdict.NEUTRAL)
+
+    async def _end(self, verdict: Verdict) -> None:
+        try:
+            close = getattr(self._chunks, "aclose", None)
+            if close is not None:
+                await close()
+        finally:
+            # Without reported usage, what was relayed is what was used (never the max_tokens
+            # bound the estimate reserved): nothing relayed, nothing used.
+            used = (self._prompt_estimate + self._relayed_chars // 4) if self.chunks else 0
+            await self._exchange.settle(self.attempt, verdict, self._usage, used)
