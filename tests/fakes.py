@@ -50,6 +50,7 @@ class FakeOpenAI:
         self.extra_headers: dict[str, str] = {}
         self.disconnects = 0  # streams whose client went away before the end
         self.open_streams = 0
+        self.embedding_tokens = 3  # the usage each embeddings answer reports
 
     def script(self, model: str, *faults: str) -> None:
         self.scripts[model].extend(faults)
@@ -221,7 +222,8 @@ class FakeOpenAI:
         data = [{"object": "embedding", "index": i, "embedding": [0.1 * (i + 1), 0.2, 0.3]}
                 for i in range(len(inputs))]
         return web.json_response({"object": "list", "data": data, "model": model,
-                                  "usage": {"prompt_tokens": 3, "total_tokens": 3}})
+                                  "usage": {"prompt_tokens": self.embedding_tokens,
+                                            "total_tokens": self.embedding_tokens}})
 
     async def images(self, request: web.Request) -> web.Response:
         import base64

@@ -116,5 +116,11 @@ async def test_redis_down_fail_open_admits(redis_server: RedisServer, proxies: P
     url = await proxies.start(redis_server.url, fail_mode="open")
     redis_server.stop()
     assert Counter(s for s, _ in await fire([url], 3)) == {200: 3}
+    # It is serving, so it is ready: a 503 here would have a balancer drop a working proxy.
+    async with aiohttp.ClientSession() as session, session.get(url + "/health/ready") as resp:
+        assert resp.status == 200
+        checks = (await resp.json())["checks"]
+        assert checks["redis"] == "unreachable"
+        assert checks["redis_fail_mode"] == "open"
     redis_server.start()
     assert Counter(s for s, _ in await fire([url], LIMIT + 1)) == {200: LIMIT, 429: 1}
