@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import errno
+import os
 import platform
 import sys
 import urllib.error
@@ -29,6 +31,9 @@ __all__ = ["main", "parse_addr"]
 
 DEFAULT_CONFIGS = ("provider-config.yaml", "/config/provider-config.yaml")
 DEFAULT_ENV_FILES = (".env", "/config/.env")
+# Where a running proxy writes the address it bound, for ``health-check`` (the container sets
+# it, so the check follows --addr and PORT wherever they were given).
+ADDR_FILE_ENV = "AIPROXY_ADDR_FILE"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -196,6 +201,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # run_app calls this once its sites are bound: the port is really ours now.
         log.info("listening", host=settings.host, port=settings.port, config=config_path,
                  version=__version__)
+        addr_file = os.environ.get(ADDR_FILE_ENV)
+        if addr_file:
+            with contextlib.suppress(OSError):
+                Path(addr_file).write_text(f"[{settings.host}]:{settings.port}\n")
 
     try:
         web.run_app(app, host=settings.host, port=settings.port, print=listening,
@@ -213,7 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def health_check(argv: Sequence[str]) -> int:
     """``aiproxy health-check``: exit 0 when the proxy answers ``GET /ping`` on the port it
-    listens on, as the same settings say (``--env-file``/``.env``, ``PORT``, ``--addr``)."""
+    listens on: ``--addr``, else the address a running proxy wrote to ``$AIPROXY_ADDR_FILE``,
+    else what the same settings say (``--env-file``/``.env``, ``HOST``, ``PORT``)."""
     parser = argparse.ArgumentParser(prog="aiproxy health-check", allow_abbrev=False)
     parser.add_argument("--env-file", "-env-file", metavar="PATH")
     parser.add_argument("--addr", "-addr", metavar="[HOST]:PORT")
@@ -221,11 +231,15 @@ def health_check(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     env_path = _find(args.env_file, DEFAULT_ENV_FILES) if args.env_file is None \
         else args.env_file
+    addr_file = os.environ.get(ADDR_FILE_ENV)
     try:
         env = load_env(env_path)
         host, port = env.get("HOST", "").strip(), env.get("PORT", "").strip() or "8080"
-        if args.addr:
-            addr_host, addr_port = parse_addr(args.addr)
+        addr = args.addr
+        if not addr and addr_file and Path(addr_file).is_file():
+            addr = Path(addr_file).read_text().strip()  # what the running proxy bound
+        if addr:
+            addr_host, addr_port = parse_addr(addr)
             host, port = addr_host or host, str(addr_port)
     except (ConfigError, ValueError) as exc:
         print(f"aiproxy health-check: {exc}", file=sys.stderr)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -319,6 +320,42 @@ class TestHealthCheck:
         finally:
             proc.terminate()
             proc.wait(timeout=30)
+
+    async def test_follows_the_address_the_proxy_bound(self, tmp_path):
+        """As in the container: --addr on the command line, PORT elsewhere in the env file;
+        the address file the proxy writes after its bind is what the check probes."""
+        port = free_port()
+        env_file = tmp_path / ".env"
+        env_file.write_text("AUTH_TOKEN=t\nPORT=1\n")
+        addr_file = tmp_path / "aiproxy.addr"
+        env = {k: v for k, v in os.environ.items() if k not in ("AUTH_TOKEN", "PORT", "HOST")}
+        env["AIPROXY_ADDR_FILE"] = str(addr_file)
+        proc = subprocess.Popen([sys.executable, "-m", "aiproxy", "--config",
+                                 str(ROOT / "config" / "demo.yaml"), "--env-file",
+                                 str(env_file), "--addr", f"127.0.0.1:{port}"], env=env,
+                                cwd=tmp_path, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            await wait_ready(f"http://127.0.0.1:{port}", proc)
+            ok = await asyncio.to_thread(run_cli, "health-check", "--env-file", str(env_file),
+                                         env={"AIPROXY_ADDR_FILE": str(addr_file)},
+                                         cwd=tmp_path)
+            assert ok.returncode == 0, ok.stderr
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+    def test_the_container_uses_it_on_a_pinned_base(self):
+        text = (ROOT / "Containerfile").read_text()
+        assert 'CMD ["aiproxy", "health-check"]' in text
+        assert "podman build --format docker" in text
+        base = next(line for line in text.splitlines() if line.startswith("FROM "))
+        assert re.fullmatch(r"FROM python:\d+\.\d+\.\d+-slim-\w+", base)  # a patch version
+        assert "-c constraints.txt" in text
+        pins = [line for line in (ROOT / "constraints.txt").read_text().splitlines()
+                if line and not line.startswith("#")]
+        assert all("==" in line for line in pins)
+        assert any(line.startswith("aiohttp==") for line in pins)
 
 
 def test_config_error_never_hides_behind_another(tmp_path: Path) -> None:
