@@ -152,6 +152,30 @@ class TestSettlement:
         assert int(check.headers["x-ratelimit-remaining-tokens"]) > 5000 - 4000
 
 
+class TestStreamBounds:
+    async def test_the_error_event_names_the_bound_that_fired(self, start_proxy,
+                                                              fake_upstream):
+        fake, url = fake_upstream
+        fake.chunk_delay = 0.15
+        fake.chunks = 20
+        proxy = await start_proxy({"models": [
+            openai_model("total", url, timeouts={"total": 0.6, "idle": 5}),
+            openai_model("idle", url, timeouts={"idle": 0.3})]})
+        for model, said in (("total", "ran past its total bound of 0.6s"),
+                            ("idle", "stalled: no chunk within 0.3s")):
+            if model == "idle":
+                fake.script("idle", "stall")
+                fake.chunk_delay = 0
+                fake.slow = 2
+            async with proxy.http.post(proxy.url("/v1/chat/completions"), headers=proxy.auth,
+                                       json={"model": model, "messages": MSG,
+                                             "stream": True}) as resp:
+                body = await resp.read()
+            last = orjson.loads(body.strip().split(b"\n\n")[-1][len(b"data: "):])
+            assert said in last["error"]["message"], (model, last)
+            assert b"[DONE]" not in body
+
+
 def _lines(text: str) -> list[dict[str, Any]]:
     out = []
     for line in text.splitlines():
