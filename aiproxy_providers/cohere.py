@@ -7,6 +7,7 @@ Cohere's own API reference is the source of every shape translated here:
   https://docs.cohere.com/docs/streaming and https://docs.cohere.com/docs/tool-use-streaming
 - Image content: https://docs.cohere.com/docs/image-inputs
 - Structured outputs: https://docs.cohere.com/docs/structured-outputs
+- Tool use: https://docs.cohere.com/docs/tool-use-overview
 - Embed: https://docs.cohere.com/reference/embed
 - Errors: https://docs.cohere.com/reference/errors
 """
@@ -209,13 +210,22 @@ def _assistant(msg: Mapping[str, Any], where: str) -> dict[str, Any]:
             if call is None:
                 raise _bad_request(f"{where}.tool_calls[{j}]: only function calls are supported",
                                    f"{where}.tool_calls[{j}]")
-    # Cohere's tool plan (the text it writes before calling tools) round-trips when the client
-    # kept it; OpenAI has no such field, so it is optional.
-    if isinstance(msg.get("tool_plan"), str):
-        out["tool_plan"] = msg["tool_plan"]
     content = msg.get("content")
-    if content is not None and not (calls and content in ("", [])):
-        out["content"] = _text_items(content, where, allow_refusal=True)
+    if not calls:
+        if content is not None:
+            out["content"] = _text_items(content, where, allow_refusal=True)
+        return out
+    # A v2 assistant message that calls tools carries its text as `tool_plan`, not `content`
+    # (https://docs.cohere.com/docs/tool-use-overview: the history gets {"role": "assistant",
+    # "tool_plan", "tool_calls"}; https://docs.cohere.com/reference/chat#request.body.messages).
+    # OpenAI-style models write that text in `content`, so it becomes the plan. A `tool_plan`
+    # the client kept from an earlier Cohere answer is Cohere's own and wins.
+    plan = msg.get("tool_plan")
+    if not isinstance(plan, str) and content is not None:
+        items = _text_items(content, where, allow_refusal=True)
+        plan = items if isinstance(items, str) else "".join(item["text"] for item in items)
+    if isinstance(plan, str) and plan:
+        out["tool_plan"] = plan
     return out
 
 

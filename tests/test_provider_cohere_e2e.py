@@ -1,0 +1,81 @@
+"""Cohere end to end: the openai SDK → aiproxy → a fake Cohere v2 API on 127.0.0.1.
+
+The fake answers in the shapes of Cohere's reference: https://docs.cohere.com/reference/chat,
+https://docs.cohere.com/reference/chat-stream and https://docs.cohere.com/reference/embed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.conftest import StartProxy, openai_model
+from tests.fakes import FakeOpenAI
+from tests.provider_fakes import FakeCohere, cohere_text, json_reply
+
+COHERE = "cohere/command-a-03-2025"
+WEATHER_TOOL: dict[str, Any] = {"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                   "required": ["city"]}}}
+CALL = {"id": "call_Xk3yJ2mB9qLw0sVt8nRa4Zc1", "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+# A history as an OpenAI-style model writes it: text *and* tool calls in one assistant message.
+OPENAI_HISTORY: list[dict[str, Any]] = [
+    {"role": "user", "content": "What is the weather in Paris?"},
+    {"role": "assistant", "content": "Let me look that up.", "tool_calls": [CALL]},
+    {"role": "tool", "tool_call_id": CALL["id"], "content": '{"temp_c": 21}'},
+]
+
+
+@pytest.fixture
+async def cohere(aiohttp_server: Any) -> FakeCohere:
+    return await FakeCohere.start(aiohttp_server)
+
+
+class TestToolPlan:
+    """Defect 3. https://docs.cohere.com/docs/tool-use-overview: an assistant message that calls
+    tools carries its text as ``tool_plan``; ``content`` beside ``tool_calls`` is refused."""
+
+    EXPECTED = [
+        {"role": "user", "content": "What is the weather in Paris?"},
+        {"role": "assistant", "tool_plan": "Let me look that up.", "tool_calls": [CALL]},
+        {"role": "tool", "tool_call_id": CALL["id"], "content": '{"temp_c": 21}'},
+    ]
+
+    async def test_openai_style_history_sends_its_text_as_tool_plan(
+            self, start_proxy: StartProxy, cohere: FakeCohere) -> None:
+        cohere.then(json_reply(cohere_text("It is 21°C in Paris.")))
+        proxy = await start_proxy({"models": [cohere.model(COHERE)]})
+        answer = await proxy.client.chat.completions.create(
+            model=COHERE, messages=OPENAI_HISTORY, tools=[WEATHER_TOOL])  # type: ignore[arg-type]
+        assert answer.choices[0].message.content == "It is 21°C in Paris."
+        [seen] = cohere.seen
+        assert seen.body["messages"] == self.EXPECTED
+
+    async def test_text_parts_join_into_the_plan(self, start_proxy: StartProxy,
+                                                 cohere: FakeCohere) -> None:
+        proxy = await start_proxy({"models": [cohere.model(COHERE)]})
+        history = [OPENAI_HISTORY[0],
+                   {**OPENAI_HISTORY[1], "content": [{"type": "text", "text": "Let me "},
+                                                     {"type": "text", "text": "look that up."}]},
+                   OPENAI_HISTORY[2]]
+        await proxy.client.chat.completions.create(model=COHERE, messages=history)  # type: ignore[arg-type]
+        assert cohere.seen[0].body["messages"] == self.EXPECTED
+
+    async def test_fallback_from_an_openai_model_to_cohere(
+            self, start_proxy: StartProxy, cohere: FakeCohere,
+            fake_upstream: tuple[FakeOpenAI, str]) -> None:
+        # The history an OpenAI model wrote reaches Cohere when that model fails over.
+        fake, url = fake_upstream
+        fake.defaults["gpt-4o"] = "500"
+        proxy = await start_proxy({
+            "models": [openai_model("gpt-4o", url, priority=1), cohere.model(COHERE, priority=2)],
+            "groups": {"pool": ["gpt-4o", COHERE]}})
+        answer = await proxy.client.chat.completions.create(
+            model="pool", messages=OPENAI_HISTORY, tools=[WEATHER_TOOL])  # type: ignore[arg-type]
+        assert answer.model == COHERE
+        assert fake.requests_for("gpt-4o")
+        [seen] = cohere.seen
+        assert seen.body["messages"] == self.EXPECTED
