@@ -50,6 +50,9 @@ __all__ = ["CohereOptions", "CohereProvider"]
 _INPUT_TYPES = ("search_document", "search_query", "classification", "clustering")
 # https://docs.cohere.com/reference/chat#request.body.safety_mode
 _SAFETY_MODES = ("CONTEXTUAL", "STRICT", "OFF")
+#: Texts per Embed call: https://docs.cohere.com/reference/embed#request.body.texts ("Maximum
+#: number of texts per call is 96").
+EMBED_BATCH = 96
 
 
 def _one_of(choices: tuple[str, ...]) -> Callable[[object, attrs.Attribute[Any], Any], None]:
@@ -533,31 +536,44 @@ class CohereProvider(Provider):
         encoding = body.get("encoding_format") or "float"
         if encoding not in ("float", "base64"):
             raise _bad_request("encoding_format must be float or base64", "encoding_format")
+        if not texts:
+            raise _bad_request("input must not be empty", "input")
         # https://docs.cohere.com/reference/embed: embedding_types is required in v2.
-        payload: dict[str, Any] = {"model": self.upstream_model, "texts": texts,
+        payload: dict[str, Any] = {"model": self.upstream_model,
                                    "input_type": self.options.input_type,
                                    "embedding_types": ["float"]}
         if body.get("dimensions") is not None:
             # request.body.output_dimension: embed-v4 and newer (256, 512, 1024, 1536).
             payload["output_dimension"] = body["dimensions"]
-        resp = await self.send("POST", f"{self.base_url}/v2/embed", data=orjson.dumps(payload),
-                               headers=self._headers("application/json"))
-        data = await self._read_json(resp)
-        vectors = _dig(data, "embeddings", "float")
-        if not isinstance(vectors, list) or len(vectors) != len(texts):
-            raise self._protocol("answer has no float embedding for each text")
-        items = []
-        for i, vector in enumerate(vectors):
-            if not isinstance(vector, list) or not all(_count(x) is not None for x in vector):
-                raise self._protocol(f"embedding {i} is not a list of numbers")
-            if encoding == "base64":
-                vector = embedding_base64(vector)
-            items.append({"object": "embedding", "index": i, "embedding": vector})
-        tokens = _tokens(data.get("meta"), "input_tokens")
+        items: list[dict[str, Any]] = []
+        tokens = 0
+        # request.body.texts takes at most 96 texts per call: a longer input goes in batches.
+        # One after the other, not at once: a batch is one upstream call against the key's
+        # per-minute limit, and the first failure ends the request without spending more.
+        for start in range(0, len(texts), EMBED_BATCH):
+            batch = texts[start:start + EMBED_BATCH]
+            vectors, batch_tokens = await self._embed({**payload, "texts": batch})
+            for i, vector in enumerate(vectors, start):
+                embedding = embedding_base64(vector) if encoding == "base64" else vector
+                items.append({"object": "embedding", "index": i, "embedding": embedding})
+            tokens += batch_tokens
         return EmbeddingsResponse(data={
             "object": "list", "data": items, "model": self.model.name,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         })
+
+    async def _embed(self, payload: dict[str, Any]) -> tuple[list[list[float]], int]:
+        """One Embed call: a float vector per text, in order, and the input tokens billed."""
+        resp = await self.send("POST", f"{self.base_url}/v2/embed", data=orjson.dumps(payload),
+                               headers=self._headers("application/json"))
+        data = await self._read_json(resp)
+        vectors = _dig(data, "embeddings", "float")
+        if not isinstance(vectors, list) or len(vectors) != len(payload["texts"]):
+            raise self._protocol("answer has no float embedding for each text")
+        for i, vector in enumerate(vectors):
+            if not isinstance(vector, list) or not all(_count(x) is not None for x in vector):
+                raise self._protocol(f"embedding {i} is not a list of numbers")
+        return vectors, _tokens(data.get("meta"), "input_tokens")
 
 
 class _StreamTranslator:

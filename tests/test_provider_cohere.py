@@ -759,6 +759,7 @@ async def test_embeddings_base64(upstream: FakeCohere, session: Any) -> None:
 
 @pytest.mark.parametrize(("body", "param"), [
     ({"input": [[1, 2, 3]]}, "input"),
+    ({"input": []}, "input"),
     ({"input": "x", "encoding_format": "int8"}, "encoding_format"),
 ])
 async def test_embeddings_refused(upstream: FakeCohere, session: Any, body: dict[str, Any],

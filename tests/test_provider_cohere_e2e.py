@@ -8,13 +8,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import openai
 import pytest
+from aiohttp import web
 
 from tests.conftest import StartProxy, openai_model
 from tests.fakes import FakeOpenAI
-from tests.provider_fakes import FakeCohere, cohere_text, json_reply
+from tests.provider_fakes import FakeCohere, cohere_text, json_reply, vector_for
 
 COHERE = "cohere/command-a-03-2025"
+COHERE_EMBED = "cohere/embed-v4.0"
 WEATHER_TOOL: dict[str, Any] = {"type": "function", "function": {
     "name": "get_weather", "description": "Current weather in a city",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
@@ -79,3 +82,37 @@ class TestToolPlan:
         assert fake.requests_for("gpt-4o")
         [seen] = cohere.seen
         assert seen.body["messages"] == self.EXPECTED
+
+
+class TestEmbedBatches:
+    """Defect 6. https://docs.cohere.com/reference/embed#request.body.texts: at most 96 texts
+    per call."""
+
+    async def test_more_than_96_inputs_go_in_batches_and_come_back_in_order(
+            self, start_proxy: StartProxy, cohere: FakeCohere) -> None:
+        proxy = await start_proxy({"models": [cohere.model(COHERE_EMBED)]})
+        texts = [f"text number {i}" + "!" * (i % 7) for i in range(200)]
+        answer = await proxy.client.embeddings.create(model=COHERE_EMBED, input=texts)
+        calls = cohere.calls("embed")
+        assert [len(c.body["texts"]) for c in calls] == [96, 96, 8]
+        assert [t for c in calls for t in c.body["texts"]] == texts
+        assert [d.index for d in answer.data] == list(range(200))
+        assert [d.embedding for d in answer.data] == [vector_for(t) for t in texts]
+        # The fake bills 2 input tokens per text: the batches' billed_units add up.
+        assert (answer.usage.prompt_tokens, answer.usage.total_tokens) == (400, 400)
+
+    async def test_a_failing_batch_fails_the_request(self, start_proxy: StartProxy,
+                                                     cohere: FakeCohere) -> None:
+        # The first batch succeeds, the second is refused: no partial answer reaches the client.
+        async def embed(request: web.Request, body: Any) -> web.StreamResponse:
+            vectors = [vector_for(t) for t in body["texts"]]
+            return await json_reply({"embeddings": {"float": vectors},
+                                     "meta": {"billed_units": {"input_tokens": 1}}})(
+                request, body)
+
+        cohere.then(embed, json_reply({"message": "invalid request: bad text"}, 400))
+        proxy = await start_proxy({"models": [cohere.model(COHERE_EMBED)]})
+        with pytest.raises(openai.BadRequestError) as info:
+            await proxy.client.embeddings.create(model=COHERE_EMBED, input=["x"] * 100)
+        assert "bad text" in info.value.message
+        assert len(cohere.calls("embed")) == 2
