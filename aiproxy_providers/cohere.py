@@ -91,8 +91,8 @@ _FINISH_REASONS = {
 # silently dropped. Harmless ones (user, metadata, store, stream_options, parallel_tool_calls,
 # service_tier, prediction...) are ignored.
 _REFUSED = {
-    "logprobs": "Cohere's log probabilities cannot be given in OpenAI's shape",
-    "top_logprobs": "Cohere's log probabilities cannot be given in OpenAI's shape",
+    # v2 gives the log probability of each generated token, never the alternatives.
+    "top_logprobs": "Cohere returns no alternative tokens; use logprobs alone",
     "logit_bias": "Cohere has no logit bias",
     "audio": "Cohere answers in text only",
     "functions": "use tools instead of the deprecated functions",
@@ -138,6 +138,32 @@ def _usage(meta: Any) -> dict[str, int]:
     prompt, completion = _tokens(meta, "input_tokens"), _tokens(meta, "output_tokens")
     return {"prompt_tokens": prompt, "completion_tokens": completion,
             "total_tokens": prompt + completion}
+
+
+def _logprob_entry(item: Any) -> dict[str, Any] | None:
+    """One Cohere ``LogprobItem`` as one entry of OpenAI's ``logprobs.content``; None without
+    log probabilities.
+
+    https://docs.cohere.com/reference/chat#response.body.logprobs: an item is a chunk of the
+    answer's text with the ids and the log probabilities of the tokens it is made of, but not the
+    text of each token. So the entry is the chunk: its text as ``token``, the sum of its tokens'
+    log probabilities (the log probability of the whole chunk) as ``logprob``, its UTF-8 bytes,
+    and no alternatives (Cohere gives none).
+    """
+    values = _dig(item, "logprobs")
+    if not isinstance(values, list) or not values or not all(
+            isinstance(x, int | float) and not isinstance(x, bool) for x in values):
+        return None
+    text = _dig(item, "text")
+    text = text if isinstance(text, str) else ""
+    return {"token": text, "logprob": float(sum(values)), "bytes": list(text.encode()),
+            "top_logprobs": []}
+
+
+def _logprobs(items: list[Any]) -> dict[str, Any]:
+    """OpenAI's ``choices[].logprobs`` for Cohere items; items without numbers are left out."""
+    entries = [entry for entry in map(_logprob_entry, items) if entry is not None]
+    return {"content": entries, "refusal": None}
 
 
 # ---------------------------------------------------------------- OpenAI request → Cohere v2
@@ -321,6 +347,9 @@ def _chat_payload(body: Mapping[str, Any], model: str, options: CohereOptions,
     for name in ("temperature", "seed", "frequency_penalty", "presence_penalty"):
         if body.get(name) is not None:
             payload[name] = body[name]
+    if body.get("logprobs") is True:
+        # request.body.logprobs: the answer then carries `logprobs` (see _logprobs).
+        payload["logprobs"] = True
     if body.get("top_p") is not None:
         top_p = body["top_p"]
         if isinstance(top_p, bool) or not isinstance(top_p, int | float):
@@ -476,12 +505,18 @@ class CohereProvider(Provider):
                                "content": "".join(texts) if texts or not calls else None}
         if calls:
             out["tool_calls"] = calls
+        # Present when the request asked for logprobs (response.body.logprobs).
+        raw_logprobs = data.get("logprobs")
+        if raw_logprobs is not None and not isinstance(raw_logprobs, list):
+            raise self._protocol("logprobs is not a list")
+        logprobs = _logprobs(raw_logprobs) if raw_logprobs is not None else None
         return ChatResponse(data={
             "id": data.get("id") or completion_id(),
             "object": "chat.completion",
             "created": int(time.time()),
             "model": self.model.name,
-            "choices": [{"index": 0, "message": out, "finish_reason": finish, "logprobs": None}],
+            "choices": [{"index": 0, "message": out, "finish_reason": finish,
+                         "logprobs": logprobs}],
             "usage": _usage(data.get("usage")),
         })
 
@@ -612,7 +647,13 @@ class _StreamTranslator:
                 raise self.provider._protocol("content-delta text is not a string")
             chunks = self._start(out)
             if text:
-                out.append(chunks.chunk({"content": text}))
+                piece = chunks.chunk({"content": text})
+                # https://docs.cohere.com/reference/chat-stream: with logprobs asked for, each
+                # content-delta carries the LogprobItem of its text.
+                entry = _logprob_entry(event.get("logprobs"))
+                if entry is not None:
+                    piece["choices"][0]["logprobs"] = {"content": [entry], "refusal": None}
+                out.append(piece)
         elif kind == "tool-call-start":
             call = _dig(event, "delta", "message", "tool_calls")
             name, args = _dig(call, "function", "name"), _dig(call, "function", "arguments")

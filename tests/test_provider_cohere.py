@@ -306,8 +306,7 @@ async def test_image_parts(upstream: FakeCohere, session: Any) -> None:
 
 @pytest.mark.parametrize(("body", "param"), [
     ({"n": 2}, "n"),
-    ({"logprobs": True}, "logprobs"),
-    ({"top_logprobs": 3}, "top_logprobs"),
+    ({"logprobs": True, "top_logprobs": 3}, "top_logprobs"),
     ({"logit_bias": {"50256": -100}}, "logit_bias"),
     ({"modalities": ["text", "audio"]}, "modalities"),
     ({"tool_choice": {"type": "function", "function": {"name": "get_weather"}}}, "tool_choice"),
@@ -416,7 +415,9 @@ async def test_text_and_tool_calls_together_and_generated_id(upstream: FakeCoher
 
 
 @pytest.mark.parametrize("raw", [b"not json", b"[]", b'{"id": "x", "finish_reason": "COMPLETE"}',
-                                 b'{"id": "x", "message": {"content": []}}'])
+                                 b'{"id": "x", "message": {"content": []}}',
+                                 b'{"finish_reason": "COMPLETE", "message": {"content": []}, '
+                                 b'"logprobs": {"text": "x"}}'])
 async def test_malformed_answer_is_protocol(upstream: FakeCohere, session: Any,
                                             raw: bytes) -> None:
     upstream.respond = json_reply(None, raw=raw)

@@ -6,6 +6,7 @@ https://docs.cohere.com/reference/chat-stream and https://docs.cohere.com/refere
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import openai
@@ -14,7 +15,7 @@ from aiohttp import web
 
 from tests.conftest import StartProxy, openai_model
 from tests.fakes import FakeOpenAI
-from tests.provider_fakes import FakeCohere, cohere_text, json_reply, vector_for
+from tests.provider_fakes import FakeCohere, cohere_text, json_reply, sse_reply, vector_for
 
 COHERE = "cohere/command-a-03-2025"
 COHERE_EMBED = "cohere/embed-v4.0"
@@ -116,3 +117,67 @@ class TestEmbedBatches:
             await proxy.client.embeddings.create(model=COHERE_EMBED, input=["x"] * 100)
         assert "bad text" in info.value.message
         assert len(cohere.calls("embed")) == 2
+
+
+# https://docs.cohere.com/reference/chat#response.body.logprobs: LogprobItem {text, token_ids,
+# logprobs}, one per chunk of the answer's text.
+LOGPROBS = [{"text": "Hello", "token_ids": [22557], "logprobs": [-0.25]},
+            {"text": " world", "token_ids": [2134, 77], "logprobs": [-0.5, -0.125]}]
+
+
+class TestLogprobs:
+    """Defect 25. request.body.logprobs (boolean) and the answer's logprobs."""
+
+    async def test_logprobs_in_a_plain_answer(self, start_proxy: StartProxy,
+                                              cohere: FakeCohere) -> None:
+        cohere.then(json_reply({**cohere_text("Hello world"), "logprobs": LOGPROBS}))
+        proxy = await start_proxy({"models": [cohere.model(COHERE)]})
+        answer = await proxy.client.chat.completions.create(
+            model=COHERE, messages=[{"role": "user", "content": "Hi"}], logprobs=True)
+        assert cohere.seen[0].body["logprobs"] is True
+        logprobs = answer.choices[0].logprobs
+        assert logprobs is not None and logprobs.content is not None
+        assert [(t.token, t.logprob, t.bytes, t.top_logprobs) for t in logprobs.content] == [
+            ("Hello", -0.25, list(b"Hello"), []),
+            (" world", -0.625, list(b" world"), []),
+        ]
+        assert "".join(t.token for t in logprobs.content) == answer.choices[0].message.content
+
+    async def test_logprobs_in_a_stream(self, start_proxy: StartProxy,
+                                        cohere: FakeCohere) -> None:
+        # https://docs.cohere.com/reference/chat-stream: each content-delta has its logprobs.
+        events: list[Any] = [
+            {"id": "a8fc192e-4bb8-4e15-ae1f-a174e8b02ae8", "type": "message-start",
+             "delta": {"message": {"role": "assistant", "content": [], "tool_plan": "",
+                                   "tool_calls": [], "citations": []}}},
+            {"type": "content-start", "index": 0,
+             "delta": {"message": {"content": {"type": "text", "text": ""}}}},
+        ]
+        events += [{"type": "content-delta", "index": 0, "logprobs": item,
+                    "delta": {"message": {"content": {"text": item["text"]}}}}
+                   for item in LOGPROBS]
+        events += [{"type": "content-end", "index": 0},
+                   {"type": "message-end", "delta": {"finish_reason": "COMPLETE", "usage": {
+                       "billed_units": {"input_tokens": 1, "output_tokens": 3}}}}]
+        cohere.then(sse_reply(events, named=True))
+        proxy = await start_proxy({"models": [cohere.model(COHERE)]})
+        stream = await proxy.client.chat.completions.create(
+            model=COHERE, messages=[{"role": "user", "content": "Hi"}], logprobs=True,
+            stream=True)
+        chunks = [chunk async for chunk in stream]
+        assert cohere.seen[0].body["logprobs"] is True
+        tokens = [(t.token, t.logprob) for c in chunks if c.choices and c.choices[0].logprobs
+                  for t in c.choices[0].logprobs.content or []]
+        assert tokens == [("Hello", -0.25), (" world", -0.625)]
+
+    async def test_top_logprobs_is_refused(self, start_proxy: StartProxy,
+                                           cohere: FakeCohere) -> None:
+        proxy = await start_proxy({"models": [cohere.model(COHERE)]})
+        response = await proxy.http.post(proxy.url("/v1/chat/completions"), headers=proxy.auth,
+                                         json={"model": COHERE, "logprobs": True,
+                                               "top_logprobs": 3,
+                                               "messages": [{"role": "user", "content": "Hi"}]})
+        assert response.status == 400
+        error = json.loads(await response.text())["error"]
+        assert error["param"] == "top_logprobs"
+        assert cohere.seen == []
