@@ -20,7 +20,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 import attrs
@@ -121,11 +121,49 @@ def _text_only(content: Any, where: str) -> str:
     return "".join(texts)
 
 
+# Media types of the formats Gemini documents as supported, by file extension
+# (https://ai.google.dev/gemini-api/docs/image-understanding, .../audio, .../video,
+# .../document-processing). Used for fileData parts, whose mimeType is optional in the API.
+_MEDIA_TYPES = {
+    "png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp",
+    "heic": "image/heic", "heif": "image/heif",
+    "wav": "audio/wav", "mp3": "audio/mp3", "aiff": "audio/aiff", "aac": "audio/aac",
+    "ogg": "audio/ogg", "flac": "audio/flac",
+    "mp4": "video/mp4", "mpeg": "video/mpeg", "mpg": "video/mpg", "mov": "video/mov",
+    "avi": "video/avi", "flv": "video/x-flv", "webm": "video/webm", "wmv": "video/wmv",
+    "3gp": "video/3gpp",
+    "pdf": "application/pdf", "txt": "text/plain",
+}
+
+
+def _file_data(url: str) -> dict[str, Any]:
+    """An ``https://`` URL as a ``fileData`` part: Gemini fetches public and signed URLs and
+    takes Files API URIs the same way (https://ai.google.dev/gemini-api/docs/file-input-methods).
+
+    FileData.mimeType is optional (google/ai/generativelanguage/v1beta/content.proto), so it is
+    sent only when the URL's extension names a documented format; a Files API URI has none,
+    and Gemini uses the type stored with the file.
+    """
+    name = urlsplit(url).path.rsplit("/", 1)[-1]
+    extension = name.rpartition(".")[2].lower() if "." in name else ""
+    data: dict[str, Any] = {"fileUri": url}
+    if extension in _MEDIA_TYPES:
+        data["mimeType"] = _MEDIA_TYPES[extension]
+    return {"fileData": data}
+
+
+def _media_part(url: Any, where: str) -> dict[str, Any]:
+    """An image or file URL as a Gemini part: ``https://`` as fileData, ``data:`` inline."""
+    if isinstance(url, str) and url[:8].lower() == "https://":
+        return _file_data(url)
+    return _inline_data(url, where)
+
+
 def _inline_data(url: Any, where: str) -> dict[str, Any]:
     """A ``data:<mime>;base64,<data>`` URL as a Gemini ``inlineData`` part (a Blob)."""
     if not isinstance(url, str) or not url.startswith("data:"):
-        raise _bad(f"{where}: Gemini accepts images and files only as data: URLs "
-                   "(data:<mime>;base64,...), not http(s) URLs", "messages")
+        raise _bad(f"{where}: Gemini accepts images and files as https:// URLs or data: URLs "
+                   "(data:<mime>;base64,...)", "messages")
     header, sep, data = url[5:].partition(",")
     params = header.split(";")
     if not sep or not params[0] or "base64" not in params[1:]:
@@ -145,14 +183,14 @@ def _user_parts(content: Any, where: str) -> list[dict[str, Any]]:
             if part["text"]:
                 parts.append({"text": part["text"]})
         elif kind == "image_url" and isinstance(part.get("image_url"), dict):
-            parts.append(_inline_data(part["image_url"].get("url"), where))
+            parts.append(_media_part(part["image_url"].get("url"), where))
         elif kind == "input_audio" and isinstance(part.get("input_audio"), dict):
             audio = part["input_audio"]
             parts.append({"inlineData": {"mimeType": f"audio/{audio.get('format')}",
                                          "data": audio.get("data")}})
         elif kind == "file" and isinstance(part.get("file"), dict) \
                 and part["file"].get("file_data") is not None:
-            parts.append(_inline_data(part["file"]["file_data"], where))
+            parts.append(_media_part(part["file"]["file_data"], where))
         else:
             raise _bad(f"{where}: content part type {kind!r} is not supported by Gemini "
                        "(text, image_url, input_audio, file with file_data)", "messages")

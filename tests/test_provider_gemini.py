@@ -327,8 +327,8 @@ def test_bad_options(make_provider: Callable[..., GeminiProvider],
 
 @pytest.mark.parametrize(("body", "param", "words"), [
     ({"messages": [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]}]},
-     "messages", "data: URLs"),
+        {"type": "image_url", "image_url": {"url": "http://example.com/cat.png"}}]}]},
+     "messages", "https:// URLs or data: URLs"),
     ({"messages": [{"role": "user", "content": [{"type": "video_url", "video_url": {}}]}]},
      "messages", "video_url"),
     ({"messages": [{"role": "tool", "tool_call_id": "call_x", "content": "1"}]},

@@ -1,0 +1,101 @@
+"""Gemini through the whole proxy: the openai SDK -> aiproxy -> a fake Gemini API on 127.0.0.1.
+
+Each test drives one translation fixed for issue 12 and checks both what the client sees and what
+Gemini received. The fake (tests/provider_fakes.FakeGemini) answers in the documented v1beta
+shapes; answers a test needs beyond its defaults are written here, each beside its doc page.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import openai
+import pytest
+
+from tests.provider_fakes import FakeGemini, Seen
+
+FLASH = "gemini/gemini-2.5-flash"
+EMBED = "gemini/gemini-embedding-001"
+WEATHER_TOOL: dict[str, Any] = {"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                   "required": ["city"]}}}
+QUESTION = {"role": "user", "content": "What is the weather in Paris?"}
+RESULT = {"temp_c": 21, "sky": "clear"}
+
+
+@pytest.fixture
+async def gemini(aiohttp_server: Any) -> FakeGemini:
+    return await FakeGemini.start(aiohttp_server)
+
+
+async def proxy_for(start_proxy: Any, gemini: FakeGemini, *names: str,
+                    **extra: Any) -> Any:
+    return await start_proxy({"models": [gemini.model(name, **extra) for name in names]})
+
+
+def answer(parts: list[dict[str, Any]], *, usage: dict[str, Any] | None = None,
+           **candidate: Any) -> dict[str, Any]:
+    """A GenerateContentResponse with one candidate (https://ai.google.dev/api/generate-content)."""
+    data: dict[str, Any] = {"candidates": [{"content": {"parts": parts, "role": "model"},
+                                            "finishReason": "STOP", "index": 0, **candidate}],
+                            "modelVersion": "gemini-2.5-flash"}
+    if usage is not None:
+        data["usageMetadata"] = usage
+    return data
+
+
+def generation_config(seen: Seen) -> dict[str, Any]:
+    config: dict[str, Any] = seen.body.get("generationConfig", {})
+    return config
+
+
+# ---------------------------------------------------------------------- defect 4: media by URL
+
+
+class TestMediaUrls:
+    # https://ai.google.dev/gemini-api/docs/file-input-methods (public, signed and Files API
+    # URLs as fileData); FileData.mimeType is optional in the API definition
+    # (googleapis google/ai/generativelanguage/v1beta/content.proto).
+    async def test_https_and_files_api_urls_become_file_data(self, start_proxy, gemini):
+        proxy = await proxy_for(start_proxy, gemini, FLASH)
+        files_uri = "https://generativelanguage.googleapis.com/v1beta/files/abc-123"
+        got = await proxy.client.chat.completions.create(model=FLASH, messages=[
+            {"role": "user", "content": [
+                {"type": "text", "text": "Compare these."},
+                {"type": "image_url",
+                 "image_url": {"url": "https://example.com/cats/tabby.JPG?w=800", "detail": "low"}},
+                {"type": "image_url", "image_url": {"url": files_uri}},
+                {"type": "image_url", "image_url": {"url": "https://example.com/render"}},
+                {"type": "image_url", "image_url": {"url": "data:image/webp;base64,UklGRg=="}},
+            ]}])
+        assert got.choices[0].message.content == "Hello from Gemini"
+        assert gemini.seen[-1].body["contents"] == [{"role": "user", "parts": [
+            {"text": "Compare these."},
+            {"fileData": {"fileUri": "https://example.com/cats/tabby.JPG?w=800",
+                          "mimeType": "image/jpeg"}},
+            # No extension: no mimeType; a Files API file carries its own.
+            {"fileData": {"fileUri": files_uri}},
+            {"fileData": {"fileUri": "https://example.com/render"}},
+            {"inlineData": {"mimeType": "image/webp", "data": "UklGRg=="}},
+        ]}]
+
+    async def test_pdf_url_in_a_file_part(self, start_proxy, gemini):
+        proxy = await proxy_for(start_proxy, gemini, FLASH)
+        await proxy.client.chat.completions.create(model=FLASH, messages=[
+            {"role": "user", "content": [
+                {"type": "file", "file": {"file_data": "https://example.com/paper.pdf"}},
+                {"type": "text", "text": "Summarise"}]}])
+        assert gemini.seen[-1].body["contents"][0]["parts"][0] == {
+            "fileData": {"fileUri": "https://example.com/paper.pdf",
+                         "mimeType": "application/pdf"}}
+
+    async def test_plain_http_is_refused(self, start_proxy, gemini):
+        proxy = await proxy_for(start_proxy, gemini, FLASH)
+        with pytest.raises(openai.BadRequestError) as info:
+            await proxy.client.chat.completions.create(model=FLASH, messages=[
+                {"role": "user", "content": [
+                    {"type": "image_url", "image_url": {"url": "http://example.com/a.png"}}]}])
+        assert info.value.body["param"] == "messages"
+        assert "https://" in info.value.body["message"]
+        assert gemini.seen == []
