@@ -197,6 +197,20 @@ def _user_parts(content: Any, where: str) -> list[dict[str, Any]]:
     return parts
 
 
+# The ids aiproxy.provider.tool_call_id() makes for calls Gemini sent without one.
+_OUR_CALL_ID = re.compile(r"call_[0-9a-f]{24}")
+
+
+def _gemini_call_id(call_id: str) -> bool:
+    """True for a tool call id to send back to Gemini as FunctionCall/FunctionResponse ``id``.
+
+    When Gemini gives a functionCall an ``id``, the client must answer with the same one
+    (https://ai.google.dev/api/caching#FunctionCall); the OpenAI tool call carries it verbatim.
+    An id we made up ourselves was never Gemini's, so the replay stays as Gemini sent it.
+    """
+    return bool(call_id) and not _OUR_CALL_ID.fullmatch(call_id)
+
+
 def _signature_of(call: Mapping[str, Any]) -> str | None:
     extra = call.get("extra_content")
     google = extra.get("google") if isinstance(extra, dict) else None
@@ -216,10 +230,13 @@ def _function_call_part(call: Any, where: str, names: dict[str, str],
         raise _bad(f"{where}: tool call arguments are not valid JSON", "messages") from None
     if not isinstance(args, dict):
         raise _bad(f"{where}: tool call arguments must be a JSON object", "messages")
-    part: dict[str, Any] = {"functionCall": {"name": fn["name"], "args": args}}
+    function_call: dict[str, Any] = {"name": fn["name"], "args": args}
     call_id = call.get("id")
     if isinstance(call_id, str):
         names[call_id] = fn["name"]
+        if _gemini_call_id(call_id):
+            function_call["id"] = call_id
+    part: dict[str, Any] = {"functionCall": function_call}
     # Gemini 3 rejects a replayed functionCall without the thoughtSignature it came with
     # (https://ai.google.dev/gemini-api/docs/thought-signatures).
     signature = _signature_of(call) or (signatures.get(call_id) if isinstance(call_id, str)
@@ -244,7 +261,10 @@ def _function_response_part(msg: dict[str, Any], where: str,
         parsed = None
     # FunctionResponse.response must be a JSON object (a protobuf Struct).
     response = parsed if isinstance(parsed, dict) else {"content": text}
-    return {"functionResponse": {"name": name, "response": response}}
+    function_response: dict[str, Any] = {"name": name, "response": response}
+    if isinstance(call_id, str) and _gemini_call_id(call_id):
+        function_response["id"] = call_id  # FunctionResponse.id: the FunctionCall.id answered
+    return {"functionResponse": function_response}
 
 
 def _contents(messages: Any, signatures: Mapping[str, str]

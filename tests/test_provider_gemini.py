@@ -227,14 +227,19 @@ async def test_full_request_translation(gemini: FakeGemini, provider: GeminiProv
             ]},
             {"role": "model", "parts": [{"text": "A cat."}]},
             {"role": "user", "parts": [{"text": "Weather in Paris and Rome?"}]},
+            # The client's tool call ids go back as FunctionCall/FunctionResponse ids.
             {"role": "model", "parts": [
-                {"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}},
-                {"functionCall": {"name": "get_time", "args": {"city": "Rome"}}},
+                {"functionCall": {"name": "get_weather", "args": {"city": "Paris"},
+                                  "id": "call_1"}},
+                {"functionCall": {"name": "get_time", "args": {"city": "Rome"},
+                                  "id": "call_2"}},
             ]},
             # The tool results and the next user message: one user turn.
             {"role": "user", "parts": [
-                {"functionResponse": {"name": "get_weather", "response": {"temp": 21}}},
-                {"functionResponse": {"name": "get_time", "response": {"content": "noon"}}},
+                {"functionResponse": {"name": "get_weather", "response": {"temp": 21},
+                                      "id": "call_1"}},
+                {"functionResponse": {"name": "get_time", "response": {"content": "noon"},
+                                      "id": "call_2"}},
                 {"text": "Thanks"},
             ]},
         ],
@@ -883,3 +888,28 @@ async def test_embed_error(gemini: FakeGemini, embedder: GeminiProvider) -> None
     with pytest.raises(UpstreamError) as info:
         await embedder.embeddings(embeddings_request({"input": "x"}))
     assert (info.value.kind, info.value.retry_after) == (ErrorKind.RATE_LIMITED, 37.0)
+
+
+# --- issue 12 translations, at the translation level ------------------------------------------
+# (End to end through the proxy and the openai SDK: tests/test_provider_gemini_e2e.py.)
+
+
+async def test_stream_replays_gemini_call_ids(gemini: FakeGemini,
+                                              provider: GeminiProvider) -> None:
+    # https://ai.google.dev/api/caching#FunctionCall
+    gemini.sse({"candidates": [{"content": {"parts": [
+        {"functionCall": {"id": "fc-1", "name": "f", "args": {}}}], "role": "model"},
+        "finishReason": "STOP", "index": 0}]})
+    chunks = await collect(provider, chat_request(hello(), stream=True))
+    call = chunks[1]["choices"][0]["delta"]["tool_calls"][0]
+    gemini.reply(TEXT_ANSWER)
+    await provider.chat(chat_request({"messages": [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": None,
+         "tool_calls": [{k: v for k, v in call.items() if k != "index"}]},
+        {"role": "tool", "tool_call_id": call["id"], "content": "ok"}]}))
+    assert gemini.requests[-1]["json"]["contents"][1:] == [
+        {"role": "model", "parts": [{"functionCall": {"name": "f", "args": {}, "id": "fc-1"}}]},
+        {"role": "user", "parts": [{"functionResponse": {
+            "name": "f", "response": {"content": "ok"}, "id": "fc-1"}}]},
+    ]

@@ -7,12 +7,14 @@ shapes; answers a test needs beyond its defaults are written here, each beside i
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
 import openai
 import pytest
 
-from tests.provider_fakes import FakeGemini, Seen
+from tests.provider_fakes import FakeGemini, Seen, json_reply
 
 FLASH = "gemini/gemini-2.5-flash"
 EMBED = "gemini/gemini-embedding-001"
@@ -99,3 +101,44 @@ class TestMediaUrls:
         assert info.value.body["param"] == "messages"
         assert "https://" in info.value.body["message"]
         assert gemini.seen == []
+
+
+# ------------------------------------------------------------- defect 21: function call ids
+
+
+class TestFunctionCallIds:
+    # https://ai.google.dev/api/caching#FunctionCall: "If populated, the client to execute the
+    # functionCall and return the response with the matching id"; FunctionResponse.id is "the
+    # id of the function call this response is for"
+    # (https://ai.google.dev/gemini-api/docs/function-calling).
+    async def round_trip(self, proxy: Any) -> Any:
+        first = await proxy.client.chat.completions.create(model=FLASH, messages=[QUESTION],
+                                                           tools=[WEATHER_TOOL])
+        [call] = first.choices[0].message.tool_calls
+        await proxy.client.chat.completions.create(model=FLASH, tools=[WEATHER_TOOL], messages=[
+            QUESTION, first.choices[0].message.model_dump(exclude_none=True),
+            {"role": "tool", "tool_call_id": call.id, "content": json.dumps(RESULT)}])
+        return call
+
+    async def test_gemini_id_goes_back_on_call_and_response(self, start_proxy, gemini):
+        gemini.then(json_reply(answer([{"functionCall": {
+            "id": "fc-7d1x", "name": "get_weather", "args": {"city": "Paris"}}}])))
+        proxy = await proxy_for(start_proxy, gemini, FLASH)
+        call = await self.round_trip(proxy)
+        assert call.id == "fc-7d1x"
+        assert gemini.seen[1].body["contents"][1:] == [
+            {"role": "model", "parts": [{"functionCall": {
+                "name": "get_weather", "args": {"city": "Paris"}, "id": "fc-7d1x"}}]},
+            {"role": "user", "parts": [{"functionResponse": {
+                "name": "get_weather", "response": RESULT, "id": "fc-7d1x"}}]},
+        ]
+
+    async def test_an_id_we_made_up_is_not_sent(self, start_proxy, gemini):
+        gemini.then(json_reply(answer([{"functionCall": {
+            "name": "get_weather", "args": {"city": "Paris"}}}])))
+        proxy = await proxy_for(start_proxy, gemini, FLASH)
+        call = await self.round_trip(proxy)
+        assert re.fullmatch(r"call_[0-9a-f]{24}", call.id)
+        model_turn, tool_turn = gemini.seen[1].body["contents"][1:]
+        assert "id" not in model_turn["parts"][0]["functionCall"]
+        assert "id" not in tool_turn["parts"][0]["functionResponse"]
