@@ -456,15 +456,22 @@ def _count(value: Any) -> int:
 
 
 def _usage(metadata: Any) -> dict[str, Any]:
-    """UsageMetadata as OpenAI usage; thinking tokens are billed as output, so they count."""
+    """UsageMetadata as OpenAI usage, with prompt + completion == total.
+
+    totalTokenCount is the sum of promptTokenCount, toolUsePromptTokenCount (the results of
+    Gemini's own tools, read as input), candidatesTokenCount and thoughtsTokenCount (thinking is
+    billed as output) (https://ai.google.dev/api/generate-content#UsageMetadata). Should Gemini
+    report a total above its parts, the rest is counted as prompt, so budgets never undercount.
+    """
     meta = metadata if isinstance(metadata, dict) else {}
-    prompt = _count(meta.get("promptTokenCount"))
+    prompt = _count(meta.get("promptTokenCount")) + _count(meta.get("toolUsePromptTokenCount"))
     thoughts = _count(meta.get("thoughtsTokenCount"))
     completion = _count(meta.get("candidatesTokenCount")) + thoughts
+    prompt += max(0, _count(meta.get("totalTokenCount")) - prompt - completion)
     usage: dict[str, Any] = {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
-        "total_tokens": _count(meta.get("totalTokenCount")) or prompt + completion,
+        "total_tokens": prompt + completion,
     }
     if _count(meta.get("cachedContentTokenCount")):
         usage["prompt_tokens_details"] = {"cached_tokens": meta["cachedContentTokenCount"]}

@@ -894,6 +894,21 @@ async def test_embed_error(gemini: FakeGemini, embedder: GeminiProvider) -> None
 # (End to end through the proxy and the openai SDK: tests/test_provider_gemini_e2e.py.)
 
 
+@pytest.mark.parametrize(("metadata", "usage"), [
+    # https://ai.google.dev/api/generate-content#UsageMetadata
+    ({"promptTokenCount": 10, "toolUsePromptTokenCount": 5, "candidatesTokenCount": 2,
+      "totalTokenCount": 17}, (15, 2, 17)),
+    # A total above its known parts: the rest is counted as prompt, never lost.
+    ({"promptTokenCount": 10, "candidatesTokenCount": 2, "totalTokenCount": 20}, (18, 2, 20)),
+    ({"promptTokenCount": 10, "candidatesTokenCount": 2}, (10, 2, 12)),
+])
+async def test_usage_adds_up(gemini: FakeGemini, provider: GeminiProvider,
+                             metadata: dict[str, Any], usage: tuple[int, int, int]) -> None:
+    gemini.reply({**TEXT_ANSWER, "usageMetadata": metadata})
+    got = (await provider.chat(chat_request(hello()))).data["usage"]
+    assert (got["prompt_tokens"], got["completion_tokens"], got["total_tokens"]) == usage
+
+
 async def test_stream_replays_gemini_call_ids(gemini: FakeGemini,
                                               provider: GeminiProvider) -> None:
     # https://ai.google.dev/api/caching#FunctionCall

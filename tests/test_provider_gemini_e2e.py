@@ -14,7 +14,7 @@ from typing import Any
 import openai
 import pytest
 
-from tests.provider_fakes import FakeGemini, Seen, json_reply
+from tests.provider_fakes import FakeGemini, Seen, json_reply, sse_reply
 
 FLASH = "gemini/gemini-2.5-flash"
 EMBED = "gemini/gemini-embedding-001"
@@ -142,3 +142,39 @@ class TestFunctionCallIds:
         model_turn, tool_turn = gemini.seen[1].body["contents"][1:]
         assert "id" not in model_turn["parts"][0]["functionCall"]
         assert "id" not in tool_turn["parts"][0]["functionResponse"]
+
+
+# ------------------------------------------------------------------------ defect 22: usage
+
+
+class TestUsage:
+    # UsageMetadata (https://ai.google.dev/api/generate-content#UsageMetadata): totalTokenCount
+    # is prompt + toolUsePrompt + candidates + thoughts; cachedContentTokenCount is part of the
+    # prompt.
+    USAGE = {"promptTokenCount": 100, "cachedContentTokenCount": 40,
+             "toolUsePromptTokenCount": 30, "candidatesTokenCount": 20,
+             "thoughtsTokenCount": 50, "totalTokenCount": 200}
+
+    def check(self, usage: Any) -> None:
+        assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (130, 70, 200)
+        assert usage.prompt_tokens + usage.completion_tokens == usage.total_tokens
+        assert usage.prompt_tokens_details.cached_tokens == 40
+        assert usage.completion_tokens_details.reasoning_tokens == 50
+
+    async def test_plain(self, start_proxy, gemini):
+        gemini.then(json_reply(answer([{"text": "Sunny."}], usage=self.USAGE)))
+        proxy = await proxy_for(start_proxy, gemini, FLASH)
+        got = await proxy.client.chat.completions.create(model=FLASH, messages=[QUESTION])
+        self.check(got.usage)
+
+    async def test_streamed(self, start_proxy, gemini):
+        first = answer([{"text": "Sun"}], usage={"promptTokenCount": 100,
+                                                  "totalTokenCount": 100})
+        del first["candidates"][0]["finishReason"]
+        gemini.then(sse_reply([first, answer([{"text": "ny."}], usage=self.USAGE)],
+                              sep=b"\r\n\r\n"))
+        proxy = await proxy_for(start_proxy, gemini, FLASH)
+        chunks = [c async for c in await proxy.client.chat.completions.create(
+            model=FLASH, messages=[QUESTION], stream=True,
+            stream_options={"include_usage": True})]
+        self.check(chunks[-1].usage)
