@@ -352,9 +352,55 @@ def _tools(body: Mapping[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any
     return [{"functionDeclarations": declarations}], tool_config
 
 
-def _generation_config(body: Mapping[str, Any]) -> dict[str, Any]:
+# reasoning_effort as thinkingConfig (https://ai.google.dev/gemini-api/docs/thinking).
+# Gemini 2.5 takes a thinkingBudget in tokens: low/medium/high are the 1K/8K/24K budgets Google's
+# own OpenAI-compatible endpoint uses (https://ai.google.dev/gemini-api/docs/openai), 0 turns
+# thinking off. Gemini 3 takes a thinkingLevel and cannot turn thinking off; MINIMAL is its
+# least. Pro models have no MINIMAL and cannot think less than LOW (2.5 Pro: 128 tokens), and
+# Gemini 3 Pro offers only LOW and HIGH.
+# Above high, OpenAI's xhigh and max get Gemini's most: HIGH, or 24576 (2.5 Flash's maximum).
+_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
+_BUDGETS = {"none": 0, "minimal": 1024, "low": 1024, "medium": 8192, "high": 24576,
+            "xhigh": 24576, "max": 24576}
+_LEVELS = {"none": "MINIMAL", "minimal": "MINIMAL", "low": "LOW", "medium": "MEDIUM",
+           "high": "HIGH", "xhigh": "HIGH", "max": "HIGH"}
+_PRO_MIN_BUDGET = 128
+_VERSION = re.compile(r"^(?:models/)?gemini-(\d+)(?:\.(\d+))?(?=-|$)")
+
+
+def _thinking_config(effort: Any, model_id: str) -> dict[str, Any] | None:
+    """``reasoning_effort`` as a ThinkingConfig for this model, or None where it means nothing."""
+    if effort is None:
+        return None
+    if effort not in _EFFORTS:
+        raise _bad(f"reasoning_effort must be one of {', '.join(_EFFORTS)}", "reasoning_effort")
+    model = model_id.lower().removeprefix("models/")
+    pro = "-pro" in model
+    match = _VERSION.match(model)
+    version = (int(match.group(1)), int(match.group(2) or 0)) if match else None
+    if model.startswith("gemma-") or (version is not None and version < (2, 5)):
+        return None  # models without thinking: no effort to set, and they refuse the field
+    if version is not None and version >= (3, 0):
+        level = _LEVELS[effort]
+        if pro and level == "MINIMAL":
+            level = "LOW"
+        if pro and version == (3, 0) and level == "MEDIUM":
+            level = "HIGH"
+        return {"thinkingLevel": level}
+    # 2.5 and names without a version (aliases such as gemini-flash-latest, tuned models):
+    # thinkingBudget, which Gemini 3 also still accepts.
+    budget = _BUDGETS[effort]
+    if pro and budget == 0:
+        budget = _PRO_MIN_BUDGET
+    return {"thinkingBudget": budget}
+
+
+def _generation_config(body: Mapping[str, Any], model_id: str) -> dict[str, Any]:
     """Sampling fields as a GenerationConfig (https://ai.google.dev/api/generate-content)."""
     config: dict[str, Any] = {}
+    thinking = _thinking_config(body.get("reasoning_effort"), model_id)
+    if thinking is not None:
+        config["thinkingConfig"] = thinking
     for ours, theirs in (("temperature", "temperature"), ("top_p", "topP"), ("top_k", "topK"),
                          ("n", "candidateCount"), ("presence_penalty", "presencePenalty"),
                          ("frequency_penalty", "frequencyPenalty"), ("seed", "seed")):
@@ -553,7 +599,7 @@ class GeminiProvider(Provider):
             request["tools"] = tools
         if tool_config:
             request["toolConfig"] = tool_config
-        config = _generation_config(body)
+        config = _generation_config(body, self.model_path)
         if config:
             request["generationConfig"] = config
         options: GeminiOptions = self.options

@@ -342,6 +342,7 @@ def test_bad_options(make_provider: Callable[..., GeminiProvider],
     ({"messages": [{"role": "system", "content": "only a system prompt"}]}, "messages",
      "at least one"),
     ({**hello(), "logprobs": True}, "logprobs", "logprobs"),
+    ({**hello(), "reasoning_effort": "maximal"}, "reasoning_effort", "one of none"),
     ({**hello(), "logit_bias": {"42": 5}}, "logit_bias", "logit_bias"),
     ({**hello(), "functions": [{"name": "f"}]}, "functions", "tools"),
     ({**hello(), "modalities": ["text", "audio"]}, "modalities", "audio"),
@@ -892,6 +893,21 @@ async def test_embed_error(gemini: FakeGemini, embedder: GeminiProvider) -> None
 
 # --- issue 12 translations, at the translation level ------------------------------------------
 # (End to end through the proxy and the openai SDK: tests/test_provider_gemini_e2e.py.)
+
+
+@pytest.mark.parametrize(("upstream", "effort", "thinking"), [
+    ("models/gemini-2.5-pro", "none", {"thinkingBudget": 128}),
+    ("models/gemini-3-pro-preview", "minimal", {"thinkingLevel": "LOW"}),
+    ("gemma-3-27b-it", "high", None),
+    ("tunedModels/my-model", "medium", {"thinkingBudget": 8192}),
+])
+def test_reasoning_effort_by_upstream_model(make_provider: Callable[..., GeminiProvider],
+                                            upstream: str, effort: str, thinking: Any) -> None:
+    # https://ai.google.dev/gemini-api/docs/thinking
+    provider = make_provider(upstream_model=upstream)
+    config = provider.build_request({**hello(), "reasoning_effort": effort}).get(
+        "generationConfig", {})
+    assert config.get("thinkingConfig") == thinking
 
 
 @pytest.mark.parametrize(("metadata", "usage"), [

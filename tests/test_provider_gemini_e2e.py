@@ -178,3 +178,51 @@ class TestUsage:
             model=FLASH, messages=[QUESTION], stream=True,
             stream_options={"include_usage": True})]
         self.check(chunks[-1].usage)
+
+
+# ------------------------------------------------------------- defect 16: reasoning_effort
+
+
+class TestReasoningEffort:
+    # ThinkingConfig (https://ai.google.dev/gemini-api/docs/thinking): thinkingBudget on 2.5
+    # (0 = off; 2.5 Pro cannot turn it off, 128 at least), thinkingLevel on Gemini 3 (no off;
+    # Pro has no MINIMAL, 3 Pro only LOW/HIGH). Budgets as Google's OpenAI-compatible endpoint
+    # maps low/medium/high (https://ai.google.dev/gemini-api/docs/openai).
+    @pytest.mark.parametrize(("model", "effort", "thinking"), [
+        ("gemini-2.5-flash", "none", {"thinkingBudget": 0}),
+        ("gemini-2.5-flash", "minimal", {"thinkingBudget": 1024}),
+        ("gemini-2.5-flash", "low", {"thinkingBudget": 1024}),
+        ("gemini-2.5-flash", "medium", {"thinkingBudget": 8192}),
+        ("gemini-2.5-flash-lite", "high", {"thinkingBudget": 24576}),
+        ("gemini-2.5-pro", "none", {"thinkingBudget": 128}),
+        ("gemini-flash-latest", "low", {"thinkingBudget": 1024}),
+        ("gemini-3-flash-preview", "none", {"thinkingLevel": "MINIMAL"}),
+        ("gemini-3-flash-preview", "minimal", {"thinkingLevel": "MINIMAL"}),
+        ("gemini-3-flash-preview", "medium", {"thinkingLevel": "MEDIUM"}),
+        ("gemini-3-flash-preview", "xhigh", {"thinkingLevel": "HIGH"}),
+        ("gemini-3-pro-preview", "none", {"thinkingLevel": "LOW"}),
+        ("gemini-3-pro-preview", "medium", {"thinkingLevel": "HIGH"}),
+        ("gemini-3.1-pro-preview", "minimal", {"thinkingLevel": "LOW"}),
+        ("gemini-3.1-pro-preview", "medium", {"thinkingLevel": "MEDIUM"}),
+        ("gemini-2.0-flash", "high", None),  # no thinking: nothing to set
+    ])
+    async def test_mapping(self, start_proxy, gemini, model, effort, thinking):
+        name = f"gemini/{model}"
+        proxy = await proxy_for(start_proxy, gemini, name)
+        await proxy.client.chat.completions.create(model=name, messages=[QUESTION],
+                                                   reasoning_effort=effort)
+        assert gemini.seen[-1].path == f"/v1beta/models/{model}:generateContent"
+        assert generation_config(gemini.seen[-1]).get("thinkingConfig") == thinking
+
+    async def test_absent_sends_nothing(self, start_proxy, gemini):
+        proxy = await proxy_for(start_proxy, gemini, FLASH)
+        await proxy.client.chat.completions.create(model=FLASH, messages=[QUESTION])
+        assert "generationConfig" not in gemini.seen[-1].body
+
+    async def test_unknown_effort_is_a_400(self, start_proxy, gemini):
+        proxy = await proxy_for(start_proxy, gemini, FLASH)
+        with pytest.raises(openai.BadRequestError) as info:
+            await proxy.client.chat.completions.create(
+                model=FLASH, messages=[QUESTION], extra_body={"reasoning_effort": "lots"})
+        assert info.value.body["param"] == "reasoning_effort"
+        assert gemini.seen == []
