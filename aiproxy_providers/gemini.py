@@ -395,9 +395,31 @@ def _thinking_config(effort: Any, model_id: str) -> dict[str, Any] | None:
     return {"thinkingBudget": budget}
 
 
+#: OpenAI's and Gemini's bound on top_logprobs / GenerationConfig.logprobs.
+MAX_TOP_LOGPROBS = 20
+
+
+def _logprobs_config(body: Mapping[str, Any]) -> dict[str, Any]:
+    """``logprobs``/``top_logprobs`` as GenerationConfig ``responseLogprobs``/``logprobs``."""
+    wanted, top = body.get("logprobs"), body.get("top_logprobs")
+    if top is not None:
+        if not isinstance(top, int) or isinstance(top, bool) \
+                or not 0 <= top <= MAX_TOP_LOGPROBS:
+            raise _bad(f"top_logprobs must be an integer from 0 to {MAX_TOP_LOGPROBS}",
+                       "top_logprobs")
+        if wanted is not True:
+            raise _bad("top_logprobs requires logprobs: true", "top_logprobs")
+    if wanted is not True:
+        return {}
+    config: dict[str, Any] = {"responseLogprobs": True}
+    if top:
+        config["logprobs"] = top
+    return config
+
+
 def _generation_config(body: Mapping[str, Any], model_id: str) -> dict[str, Any]:
     """Sampling fields as a GenerationConfig (https://ai.google.dev/api/generate-content)."""
-    config: dict[str, Any] = {}
+    config: dict[str, Any] = _logprobs_config(body)
     thinking = _thinking_config(body.get("reasoning_effort"), model_id)
     if thinking is not None:
         config["thinkingConfig"] = thinking
@@ -440,8 +462,6 @@ def _generation_config(body: Mapping[str, Any], model_id: str) -> dict[str, Any]
 
 def _reject_unsupported(body: Mapping[str, Any]) -> None:
     """Refuse fields whose meaning Gemini cannot honour; harmless ones are ignored."""
-    if body.get("logprobs") or body.get("top_logprobs"):
-        raise _bad("logprobs are not supported by the Gemini provider", "logprobs")
     if body.get("logit_bias"):
         raise _bad("logit_bias is not supported by Gemini", "logit_bias")
     if body.get("functions") is not None or body.get("function_call") is not None:
@@ -524,6 +544,39 @@ def _usage(metadata: Any) -> dict[str, Any]:
     if thoughts:
         usage["completion_tokens_details"] = {"reasoning_tokens": thoughts}
     return usage
+
+
+def _token_logprob(candidate: Mapping[str, Any]) -> dict[str, Any]:
+    token = candidate.get("token")
+    token = token if isinstance(token, str) else ""
+    logprob = candidate.get("logProbability")
+    return {"token": token,
+            "logprob": float(logprob) if isinstance(logprob, int | float) else 0.0,
+            "bytes": list(token.encode())}
+
+
+def _logprobs(candidate: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Candidate.logprobsResult as OpenAI ``choices[].logprobs`` (``content`` per token).
+
+    chosenCandidates has one entry per decoding step and topCandidates the alternatives at the
+    same step (https://ai.google.dev/api/generate-content#LogprobsResult).
+    """
+    result = candidate.get("logprobsResult")
+    if not isinstance(result, dict):
+        return None
+    chosen = result.get("chosenCandidates")
+    tops = result.get("topCandidates")
+    tops = tops if isinstance(tops, list) else []
+    content = []
+    for step, pick in enumerate(chosen if isinstance(chosen, list) else []):
+        if not isinstance(pick, dict):
+            continue
+        top = tops[step] if step < len(tops) and isinstance(tops[step], dict) else {}
+        alternatives = top.get("candidates")
+        content.append({**_token_logprob(pick), "top_logprobs": [
+            _token_logprob(c) for c in (alternatives if isinstance(alternatives, list) else [])
+            if isinstance(c, dict)]})
+    return {"content": content, "refusal": None}
 
 
 def _candidate_index(candidate: dict[str, Any], position: int) -> int:
@@ -637,6 +690,7 @@ class GeminiProvider(Provider):
         candidates = data.get("candidates") or []
         if not isinstance(candidates, list):
             raise _protocol("candidates is not an array")
+        with_logprobs = request.body.get("logprobs") is True
         choices = []
         for position, candidate in enumerate(candidates):
             text, calls = _read_parts(candidate)
@@ -645,13 +699,18 @@ class GeminiProvider(Provider):
                                        "content": text if text or not calls else None}
             if calls:
                 message["tool_calls"] = calls
-            choices.append({"index": _candidate_index(candidate, position), "message": message,
-                            "finish_reason": _finish_reason(candidate.get("finishReason"),
-                                                            bool(calls))})
+            choice = {"index": _candidate_index(candidate, position), "message": message,
+                      "finish_reason": _finish_reason(candidate.get("finishReason"),
+                                                      bool(calls))}
+            if with_logprobs:
+                choice["logprobs"] = _logprobs(candidate)
+            choices.append(choice)
         if not choices:
             # Unblocked yet empty: answer an empty message rather than a choice-less reply.
             choices.append({"index": 0, "message": {"role": "assistant", "content": ""},
                             "finish_reason": "stop"})
+            if with_logprobs:
+                choices[0]["logprobs"] = None
         return ChatResponse(data={
             "id": completion_id(),
             "object": "chat.completion",
@@ -687,7 +746,10 @@ class GeminiProvider(Provider):
                 state.started.add(index)
                 out.append(state.chunks.role(index))
             if text:
-                out.append(state.chunks.chunk({"content": text}, index=index))
+                chunk = state.chunks.chunk({"content": text}, index=index)
+                if state.chunks.logprobs:
+                    chunk["choices"][0]["logprobs"] = _logprobs(candidate)
+                out.append(chunk)
             for call in calls:
                 # Gemini sends each function call whole, so one delta carries all of it.
                 number = state.tool_calls.get(index, 0)
@@ -703,7 +765,8 @@ class GeminiProvider(Provider):
     async def stream(self, request: ChatRequest) -> AsyncIterator[dict[str, Any]]:
         payload = orjson.dumps(self.build_request(request.body))
         resp = await self.send("POST", self.stream_url, data=payload, headers=self._headers())
-        state = _StreamState(StreamChunks(self.model.name))
+        state = _StreamState(StreamChunks(self.model.name,
+                                          logprobs=request.body.get("logprobs") is True))
         complete = False
         try:
             # iter_sse is an async generator (typed as an iterator): close it with us.

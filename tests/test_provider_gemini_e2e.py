@@ -226,3 +226,63 @@ class TestReasoningEffort:
                 model=FLASH, messages=[QUESTION], extra_body={"reasoning_effort": "lots"})
         assert info.value.body["param"] == "reasoning_effort"
         assert gemini.seen == []
+
+
+# --------------------------------------------------------------------- defect 18: logprobs
+
+
+def logprobs_result(*steps: tuple[str, float, list[tuple[str, float]]]) -> dict[str, Any]:
+    """Candidate.logprobsResult (https://ai.google.dev/api/generate-content#LogprobsResult)."""
+    return {
+        "chosenCandidates": [{"token": t, "logProbability": p} for t, p, _ in steps],
+        "topCandidates": [{"candidates": [{"token": t, "logProbability": p} for t, p in top]}
+                          for _, _, top in steps],
+    }
+
+
+class TestLogprobs:
+    # GenerationConfig.responseLogprobs / logprobs and Candidate.logprobsResult
+    # (https://ai.google.dev/api/generate-content#generationconfig).
+    async def test_plain(self, start_proxy, gemini):
+        gemini.then(json_reply(answer(
+            [{"text": "Hi there"}], avgLogprobs=-0.2,
+            logprobsResult=logprobs_result(("Hi", -0.1, [("Hi", -0.1), ("Hello", -2.5)]),
+                                           (" there", -0.3, [(" there", -0.3), ("!", -1.5)])))))
+        proxy = await proxy_for(start_proxy, gemini, FLASH)
+        got = await proxy.client.chat.completions.create(model=FLASH, messages=[QUESTION],
+                                                         logprobs=True, top_logprobs=2)
+        assert generation_config(gemini.seen[-1]) == {"responseLogprobs": True, "logprobs": 2}
+        content = got.choices[0].logprobs.content
+        assert [(t.token, t.logprob, t.bytes) for t in content] == [
+            ("Hi", -0.1, [72, 105]), (" there", -0.3, list(b" there"))]
+        assert [(t.token, t.logprob) for t in content[0].top_logprobs] == [
+            ("Hi", -0.1), ("Hello", -2.5)]
+
+    async def test_without_top_logprobs(self, start_proxy, gemini):
+        proxy = await proxy_for(start_proxy, gemini, FLASH)
+        got = await proxy.client.chat.completions.create(model=FLASH, messages=[QUESTION],
+                                                         logprobs=True)
+        assert generation_config(gemini.seen[-1]) == {"responseLogprobs": True}
+        assert got.choices[0].logprobs is None  # the model sent no logprobsResult
+
+    async def test_streamed(self, start_proxy, gemini):
+        first = answer([{"text": "Hi"}],
+                       logprobsResult=logprobs_result(("Hi", -0.1, [("Hi", -0.1)])))
+        del first["candidates"][0]["finishReason"]
+        last = answer([{"text": "!"}], logprobsResult=logprobs_result(("!", -0.7, [("!", -0.7)])))
+        gemini.then(sse_reply([first, last], sep=b"\r\n\r\n"))
+        proxy = await proxy_for(start_proxy, gemini, FLASH)
+        chunks = [c async for c in await proxy.client.chat.completions.create(
+            model=FLASH, messages=[QUESTION], stream=True, logprobs=True, top_logprobs=1)]
+        tokens = [(t.token, t.logprob) for c in chunks if c.choices and c.choices[0].logprobs
+                  for t in c.choices[0].logprobs.content or []]
+        assert tokens == [("Hi", -0.1), ("!", -0.7)]
+
+    @pytest.mark.parametrize("extra", [{"top_logprobs": 2}, {"logprobs": True, "top_logprobs": 21}])
+    async def test_bad_combinations_are_a_400(self, start_proxy, gemini, extra):
+        proxy = await proxy_for(start_proxy, gemini, FLASH)
+        with pytest.raises(openai.BadRequestError) as info:
+            await proxy.client.chat.completions.create(model=FLASH, messages=[QUESTION],
+                                                       extra_body=extra)
+        assert info.value.body["param"] == "top_logprobs"
+        assert gemini.seen == []
