@@ -7,14 +7,18 @@ Gemini speaks its own dialect (``contents``/``parts``, ``generationConfig``,
 - Content, Part, Tool, ToolConfig, FunctionDeclaration: https://ai.google.dev/api/caching
 - Function calling: https://ai.google.dev/gemini-api/docs/function-calling
 - Structured output: https://ai.google.dev/gemini-api/docs/structured-output
-- Embeddings: https://ai.google.dev/api/embeddings
+- Embeddings: https://ai.google.dev/api/embeddings, https://ai.google.dev/gemini-api/docs/embeddings
+- Thinking: https://ai.google.dev/gemini-api/docs/thinking
+- Media by URL: https://ai.google.dev/gemini-api/docs/file-input-methods
 - Errors: https://ai.google.dev/gemini-api/docs/troubleshooting
 - The API definition itself: https://github.com/googleapis/googleapis/tree/master/google/ai/generativelanguage/v1beta
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import math
 import re
 import time
 from collections import OrderedDict
@@ -59,6 +63,25 @@ def _check_safety_settings(
                              "(https://ai.google.dev/gemini-api/docs/safety-settings)")
 
 
+# EmbedContentRequest.taskType values (https://ai.google.dev/api/embeddings#tasktype).
+TASK_TYPES = frozenset({"RETRIEVAL_QUERY", "RETRIEVAL_DOCUMENT", "SEMANTIC_SIMILARITY",
+                        "CLASSIFICATION", "CLUSTERING", "QUESTION_ANSWERING",
+                        "FACT_VERIFICATION", "CODE_RETRIEVAL_QUERY"})
+
+
+def _task_type(value: Any) -> str | None:
+    """A task type as Gemini spells it (upper case), or None if it names none."""
+    if not isinstance(value, str) or value.upper() not in TASK_TYPES:
+        return None
+    return value.upper()
+
+
+def _check_task_type(inst: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    if value is not None and _task_type(value) is None:
+        raise ValueError(f"task_type: {value!r} is not one of {', '.join(sorted(TASK_TYPES))} "
+                         "(https://ai.google.dev/api/embeddings#tasktype)")
+
+
 @attrs.frozen
 class GeminiOptions:
     """``options:`` of a Gemini model.
@@ -66,10 +89,13 @@ class GeminiOptions:
     ``safety_settings`` is sent as the request's ``safetySettings`` (a list of
     ``{category, threshold}``): Gemini's default thresholds block some answers outright, and
     OpenAI requests have no field to loosen them, so the operator sets them per model.
+    ``task_type`` is the embedding ``taskType`` sent when a request names none (OpenAI's
+    embeddings request has no such field; clients may add ``task_type`` to the body).
     """
 
     safety_settings: tuple[Mapping[str, Any], ...] = attrs.field(
         default=(), validator=_check_safety_settings)
+    task_type: str | None = attrs.field(default=None, validator=_check_task_type)
 
 
 # Candidate.FinishReason -> OpenAI finish_reason; anything else (OTHER, LANGUAGE,
@@ -579,6 +605,22 @@ def _logprobs(candidate: Mapping[str, Any]) -> dict[str, Any] | None:
     return {"content": content, "refusal": None}
 
 
+def _normalised(values: list[float]) -> list[float]:
+    """``values`` scaled to unit (L2) length; a zero vector stays as it is."""
+    norm = math.sqrt(math.fsum(v * v for v in values))
+    return [v / norm for v in values] if norm else [float(v) for v in values]
+
+
+#: Characters (UTF-8 bytes) per token for the embedding usage estimate: Google's rule of
+#: thumb for Gemini models (https://ai.google.dev/gemini-api/docs/tokens).
+BYTES_PER_TOKEN = 4
+
+
+def _estimate_tokens(text: str) -> int:
+    """About how many tokens ``text`` is: at least 1 when it is not empty."""
+    return math.ceil(len(text.encode()) / BYTES_PER_TOKEN)
+
+
 def _candidate_index(candidate: dict[str, Any], position: int) -> int:
     index = candidate.get("index")
     return index if isinstance(index, int) else position
@@ -808,39 +850,81 @@ class GeminiProvider(Provider):
         encoding = body.get("encoding_format") or "float"
         if encoding not in ("float", "base64"):
             raise _bad("encoding_format must be float or base64", "encoding_format")
+        options: GeminiOptions = self.options
+        task_type = options.task_type
+        if body.get("task_type") is not None:
+            task_type = _task_type(body["task_type"])
+            if task_type is None:
+                raise _bad(f"task_type must be one of {', '.join(sorted(TASK_TYPES))}",
+                           "task_type")
 
         def embed_request(text: str) -> dict[str, Any]:
             # EmbedContentRequest: https://ai.google.dev/api/embeddings
             one: dict[str, Any] = {"model": self.model_path,
                                    "content": {"parts": [{"text": text}]}}
+            if task_type is not None:
+                one["taskType"] = task_type.upper()
             if dimensions is not None:
                 one["outputDimensionality"] = dimensions
             return one
 
         if batch:
-            data = await self._post_json(self.batch_embed_url,
-                                         {"requests": [embed_request(t) for t in texts]})
-            embeddings = data.get("embeddings")
+            embeddings = await self._batch_embed([embed_request(t) for t in texts])
         else:
             data = await self._post_json(self.embed_url, embed_request(texts[0]))
             embeddings = [data.get("embedding")]
-        if not isinstance(embeddings, list) or len(embeddings) != len(texts):
-            raise _protocol("the number of embeddings does not match the input")
         items = []
         for i, embedding in enumerate(embeddings):
             values = embedding.get("values") if isinstance(embedding, dict) else None
             if not isinstance(values, list) or not all(
                     isinstance(v, int | float) and not isinstance(v, bool) for v in values):
                 raise _protocol("an embedding has no list of numbers")
+            if dimensions is not None:
+                # Only Gemini's full-size embeddings come normalised; truncated ones must be
+                # normalised by the caller (https://ai.google.dev/gemini-api/docs/embeddings,
+                # "Ensuring quality for smaller dimensions"). OpenAI's are always unit
+                # length, and normalising a unit vector changes nothing, so any dimensions do.
+                values = _normalised(values)
             vector: Any = embedding_base64(values) if encoding == "base64" else values
             items.append({"object": "embedding", "index": i, "embedding": vector})
+        tokens = sum(_estimate_tokens(t) for t in texts)
         return EmbeddingsResponse(data={
             "object": "list",
             "data": items,
             "model": self.model.name,
-            # Gemini's embed answers carry no token counts.
-            "usage": {"prompt_tokens": 0, "total_tokens": 0},
+            # Gemini's embed answers carry no token counts: an estimate, so budgets count them.
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         })
+
+    #: batchEmbedContents takes at most this many requests
+    #: (https://ai.google.dev/api/embeddings#method:-models.batchembedcontents).
+    BATCH_LIMIT = 100
+    #: Batches of one embeddings request in flight at once.
+    BATCH_CONCURRENCY = 4
+
+    async def _batch_embed(self, requests: list[dict[str, Any]]) -> list[Any]:
+        """The embeddings of ``requests``, in order, in batches of at most BATCH_LIMIT."""
+        batches = [requests[i:i + self.BATCH_LIMIT]
+                   for i in range(0, len(requests), self.BATCH_LIMIT)]
+        results: list[list[Any]] = [[] for _ in batches]
+        slots = asyncio.Semaphore(self.BATCH_CONCURRENCY)
+
+        async def run(number: int, batch: list[dict[str, Any]]) -> None:
+            async with slots:
+                data = await self._post_json(self.batch_embed_url, {"requests": batch})
+            embeddings = data.get("embeddings")
+            if not isinstance(embeddings, list) or len(embeddings) != len(batch):
+                raise _protocol("the number of embeddings does not match the input")
+            results[number] = embeddings
+
+        try:
+            # One failed batch fails the request and cancels the batches still running.
+            async with asyncio.TaskGroup() as group:
+                for number, batch in enumerate(batches):
+                    group.create_task(run(number, batch))
+        except* UpstreamError as failed:
+            raise failed.exceptions[0] from None
+        return [embedding for result in results for embedding in result]
 
     def error_from_response(
         self, status: int, body: bytes, headers: Mapping[str, str]

@@ -323,7 +323,8 @@ async def test_safety_settings_option(gemini: FakeGemini,
     assert gemini.requests[0]["json"]["safetySettings"] == settings
 
 
-@pytest.mark.parametrize("options", [{"safety_settings": [{"category": "X"}]}, {"other": 1}])
+@pytest.mark.parametrize("options", [{"safety_settings": [{"category": "X"}]}, {"other": 1},
+                                     {"task_type": "SUMMARY"}])
 def test_bad_options(make_provider: Callable[..., GeminiProvider],
                      options: dict[str, Any]) -> None:
     with pytest.raises(ConfigError):
@@ -822,7 +823,7 @@ def embedder(make_provider: Callable[..., GeminiProvider]) -> GeminiProvider:
 
 async def test_embed_single(gemini: FakeGemini, embedder: GeminiProvider,
                             session: aiohttp.ClientSession) -> None:
-    gemini.reply({"embedding": {"values": [0.25, -0.5, 1.0]}})
+    gemini.reply({"embedding": {"values": [3.0, -4.0, 0.0]}})
     answer = await embedder.embeddings(embeddings_request({"input": "hello", "dimensions": 3}))
     seen = gemini.requests[0]
     assert seen["path"] == "/v1beta/models/gemini-embedding-001:embedContent"
@@ -832,9 +833,11 @@ async def test_embed_single(gemini: FakeGemini, embedder: GeminiProvider,
                             "outputDimensionality": 3}
     assert answer.data == {
         "object": "list",
-        "data": [{"object": "embedding", "index": 0, "embedding": [0.25, -0.5, 1.0]}],
+        # Truncated to dimensions: normalised to unit length (docs/providers/gemini.md).
+        "data": [{"object": "embedding", "index": 0, "embedding": [0.6, -0.8, 0.0]}],
         "model": "gemini/gemini-embedding-001",
-        "usage": {"prompt_tokens": 0, "total_tokens": 0},
+        # Gemini reports no tokens: about 4 bytes a token.
+        "usage": {"prompt_tokens": 2, "total_tokens": 2},
     }
     assert acquired(session) == 0
 

@@ -7,14 +7,19 @@ shapes; answers a test needs beyond its defaults are written here, each beside i
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
+import math
 import re
+import struct
 from typing import Any
 
 import openai
 import pytest
+from aiohttp import web
 
-from tests.provider_fakes import FakeGemini, Seen, json_reply, sse_reply
+from tests.provider_fakes import FakeGemini, Seen, json_reply, sse_reply, vector_for
 
 FLASH = "gemini/gemini-2.5-flash"
 EMBED = "gemini/gemini-embedding-001"
@@ -286,3 +291,114 @@ class TestLogprobs:
                                                        extra_body=extra)
         assert info.value.body["param"] == "top_logprobs"
         assert gemini.seen == []
+
+
+# ------------------------------------------------------------- embeddings: 5, 13, 17 and 23
+
+
+def texts_of(seen: Seen) -> list[str]:
+    return [r["content"]["parts"][0]["text"] for r in seen.body["requests"]]
+
+
+class TestEmbeddings:
+    # batchEmbedContents takes at most 100 requests
+    # (https://ai.google.dev/api/embeddings#method:-models.batchembedcontents).
+    async def test_more_than_100_inputs_in_batches_of_100(self, start_proxy, gemini):
+        async def slow_first_batch(request: web.Request, body: Any) -> web.StreamResponse:
+            # The first batch answers last: the vectors must still come back in input order.
+            if body["requests"][0]["content"]["parts"][0]["text"] == "x":
+                await asyncio.sleep(0.1)
+            return await json_reply({"embeddings": [
+                {"values": vector_for(r["content"]["parts"][0]["text"])}
+                for r in body["requests"]]})(request, body)
+
+        gemini.always(slow_first_batch)
+        proxy = await proxy_for(start_proxy, gemini, EMBED)
+        inputs = ["x" * (i + 1) for i in range(250)]
+        got = await proxy.client.embeddings.create(model=EMBED, input=inputs,
+                                                   encoding_format="float")
+        batches = gemini.calls("batchEmbedContents")
+        assert sorted(len(b.body["requests"]) for b in batches) == [50, 100, 100]
+        assert sorted(t for b in batches for t in texts_of(b)) == sorted(inputs)
+        assert [d.index for d in got.data] == list(range(250))
+        assert [d.embedding for d in got.data] == [vector_for(t) for t in inputs]
+        tokens = sum(math.ceil(len(t) / 4) for t in inputs)
+        assert (got.usage.prompt_tokens, got.usage.total_tokens) == (tokens, tokens)
+
+    async def test_a_failed_batch_fails_the_request(self, start_proxy, gemini):
+        async def refuse_the_short_batch(request: web.Request, body: Any) -> web.StreamResponse:
+            if len(body["requests"]) < 100:
+                return await json_reply({"error": {
+                    "code": 400, "status": "INVALID_ARGUMENT",
+                    "message": "Request contains an invalid argument."}}, status=400)(
+                        request, body)
+            return await json_reply({"embeddings": [{"values": [1.0]}] * 100})(request, body)
+
+        gemini.always(refuse_the_short_batch)
+        proxy = await proxy_for(start_proxy, gemini, EMBED)
+        with pytest.raises(openai.BadRequestError) as info:
+            await proxy.client.embeddings.create(model=EMBED, input=["a"] * 150)
+        assert info.value.body["message"].endswith("Request contains an invalid argument.")
+        assert sorted(len(b.body["requests"]) for b in gemini.calls("batchEmbedContents")) == \
+            [50, 100]
+
+    # "For other dimensions, including 768 and 1536, you need to normalize the embeddings"
+    # (https://ai.google.dev/gemini-api/docs/embeddings).
+    async def test_truncated_embeddings_are_normalised(self, start_proxy, gemini):
+        proxy = await proxy_for(start_proxy, gemini, EMBED)
+        got = await proxy.client.embeddings.create(model=EMBED, input=["hello", "hi"],
+                                                   dimensions=3, encoding_format="float")
+        assert all(r["outputDimensionality"] == 3
+                   for r in gemini.calls("batchEmbedContents")[0].body["requests"])
+        for item, text in zip(got.data, ["hello", "hi"], strict=True):
+            raw = vector_for(text)
+            norm = math.sqrt(sum(v * v for v in raw))
+            assert item.embedding == pytest.approx([v / norm for v in raw])
+            assert math.fsum(v * v for v in item.embedding) == pytest.approx(1.0)
+
+    async def test_normalised_through_base64_too(self, start_proxy, gemini):
+        proxy = await proxy_for(start_proxy, gemini, EMBED)
+        raw = await proxy.client.embeddings.with_raw_response.create(
+            model=EMBED, input="hello", dimensions=3, encoding_format="base64")
+        encoded = raw.http_response.json()["data"][0]["embedding"]
+        values = struct.unpack("<3f", base64.b64decode(encoded))
+        assert math.fsum(v * v for v in values) == pytest.approx(1.0, rel=1e-6)
+
+    async def test_full_size_embeddings_are_left_alone(self, start_proxy, gemini):
+        proxy = await proxy_for(start_proxy, gemini, EMBED)
+        got = await proxy.client.embeddings.create(model=EMBED, input="hello",
+                                                   encoding_format="float")
+        assert got.data[0].embedding == vector_for("hello")
+
+    # EmbedContentRequest.taskType (https://ai.google.dev/api/embeddings#tasktype).
+    async def test_task_type_from_the_request(self, start_proxy, gemini):
+        proxy = await proxy_for(start_proxy, gemini, EMBED, options={"task_type": "CLUSTERING"})
+        await proxy.client.embeddings.create(model=EMBED, input=["a", "b"],
+                                             extra_body={"task_type": "retrieval_document"})
+        assert [r["taskType"] for r in gemini.seen[-1].body["requests"]] == \
+            ["RETRIEVAL_DOCUMENT", "RETRIEVAL_DOCUMENT"]
+
+    async def test_task_type_from_the_model_options(self, start_proxy, gemini):
+        proxy = await proxy_for(start_proxy, gemini, EMBED, options={"task_type": "CLUSTERING"})
+        await proxy.client.embeddings.create(model=EMBED, input="a")
+        assert gemini.seen[-1].body == {"model": "models/gemini-embedding-001",
+                                        "content": {"parts": [{"text": "a"}]},
+                                        "taskType": "CLUSTERING"}
+
+    async def test_unknown_task_type_is_a_400(self, start_proxy, gemini):
+        proxy = await proxy_for(start_proxy, gemini, EMBED)
+        with pytest.raises(openai.BadRequestError) as info:
+            await proxy.client.embeddings.create(model=EMBED, input="a",
+                                                 extra_body={"task_type": "SUMMARIES"})
+        assert info.value.body["param"] == "task_type"
+        assert gemini.seen == []
+
+    # The Gemini API's embed answers carry no token counts
+    # (https://ai.google.dev/api/embeddings#EmbedContentResponse): usage is an estimate of
+    # 4 bytes a token (https://ai.google.dev/gemini-api/docs/tokens), never 0 for a text.
+    async def test_usage_is_estimated(self, start_proxy, gemini):
+        proxy = await proxy_for(start_proxy, gemini, EMBED)
+        got = await proxy.client.embeddings.create(model=EMBED, input="hello world")
+        assert (got.usage.prompt_tokens, got.usage.total_tokens) == (3, 3)
+        got = await proxy.client.embeddings.create(model=EMBED, input=["a", "héllo"])
+        assert got.usage.prompt_tokens == 1 + 2  # "héllo" is 6 bytes
