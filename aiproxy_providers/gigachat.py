@@ -68,6 +68,10 @@ REFRESH_MARGIN = 60.0
 # Sber documents a 30-minute token lifetime; used only if an OAuth answer omits the expiry.
 DEFAULT_TOKEN_LIFETIME = 30 * 60.0
 
+# post-chat, temperature: "from 0 to 0.001" resets temperature and top_p to the most
+# deterministic answer, and 0 itself is refused (exclusiveMinimum). Half-way, clear of both ends.
+GREEDY_TEMPERATURE = 0.0005
+
 _FINISH_REASONS = {
     "stop": "stop",
     "length": "length",
@@ -569,6 +573,10 @@ class GigaChatProvider(Provider):
                     "profanity_check"):
             if body.get(key) is not None:
                 out[key] = body[key]
+        if out.get("temperature") == 0:
+            # post-chat: temperature must be > 0 (0 is a 422); a value from 0 to 0.001 is its
+            # documented switch to the most deterministic answer, which OpenAI's 0 asks for.
+            out["temperature"] = GREEDY_TEMPERATURE
         max_tokens = body.get("max_completion_tokens")
         if max_tokens is None:
             max_tokens = body.get("max_tokens")

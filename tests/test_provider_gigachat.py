@@ -26,7 +26,7 @@ from aiproxy.provider import (
     ModelConfig,
     UpstreamError,
 )
-from aiproxy_providers.gigachat import GigaChatProvider
+from aiproxy_providers.gigachat import GREEDY_TEMPERATURE, GigaChatProvider
 
 CLIENT_ID = "client-id-123"
 SECRET = "s3cr3t-value"
@@ -351,6 +351,20 @@ async def test_tools_both_directions(fake: FakeGigaChat, session: aiohttp.Client
                                                      "arguments": '{"location":"Москва"}'}}
     assert choice["message"] == {"role": "assistant", "content": None}
     assert resp.data["usage"]["total_tokens"] == 86
+
+
+@pytest.mark.parametrize(("body", "sent"), [
+    # post-chat: temperature > 0; "from 0 to 0.001" is the deterministic mode (defect 2).
+    ({"temperature": 0}, {"temperature": GREEDY_TEMPERATURE}),
+    ({"temperature": 0.0, "top_p": 0.5}, {"temperature": GREEDY_TEMPERATURE, "top_p": 0.5}),
+    ({"temperature": 1.2}, {"temperature": 1.2}),
+])
+async def test_sampling_format_and_reasoning(fake: FakeGigaChat,
+                                             session: aiohttp.ClientSession,
+                                             body: dict[str, Any], sent: dict[str, Any]) -> None:
+    await provider(fake, session).chat(chat_request(**body))
+    assert fake.api_calls[0]["body"] == {
+        "model": "GigaChat", "messages": [{"role": "user", "content": "Hi"}], **sent}
 
 
 @pytest.mark.parametrize(("choice", "tools", "expected"), [
