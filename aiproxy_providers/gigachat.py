@@ -19,6 +19,10 @@ Sber's documentation, which the behaviour below follows:
   https://developers.sber.ru/docs/ru/gigachat/guides/functions/function-calling-modes
 * streaming: https://developers.sber.ru/docs/en/gigachat/api/response-token-streaming
 * errors: https://developers.sber.ru/docs/ru/gigachat/api/errors-description
+* structured output (``response_format``), which the chat reference does not list yet: the
+  official SDK, https://github.com/ai-forever/gigachat (``models/response_format.py``), and the
+  request it records against the live API
+  (``tests/integration/cassettes/test_chat_response_format_json_schema``)
 """
 
 from __future__ import annotations
@@ -351,6 +355,35 @@ def _tool_call(fc: Mapping[str, Any]) -> dict[str, Any]:
             "function": {"name": str(fc.get("name")), "arguments": arguments}}
 
 
+def _response_format(fmt: Any) -> dict[str, Any] | None:
+    """OpenAI ``response_format`` → GigaChat's; None for plain text.
+
+    GigaChat takes ``{"type": "json_schema", "schema": <JSON Schema>, "strict"?: bool}``
+    (the schema at the top level, as the official SDK sends it: ai-forever/gigachat
+    ``models/response_format.py``), where OpenAI nests ``{name, schema, strict}`` under
+    ``json_schema``. OpenAI's ``name`` and ``description`` have no place there and are dropped.
+    """
+    if fmt is None:
+        return None
+    if not isinstance(fmt, dict):
+        raise _bad_request("response_format", "response_format: expected an object")
+    kind = fmt.get("type")
+    if kind in (None, "text"):
+        return None
+    if kind != "json_schema":
+        return fmt  # json_object and GigaChat's own types: as sent (GigaChat judges them)
+    spec = fmt.get("json_schema")
+    schema = spec.get("schema") if isinstance(spec, dict) else None
+    if not isinstance(schema, dict):
+        raise _bad_request("response_format.json_schema.schema",
+                           "response_format: a json_schema needs json_schema.schema (an object)")
+    out: dict[str, Any] = {"type": "json_schema", "schema": schema}
+    strict = spec.get("strict") if isinstance(spec, dict) else None
+    if isinstance(strict, bool):
+        out["strict"] = strict
+    return out
+
+
 def _finish_reason(raw: Any, called: bool) -> str:
     if raw == "error":
         # GigaChat gave up mid-answer; what it sent is incomplete, another attempt may succeed.
@@ -582,9 +615,9 @@ class GigaChatProvider(Provider):
             max_tokens = body.get("max_tokens")
         if max_tokens is not None:
             out["max_tokens"] = max_tokens
-        fmt = body.get("response_format")
-        if isinstance(fmt, dict) and fmt.get("type") not in (None, "text"):
-            out["response_format"] = fmt  # models without structured output answer 4xx
+        fmt = _response_format(body.get("response_format"))
+        if fmt is not None:
+            out["response_format"] = fmt
         if stream:
             out["stream"] = True
         return orjson.dumps(out)

@@ -358,6 +358,17 @@ async def test_tools_both_directions(fake: FakeGigaChat, session: aiohttp.Client
     ({"temperature": 0}, {"temperature": GREEDY_TEMPERATURE}),
     ({"temperature": 0.0, "top_p": 0.5}, {"temperature": GREEDY_TEMPERATURE, "top_p": 0.5}),
     ({"temperature": 1.2}, {"temperature": 1.2}),
+    # {type, schema, strict}, not OpenAI's nested {name, schema, strict} (defect 12).
+    ({"response_format": {"type": "json_schema", "json_schema": {
+        "name": "n", "schema": {"type": "object"}, "strict": False}}},
+     {"response_format": {"type": "json_schema", "schema": {"type": "object"},
+                          "strict": False}}),
+    ({"response_format": {"type": "json_schema", "json_schema": {
+        "name": "n", "schema": {"type": "object"}}}},
+     {"response_format": {"type": "json_schema", "schema": {"type": "object"}}}),
+    ({"response_format": {"type": "json_object"}},
+     {"response_format": {"type": "json_object"}}),
+    ({"response_format": {"type": "text"}}, {}),
 ])
 async def test_sampling_format_and_reasoning(fake: FakeGigaChat,
                                              session: aiohttp.ClientSession,
@@ -428,6 +439,8 @@ async def test_finish_reason_error_is_retryable(fake: FakeGigaChat,
     ({"frequency_penalty": 0.5}, "frequency_penalty"),
     ({"logprobs": True}, "logprobs"),
     ({"logit_bias": {"42": 5}}, "logit_bias"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
+     "response_format.json_schema.schema"),
     ({"tools": [WEATHER, {"type": "function", "function": {"name": "other"}}],
       "tool_choice": "required"}, "tool_choice"),
     ({"messages": [{"role": "user", "content": [

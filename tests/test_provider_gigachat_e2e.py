@@ -7,13 +7,15 @@ function call carry ``functions_state_id``; streams end with ``data: [DONE]``).
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
 from aiproxy_providers.gigachat import GREEDY_TEMPERATURE
 from tests.conftest import StartProxy
-from tests.provider_fakes import FakeGigaChat
+from tests.provider_fakes import FakeGigaChat, giga_completion, json_reply
 
 GIGA = "gigachat/GigaChat-2-Max"
 REASONING = "gigachat/GigaChat-2-Reasoning"
@@ -29,6 +31,13 @@ HI = [{"role": "user", "content": "Hi"}]
 @pytest.fixture
 async def gigachat(aiohttp_server: Any) -> FakeGigaChat:
     return await FakeGigaChat.start(aiohttp_server)
+
+
+async def post_chat(proxy: Any, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """A raw chat request (for values the SDK's types would not let through)."""
+    resp = await proxy.http.post(proxy.url("/v1/chat/completions"), headers=proxy.auth,
+                                 json=body)
+    return resp.status, json.loads(await resp.text())
 
 
 class TestGreedyDecoding:
@@ -52,3 +61,56 @@ class TestGreedyDecoding:
                                                    temperature=0.7, top_p=0)
         sent = gigachat.calls("chat/completions")[0].body
         assert (sent["temperature"], sent["top_p"]) == (0.7, 0)
+
+
+class City(BaseModel):
+    name: str
+    population: int
+
+
+class TestJsonSchema:
+    """Defect 12. GigaChat's response_format is {type: json_schema, schema, strict}: the schema
+    at the top level, not OpenAI's json_schema: {name, schema, strict} (the request the
+    official SDK sends, ai-forever/gigachat models/response_format.py)."""
+
+    SCHEMA: dict[str, Any] = {"type": "object",
+                              "properties": {"name": {"type": "string"},
+                                             "population": {"type": "integer"}},
+                              "required": ["name", "population"], "additionalProperties": False}
+
+    async def test_json_schema_is_translated(self, start_proxy: StartProxy,
+                                             gigachat: FakeGigaChat) -> None:
+        gigachat.then(json_reply(giga_completion('{"name": "Paris", "population": 2100000}')))
+        proxy = await start_proxy({"models": [gigachat.model(GIGA)]})
+        answer = await proxy.client.chat.completions.create(
+            model=GIGA, messages=HI, response_format={
+                "type": "json_schema", "json_schema": {
+                    "name": "city", "description": "A city", "strict": True,
+                    "schema": self.SCHEMA}})
+        assert json.loads(answer.choices[0].message.content or "") == {
+            "name": "Paris", "population": 2100000}
+        sent = gigachat.calls("chat/completions")[0].body
+        assert sent["response_format"] == {"type": "json_schema", "schema": self.SCHEMA,
+                                           "strict": True}
+
+    async def test_sdk_parse_with_a_pydantic_model(self, start_proxy: StartProxy,
+                                                   gigachat: FakeGigaChat) -> None:
+        gigachat.then(json_reply(giga_completion('{"name": "Tver", "population": 400000}')))
+        proxy = await start_proxy({"models": [gigachat.model(GIGA)]})
+        answer = await proxy.client.chat.completions.parse(model=GIGA, messages=HI,
+                                                           response_format=City)
+        assert answer.choices[0].message.parsed == City(name="Tver", population=400000)
+        sent = gigachat.calls("chat/completions")[0].body["response_format"]
+        assert set(sent) == {"type", "schema", "strict"}
+        assert sent["type"] == "json_schema"
+        assert sent["schema"]["properties"] == City.model_json_schema()["properties"]
+
+    async def test_json_schema_without_a_schema_is_a_400(self, start_proxy: StartProxy,
+                                                         gigachat: FakeGigaChat) -> None:
+        proxy = await start_proxy({"models": [gigachat.model(GIGA)]})
+        status, body = await post_chat(proxy, {
+            "model": GIGA, "messages": HI,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "x"}}})
+        assert status == 400
+        assert body["error"]["param"] == "response_format.json_schema.schema"
+        assert gigachat.seen == []
