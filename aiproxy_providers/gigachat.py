@@ -19,10 +19,10 @@ Sber's documentation, which the behaviour below follows:
   https://developers.sber.ru/docs/ru/gigachat/guides/functions/function-calling-modes
 * streaming: https://developers.sber.ru/docs/en/gigachat/api/response-token-streaming
 * errors: https://developers.sber.ru/docs/ru/gigachat/api/errors-description
-* structured output (``response_format``), which the chat reference does not list yet: the
-  official SDK, https://github.com/ai-forever/gigachat (``models/response_format.py``), and the
-  request it records against the live API
-  (``tests/integration/cassettes/test_chat_response_format_json_schema``)
+* structured output (``response_format``) and reasoning (``reasoning_effort``), which the chat
+  reference does not list yet: the official SDK, https://github.com/ai-forever/gigachat
+  (``src/gigachat/models/chat.py``, ``models/response_format.py``), and the request it records
+  against the live API (``tests/integration/cassettes/test_chat_response_format_json_schema``)
 """
 
 from __future__ import annotations
@@ -75,6 +75,9 @@ DEFAULT_TOKEN_LIFETIME = 30 * 60.0
 # post-chat, temperature: "from 0 to 0.001" resets temperature and top_p to the most
 # deterministic answer, and 0 itself is refused (exclusiveMinimum). Half-way, clear of both ends.
 GREEDY_TEMPERATURE = 0.0005
+
+_REASONING_EFFORTS = {"minimal": "low", "low": "low", "medium": "medium", "high": "high",
+                      "xhigh": "high", "max": "high"}
 
 _FINISH_REASONS = {
     "stop": "stop",
@@ -384,6 +387,25 @@ def _response_format(fmt: Any) -> dict[str, Any] | None:
     return out
 
 
+def _reasoning_effort(effort: Any) -> str | None:
+    """OpenAI ``reasoning_effort`` → GigaChat's ``reasoning_effort`` (low, medium, high).
+
+    The v1 chat request takes ``reasoning_effort`` for reasoning models such as
+    GigaChat-2-Reasoning (the official SDK's ``Chat.reasoning_effort``, ai-forever/gigachat
+    ``models/chat.py``, and its reasoning example). OpenAI's ``minimal``, ``xhigh`` and ``max``
+    go to the nearest level GigaChat has; ``none`` cannot be expressed (GigaChat documents no
+    way to turn reasoning off), so it is refused rather than silently reasoning anyway.
+    """
+    if effort is None:
+        return None
+    mapped = _REASONING_EFFORTS.get(effort) if isinstance(effort, str) else None
+    if mapped is None:
+        raise _bad_request("reasoning_effort", f"reasoning_effort {effort!r} is not supported "
+                           "by GigaChat: use low, medium or high (minimal maps to low, "
+                           "xhigh and max to high)")
+    return mapped
+
+
 def _finish_reason(raw: Any, called: bool) -> str:
     if raw == "error":
         # GigaChat gave up mid-answer; what it sent is incomplete, another attempt may succeed.
@@ -610,6 +632,9 @@ class GigaChatProvider(Provider):
             # post-chat: temperature must be > 0 (0 is a 422); a value from 0 to 0.001 is its
             # documented switch to the most deterministic answer, which OpenAI's 0 asks for.
             out["temperature"] = GREEDY_TEMPERATURE
+        effort = _reasoning_effort(body.get("reasoning_effort"))
+        if effort is not None:
+            out["reasoning_effort"] = effort
         max_tokens = body.get("max_completion_tokens")
         if max_tokens is None:
             max_tokens = body.get("max_tokens")

@@ -369,6 +369,10 @@ async def test_tools_both_directions(fake: FakeGigaChat, session: aiohttp.Client
     ({"response_format": {"type": "json_object"}},
      {"response_format": {"type": "json_object"}}),
     ({"response_format": {"type": "text"}}, {}),
+    # The v1 request's reasoning_effort: low, medium, high (defect 19).
+    ({"reasoning_effort": "medium"}, {"reasoning_effort": "medium"}),
+    ({"reasoning_effort": "minimal"}, {"reasoning_effort": "low"}),
+    ({"reasoning_effort": "max"}, {"reasoning_effort": "high"}),
 ])
 async def test_sampling_format_and_reasoning(fake: FakeGigaChat,
                                              session: aiohttp.ClientSession,
@@ -439,6 +443,7 @@ async def test_finish_reason_error_is_retryable(fake: FakeGigaChat,
     ({"frequency_penalty": 0.5}, "frequency_penalty"),
     ({"logprobs": True}, "logprobs"),
     ({"logit_bias": {"42": 5}}, "logit_bias"),
+    ({"reasoning_effort": "none"}, "reasoning_effort"),
     ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
      "response_format.json_schema.schema"),
     ({"tools": [WEATHER, {"type": "function", "function": {"name": "other"}}],

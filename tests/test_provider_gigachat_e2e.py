@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import openai
 import pytest
 from pydantic import BaseModel
 
@@ -113,4 +114,32 @@ class TestJsonSchema:
             "response_format": {"type": "json_schema", "json_schema": {"name": "x"}}})
         assert status == 400
         assert body["error"]["param"] == "response_format.json_schema.schema"
+        assert gigachat.seen == []
+
+
+class TestReasoningEffort:
+    """Defect 19. The v1 chat request's reasoning_effort (low, medium, high) for reasoning
+    models (ai-forever/gigachat models/chat.py, Chat.reasoning_effort)."""
+
+    @pytest.mark.parametrize(("effort", "sent"), [
+        ("low", "low"), ("medium", "medium"), ("high", "high"),
+        ("minimal", "low"), ("xhigh", "high"),
+    ])
+    async def test_reasoning_effort_is_sent(self, start_proxy: StartProxy,
+                                            gigachat: FakeGigaChat, effort: str,
+                                            sent: str) -> None:
+        proxy = await start_proxy({"models": [gigachat.model(REASONING)]})
+        await proxy.client.chat.completions.create(model=REASONING, messages=HI,
+                                                   reasoning_effort=effort)
+        body = gigachat.calls("chat/completions")[0].body
+        assert body["reasoning_effort"] == sent
+        assert body["model"] == "GigaChat-2-Reasoning"
+
+    async def test_none_cannot_be_expressed(self, start_proxy: StartProxy,
+                                            gigachat: FakeGigaChat) -> None:
+        proxy = await start_proxy({"models": [gigachat.model(REASONING)]})
+        with pytest.raises(openai.BadRequestError) as info:
+            await proxy.client.chat.completions.create(model=REASONING, messages=HI,
+                                                       reasoning_effort="none")
+        assert info.value.body["param"] == "reasoning_effort"
         assert gigachat.seen == []
