@@ -268,9 +268,16 @@ def _messages(messages: Any) -> list[dict[str, Any]]:
                 name = str(fn["name"])
                 arguments = _arguments(fn.get("arguments"),
                                        f"{param}.tool_calls[{j}].function.arguments")
-                out.append({"role": "assistant", "content": content if j == 0 else "",
-                            "function_call": {"name": name, "arguments": arguments}})
+                assistant: dict[str, Any] = {"role": "assistant",
+                                             "content": content if j == 0 else "",
+                                             "function_call": {"name": name,
+                                                               "arguments": arguments}}
                 call_id = call.get("id")
+                state = _state_from_call_id(call_id)
+                if state is not None:
+                    # The answer's functions_state_id, kept in the call id (see _call_id).
+                    assistant["functions_state_id"] = state
+                out.append(assistant)
                 if call_id:
                     names[call_id] = name
                     if call_id in results:
@@ -349,12 +356,53 @@ def _function_description(fn: Any, param: str) -> dict[str, Any]:
     return out
 
 
-def _tool_call(fc: Mapping[str, Any]) -> dict[str, Any]:
-    """GigaChat's ``function_call`` (arguments an object) → an OpenAI tool call."""
+# GigaChat answers a function call with a `functions_state_id` and wants it back on that
+# assistant message in the next request (post-chat, messages[].functions_state_id). OpenAI
+# clients keep nothing but the tool call's id across turns, so the state travels inside it:
+# "call_gsu" + the UUID's 32 hex digits (40 characters, the most OpenAI accepts in a tool call id,
+# so the history can still fall back to an OpenAI model), or, for a state that is not a UUID in
+# canonical form, "call_gsb" + its UTF-8 in unpadded base64url. Both use only [A-Za-z0-9_-].
+_STATE_UUID = "call_gsu"
+_STATE_TEXT = "call_gsb"
+_HEX32 = frozenset("0123456789abcdef")
+
+
+def _call_id(state: Any) -> str:
+    """The OpenAI tool call id for a GigaChat function call (which has no id of its own)."""
+    if not isinstance(state, str) or not state:
+        return tool_call_id()
+    try:
+        if str(uuid.UUID(state)) == state:
+            return _STATE_UUID + uuid.UUID(state).hex
+    except ValueError:
+        pass
+    return _STATE_TEXT + base64.urlsafe_b64encode(state.encode()).decode().rstrip("=")
+
+
+def _state_from_call_id(call_id: Any) -> str | None:
+    """The ``functions_state_id`` a tool call id made by :func:`_call_id` carries, if any."""
+    if not isinstance(call_id, str):
+        return None
+    body = call_id[len(_STATE_UUID):]
+    if call_id.startswith(_STATE_UUID) and len(body) == 32 and set(body) <= _HEX32:
+        return str(uuid.UUID(hex=body))
+    if call_id.startswith(_STATE_TEXT):
+        encoded = call_id[len(_STATE_TEXT):]
+        try:
+            state = base64.b64decode(encoded + "=" * (-len(encoded) % 4), altchars=b"-_",
+                                     validate=True).decode()
+        except ValueError:  # not base64url, or not UTF-8 (UnicodeDecodeError is a ValueError)
+            return None
+        return state or None
+    return None
+
+
+def _tool_call(fc: Mapping[str, Any], state: Any = None) -> dict[str, Any]:
+    """GigaChat's ``function_call`` (arguments an object) → an OpenAI tool call whose id keeps
+    the answer's ``functions_state_id``."""
     args = fc.get("arguments")
     arguments = args if isinstance(args, str) else orjson.dumps(args or {}).decode()
-    # GigaChat has no call ids; OpenAI clients need one to answer the call with.
-    return {"id": tool_call_id(), "type": "function",
+    return {"id": _call_id(state), "type": "function",
             "function": {"name": str(fc.get("name")), "arguments": arguments}}
 
 
@@ -664,7 +712,7 @@ class GigaChatProvider(Provider):
             called = False
             if isinstance(fc, dict) and fc.get("name"):
                 called = True
-                message["tool_calls"] = [_tool_call(fc)]
+                message["tool_calls"] = [_tool_call(fc, msg.get("functions_state_id"))]
                 message["content"] = message["content"] or None
             choices.append({"index": choice.get("index", k), "message": message,
                             "finish_reason": _finish_reason(choice.get("finish_reason"), called)})
@@ -686,6 +734,7 @@ class GigaChatProvider(Provider):
         chunks = StreamChunks(self.model.name)
         done = role_sent = called = False
         finish: str | None = None
+        state: Any = None  # the functions_state_id, for the tool call's id
         usage: dict[str, Any] | None = None
         try:
             try:
@@ -705,6 +754,8 @@ class GigaChatProvider(Provider):
                     for choice in choices[:1]:  # n is 1
                         raw = choice.get("delta") if isinstance(choice, dict) else None
                         raw = raw if isinstance(raw, dict) else {}
+                        # It comes with the function call's delta; an earlier one counts too.
+                        state = raw.get("functions_state_id") or state
                         delta: dict[str, Any] = {}
                         if not role_sent:
                             delta["role"] = "assistant"
@@ -714,7 +765,7 @@ class GigaChatProvider(Provider):
                         fc = raw.get("function_call")
                         if isinstance(fc, dict) and fc.get("name"):
                             # GigaChat sends a call whole, in one event.
-                            delta["tool_calls"] = [{"index": 0, **_tool_call(fc)}]
+                            delta["tool_calls"] = [{"index": 0, **_tool_call(fc, state)}]
                             called = True
                         if delta:
                             role_sent = True

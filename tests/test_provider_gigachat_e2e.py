@@ -12,6 +12,7 @@ from typing import Any
 
 import openai
 import pytest
+from aiohttp import web
 from pydantic import BaseModel
 
 from aiproxy_providers.gigachat import GREEDY_TEMPERATURE
@@ -143,3 +144,99 @@ class TestReasoningEffort:
                                                        reasoning_effort="none")
         assert info.value.body["param"] == "reasoning_effort"
         assert gigachat.seen == []
+
+
+class TestFunctionsStateId:
+    """Defect 20. post-chat: an answer with a function call carries functions_state_id, to be
+    sent back on that assistant message in the next request. It travels in the tool call id."""
+
+    async def round_trip(self, proxy: Any, model: str, *, stream: bool = False) -> Any:
+        """Ask with tools, answer the call, return the SDK's tool call."""
+        if stream:
+            chunks = await proxy.client.chat.completions.create(
+                model=model, messages=[QUESTION], tools=[WEATHER_TOOL], stream=True)
+            calls = [tc for chunk in [c async for c in chunks] if chunk.choices
+                     for tc in chunk.choices[0].delta.tool_calls or []]
+            [call] = calls
+            assistant = {"role": "assistant", "content": None, "tool_calls": [{
+                "id": call.id, "type": "function",
+                "function": {"name": call.function.name, "arguments": call.function.arguments}}]}
+        else:
+            first = await proxy.client.chat.completions.create(
+                model=model, messages=[QUESTION], tools=[WEATHER_TOOL])
+            [call] = first.choices[0].message.tool_calls
+            assistant = first.choices[0].message.model_dump(exclude_none=True)
+        await proxy.client.chat.completions.create(model=model, tools=[WEATHER_TOOL], messages=[
+            QUESTION, assistant,
+            {"role": "tool", "tool_call_id": call.id, "content": '{"temp_c": 21}'}])
+        return call
+
+    def sent_back(self, gigachat: FakeGigaChat) -> dict[str, Any]:
+        second = gigachat.calls("chat/completions")[1].body
+        assert second["messages"][0] == QUESTION
+        assert second["messages"][2] == {"role": "function", "name": "get_weather",
+                                         "content": '{"temp_c": 21}'}
+        message: dict[str, Any] = second["messages"][1]
+        return message
+
+    async def test_state_survives_an_sdk_round_trip(self, start_proxy: StartProxy,
+                                                    gigachat: FakeGigaChat) -> None:
+        gigachat.then(json_reply(giga_completion("", finish="function_call", function_call={
+            "name": "get_weather", "arguments": {"city": "Paris"}})))
+        proxy = await start_proxy({"models": [gigachat.model(GIGA)]})
+        call = await self.round_trip(proxy, GIGA)
+        assert call.id == "call_gsu" + STATE.replace("-", "")
+        assert len(call.id) <= 40  # OpenAI's limit on a tool call id, should the history move on
+        assert self.sent_back(gigachat) == {
+            "role": "assistant", "content": "", "functions_state_id": STATE,
+            "function_call": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+
+    async def test_state_from_a_stream(self, start_proxy: StartProxy,
+                                       gigachat: FakeGigaChat) -> None:
+        # The streamed call's delta carries functions_state_id beside function_call.
+        gigachat.then(FakeGigaChat.tool_call_stream("get_weather", {"city": "Paris"}))
+        proxy = await start_proxy({"models": [gigachat.model(GIGA)]})
+        call = await self.round_trip(proxy, GIGA, stream=True)
+        assert call.id == "call_gsu" + STATE.replace("-", "")
+        assert self.sent_back(gigachat)["functions_state_id"] == STATE
+
+    async def test_a_state_that_is_not_a_uuid_is_kept_exactly(
+            self, start_proxy: StartProxy, gigachat: FakeGigaChat) -> None:
+        odd = "State/ID+01=é"
+        answer = giga_completion("", finish="function_call", function_call={
+            "name": "get_weather", "arguments": {"city": "Paris"}})
+        answer["choices"][0]["message"]["functions_state_id"] = odd
+        gigachat.then(json_reply(answer))
+        proxy = await start_proxy({"models": [gigachat.model(GIGA)]})
+        call = await self.round_trip(proxy, GIGA)
+        assert call.id.startswith("call_gsb")
+        assert set(call.id) <= set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                   "0123456789_-")
+        assert self.sent_back(gigachat)["functions_state_id"] == odd
+
+    async def test_foreign_call_ids_send_no_state(self, start_proxy: StartProxy,
+                                                  gigachat: FakeGigaChat) -> None:
+        # A history written by another model (OpenAI's call ids): nothing to send back.
+        proxy = await start_proxy({"models": [gigachat.model(GIGA)]})
+        call = {"id": "call_Xk3yJ2mB9qLw0sVt8nRa4Zc1", "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+        await proxy.client.chat.completions.create(model=GIGA, tools=[WEATHER_TOOL], messages=[
+            QUESTION, {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": call["id"], "content": "{}"}])
+        assistant = gigachat.calls("chat/completions")[0].body["messages"][1]
+        assert "functions_state_id" not in assistant
+
+    async def test_answer_without_state_gets_a_plain_id(self, start_proxy: StartProxy,
+                                                        gigachat: FakeGigaChat) -> None:
+        async def reply(request: web.Request, body: Any) -> web.StreamResponse:
+            answer = giga_completion("", finish="function_call", function_call={
+                "name": "get_weather", "arguments": {"city": "Paris"}})
+            del answer["choices"][0]["message"]["functions_state_id"]
+            return await json_reply(answer)(request, body)
+
+        gigachat.then(reply)
+        proxy = await start_proxy({"models": [gigachat.model(GIGA)]})
+        first = await proxy.client.chat.completions.create(model=GIGA, messages=[QUESTION],
+                                                           tools=[WEATHER_TOOL])
+        [call] = first.choices[0].message.tool_calls or []
+        assert call.id.startswith("call_") and not call.id.startswith("call_gs")
