@@ -53,7 +53,7 @@ class TestToolPlan:
         cohere.then(json_reply(cohere_text("It is 21°C in Paris.")))
         proxy = await start_proxy({"models": [cohere.model(COHERE)]})
         answer = await proxy.client.chat.completions.create(
-            model=COHERE, messages=OPENAI_HISTORY, tools=[WEATHER_TOOL])  # type: ignore[arg-type]
+            model=COHERE, messages=OPENAI_HISTORY, tools=[WEATHER_TOOL])
         assert answer.choices[0].message.content == "It is 21°C in Paris."
         [seen] = cohere.seen
         assert seen.body["messages"] == self.EXPECTED
@@ -65,7 +65,7 @@ class TestToolPlan:
                    {**OPENAI_HISTORY[1], "content": [{"type": "text", "text": "Let me "},
                                                      {"type": "text", "text": "look that up."}]},
                    OPENAI_HISTORY[2]]
-        await proxy.client.chat.completions.create(model=COHERE, messages=history)  # type: ignore[arg-type]
+        await proxy.client.chat.completions.create(model=COHERE, messages=history)
         assert cohere.seen[0].body["messages"] == self.EXPECTED
 
     async def test_fallback_from_an_openai_model_to_cohere(
@@ -78,7 +78,7 @@ class TestToolPlan:
             "models": [openai_model("gpt-4o", url, priority=1), cohere.model(COHERE, priority=2)],
             "groups": {"pool": ["gpt-4o", COHERE]}})
         answer = await proxy.client.chat.completions.create(
-            model="pool", messages=OPENAI_HISTORY, tools=[WEATHER_TOOL])  # type: ignore[arg-type]
+            model="pool", messages=OPENAI_HISTORY, tools=[WEATHER_TOOL])
         assert answer.model == COHERE
         assert fake.requests_for("gpt-4o")
         [seen] = cohere.seen
