@@ -7,6 +7,7 @@ Cohere's own API reference is the source of every shape translated here:
   https://docs.cohere.com/docs/streaming and https://docs.cohere.com/docs/tool-use-streaming
 - Image content: https://docs.cohere.com/docs/image-inputs
 - Structured outputs: https://docs.cohere.com/docs/structured-outputs
+- Tool use: https://docs.cohere.com/docs/tool-use-overview
 - Embed: https://docs.cohere.com/reference/embed
 - Errors: https://docs.cohere.com/reference/errors
 """
@@ -49,6 +50,9 @@ __all__ = ["CohereOptions", "CohereProvider"]
 _INPUT_TYPES = ("search_document", "search_query", "classification", "clustering")
 # https://docs.cohere.com/reference/chat#request.body.safety_mode
 _SAFETY_MODES = ("CONTEXTUAL", "STRICT", "OFF")
+#: Texts per Embed call: https://docs.cohere.com/reference/embed#request.body.texts ("Maximum
+#: number of texts per call is 96").
+EMBED_BATCH = 96
 
 
 def _one_of(choices: tuple[str, ...]) -> Callable[[object, attrs.Attribute[Any], Any], None]:
@@ -87,8 +91,8 @@ _FINISH_REASONS = {
 # silently dropped. Harmless ones (user, metadata, store, stream_options, parallel_tool_calls,
 # service_tier, prediction...) are ignored.
 _REFUSED = {
-    "logprobs": "Cohere's log probabilities cannot be given in OpenAI's shape",
-    "top_logprobs": "Cohere's log probabilities cannot be given in OpenAI's shape",
+    # v2 gives the log probability of each generated token, never the alternatives.
+    "top_logprobs": "Cohere returns no alternative tokens; use logprobs alone",
     "logit_bias": "Cohere has no logit bias",
     "audio": "Cohere answers in text only",
     "functions": "use tools instead of the deprecated functions",
@@ -134,6 +138,32 @@ def _usage(meta: Any) -> dict[str, int]:
     prompt, completion = _tokens(meta, "input_tokens"), _tokens(meta, "output_tokens")
     return {"prompt_tokens": prompt, "completion_tokens": completion,
             "total_tokens": prompt + completion}
+
+
+def _logprob_entry(item: Any) -> dict[str, Any] | None:
+    """One Cohere ``LogprobItem`` as one entry of OpenAI's ``logprobs.content``; None without
+    log probabilities.
+
+    https://docs.cohere.com/reference/chat#response.body.logprobs: an item is a chunk of the
+    answer's text with the ids and the log probabilities of the tokens it is made of, but not the
+    text of each token. So the entry is the chunk: its text as ``token``, the sum of its tokens'
+    log probabilities (the log probability of the whole chunk) as ``logprob``, its UTF-8 bytes,
+    and no alternatives (Cohere gives none).
+    """
+    values = _dig(item, "logprobs")
+    if not isinstance(values, list) or not values or not all(
+            isinstance(x, int | float) and not isinstance(x, bool) for x in values):
+        return None
+    text = _dig(item, "text")
+    text = text if isinstance(text, str) else ""
+    return {"token": text, "logprob": float(sum(values)), "bytes": list(text.encode()),
+            "top_logprobs": []}
+
+
+def _logprobs(items: list[Any]) -> dict[str, Any]:
+    """OpenAI's ``choices[].logprobs`` for Cohere items; items without numbers are left out."""
+    entries = [entry for entry in map(_logprob_entry, items) if entry is not None]
+    return {"content": entries, "refusal": None}
 
 
 # ---------------------------------------------------------------- OpenAI request → Cohere v2
@@ -209,13 +239,22 @@ def _assistant(msg: Mapping[str, Any], where: str) -> dict[str, Any]:
             if call is None:
                 raise _bad_request(f"{where}.tool_calls[{j}]: only function calls are supported",
                                    f"{where}.tool_calls[{j}]")
-    # Cohere's tool plan (the text it writes before calling tools) round-trips when the client
-    # kept it; OpenAI has no such field, so it is optional.
-    if isinstance(msg.get("tool_plan"), str):
-        out["tool_plan"] = msg["tool_plan"]
     content = msg.get("content")
-    if content is not None and not (calls and content in ("", [])):
-        out["content"] = _text_items(content, where, allow_refusal=True)
+    if not calls:
+        if content is not None:
+            out["content"] = _text_items(content, where, allow_refusal=True)
+        return out
+    # A v2 assistant message that calls tools carries its text as `tool_plan`, not `content`
+    # (https://docs.cohere.com/docs/tool-use-overview: the history gets {"role": "assistant",
+    # "tool_plan", "tool_calls"}; https://docs.cohere.com/reference/chat#request.body.messages).
+    # OpenAI-style models write that text in `content`, so it becomes the plan. A `tool_plan`
+    # the client kept from an earlier Cohere answer is Cohere's own and wins.
+    plan = msg.get("tool_plan")
+    if not isinstance(plan, str) and content is not None:
+        items = _text_items(content, where, allow_refusal=True)
+        plan = items if isinstance(items, str) else "".join(item["text"] for item in items)
+    if isinstance(plan, str) and plan:
+        out["tool_plan"] = plan
     return out
 
 
@@ -308,6 +347,9 @@ def _chat_payload(body: Mapping[str, Any], model: str, options: CohereOptions,
     for name in ("temperature", "seed", "frequency_penalty", "presence_penalty"):
         if body.get(name) is not None:
             payload[name] = body[name]
+    if body.get("logprobs") is True:
+        # request.body.logprobs: the answer then carries `logprobs` (see _logprobs).
+        payload["logprobs"] = True
     if body.get("top_p") is not None:
         top_p = body["top_p"]
         if isinstance(top_p, bool) or not isinstance(top_p, int | float):
@@ -463,12 +505,18 @@ class CohereProvider(Provider):
                                "content": "".join(texts) if texts or not calls else None}
         if calls:
             out["tool_calls"] = calls
+        # Present when the request asked for logprobs (response.body.logprobs).
+        raw_logprobs = data.get("logprobs")
+        if raw_logprobs is not None and not isinstance(raw_logprobs, list):
+            raise self._protocol("logprobs is not a list")
+        logprobs = _logprobs(raw_logprobs) if raw_logprobs is not None else None
         return ChatResponse(data={
             "id": data.get("id") or completion_id(),
             "object": "chat.completion",
             "created": int(time.time()),
             "model": self.model.name,
-            "choices": [{"index": 0, "message": out, "finish_reason": finish, "logprobs": None}],
+            "choices": [{"index": 0, "message": out, "finish_reason": finish,
+                         "logprobs": logprobs}],
             "usage": _usage(data.get("usage")),
         })
 
@@ -523,31 +571,44 @@ class CohereProvider(Provider):
         encoding = body.get("encoding_format") or "float"
         if encoding not in ("float", "base64"):
             raise _bad_request("encoding_format must be float or base64", "encoding_format")
+        if not texts:
+            raise _bad_request("input must not be empty", "input")
         # https://docs.cohere.com/reference/embed: embedding_types is required in v2.
-        payload: dict[str, Any] = {"model": self.upstream_model, "texts": texts,
+        payload: dict[str, Any] = {"model": self.upstream_model,
                                    "input_type": self.options.input_type,
                                    "embedding_types": ["float"]}
         if body.get("dimensions") is not None:
             # request.body.output_dimension: embed-v4 and newer (256, 512, 1024, 1536).
             payload["output_dimension"] = body["dimensions"]
-        resp = await self.send("POST", f"{self.base_url}/v2/embed", data=orjson.dumps(payload),
-                               headers=self._headers("application/json"))
-        data = await self._read_json(resp)
-        vectors = _dig(data, "embeddings", "float")
-        if not isinstance(vectors, list) or len(vectors) != len(texts):
-            raise self._protocol("answer has no float embedding for each text")
-        items = []
-        for i, vector in enumerate(vectors):
-            if not isinstance(vector, list) or not all(_count(x) is not None for x in vector):
-                raise self._protocol(f"embedding {i} is not a list of numbers")
-            if encoding == "base64":
-                vector = embedding_base64(vector)
-            items.append({"object": "embedding", "index": i, "embedding": vector})
-        tokens = _tokens(data.get("meta"), "input_tokens")
+        items: list[dict[str, Any]] = []
+        tokens = 0
+        # request.body.texts takes at most 96 texts per call: a longer input goes in batches.
+        # One after the other, not at once: a batch is one upstream call against the key's
+        # per-minute limit, and the first failure ends the request without spending more.
+        for start in range(0, len(texts), EMBED_BATCH):
+            batch = texts[start:start + EMBED_BATCH]
+            vectors, batch_tokens = await self._embed({**payload, "texts": batch})
+            for i, vector in enumerate(vectors, start):
+                embedding = embedding_base64(vector) if encoding == "base64" else vector
+                items.append({"object": "embedding", "index": i, "embedding": embedding})
+            tokens += batch_tokens
         return EmbeddingsResponse(data={
             "object": "list", "data": items, "model": self.model.name,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         })
+
+    async def _embed(self, payload: dict[str, Any]) -> tuple[list[list[float]], int]:
+        """One Embed call: a float vector per text, in order, and the input tokens billed."""
+        resp = await self.send("POST", f"{self.base_url}/v2/embed", data=orjson.dumps(payload),
+                               headers=self._headers("application/json"))
+        data = await self._read_json(resp)
+        vectors = _dig(data, "embeddings", "float")
+        if not isinstance(vectors, list) or len(vectors) != len(payload["texts"]):
+            raise self._protocol("answer has no float embedding for each text")
+        for i, vector in enumerate(vectors):
+            if not isinstance(vector, list) or not all(_count(x) is not None for x in vector):
+                raise self._protocol(f"embedding {i} is not a list of numbers")
+        return vectors, _tokens(data.get("meta"), "input_tokens")
 
 
 class _StreamTranslator:
@@ -586,7 +647,13 @@ class _StreamTranslator:
                 raise self.provider._protocol("content-delta text is not a string")
             chunks = self._start(out)
             if text:
-                out.append(chunks.chunk({"content": text}))
+                piece = chunks.chunk({"content": text})
+                # https://docs.cohere.com/reference/chat-stream: with logprobs asked for, each
+                # content-delta carries the LogprobItem of its text.
+                entry = _logprob_entry(event.get("logprobs"))
+                if entry is not None:
+                    piece["choices"][0]["logprobs"] = {"content": [entry], "refusal": None}
+                out.append(piece)
         elif kind == "tool-call-start":
             call = _dig(event, "delta", "message", "tool_calls")
             name, args = _dig(call, "function", "name"), _dig(call, "function", "arguments")

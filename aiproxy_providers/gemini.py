@@ -7,20 +7,24 @@ Gemini speaks its own dialect (``contents``/``parts``, ``generationConfig``,
 - Content, Part, Tool, ToolConfig, FunctionDeclaration: https://ai.google.dev/api/caching
 - Function calling: https://ai.google.dev/gemini-api/docs/function-calling
 - Structured output: https://ai.google.dev/gemini-api/docs/structured-output
-- Embeddings: https://ai.google.dev/api/embeddings
+- Embeddings: https://ai.google.dev/api/embeddings, https://ai.google.dev/gemini-api/docs/embeddings
+- Thinking: https://ai.google.dev/gemini-api/docs/thinking
+- Media by URL: https://ai.google.dev/gemini-api/docs/file-input-methods
 - Errors: https://ai.google.dev/gemini-api/docs/troubleshooting
 - The API definition itself: https://github.com/googleapis/googleapis/tree/master/google/ai/generativelanguage/v1beta
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import math
 import re
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 import attrs
@@ -59,6 +63,25 @@ def _check_safety_settings(
                              "(https://ai.google.dev/gemini-api/docs/safety-settings)")
 
 
+# EmbedContentRequest.taskType values (https://ai.google.dev/api/embeddings#tasktype).
+TASK_TYPES = frozenset({"RETRIEVAL_QUERY", "RETRIEVAL_DOCUMENT", "SEMANTIC_SIMILARITY",
+                        "CLASSIFICATION", "CLUSTERING", "QUESTION_ANSWERING",
+                        "FACT_VERIFICATION", "CODE_RETRIEVAL_QUERY"})
+
+
+def _task_type(value: Any) -> str | None:
+    """A task type as Gemini spells it (upper case), or None if it names none."""
+    if not isinstance(value, str) or value.upper() not in TASK_TYPES:
+        return None
+    return value.upper()
+
+
+def _check_task_type(inst: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    if value is not None and _task_type(value) is None:
+        raise ValueError(f"task_type: {value!r} is not one of {', '.join(sorted(TASK_TYPES))} "
+                         "(https://ai.google.dev/api/embeddings#tasktype)")
+
+
 @attrs.frozen
 class GeminiOptions:
     """``options:`` of a Gemini model.
@@ -66,10 +89,13 @@ class GeminiOptions:
     ``safety_settings`` is sent as the request's ``safetySettings`` (a list of
     ``{category, threshold}``): Gemini's default thresholds block some answers outright, and
     OpenAI requests have no field to loosen them, so the operator sets them per model.
+    ``task_type`` is the embedding ``taskType`` sent when a request names none (OpenAI's
+    embeddings request has no such field; clients may add ``task_type`` to the body).
     """
 
     safety_settings: tuple[Mapping[str, Any], ...] = attrs.field(
         default=(), validator=_check_safety_settings)
+    task_type: str | None = attrs.field(default=None, validator=_check_task_type)
 
 
 # Candidate.FinishReason -> OpenAI finish_reason; anything else (OTHER, LANGUAGE,
@@ -121,11 +147,49 @@ def _text_only(content: Any, where: str) -> str:
     return "".join(texts)
 
 
+# Media types of the formats Gemini documents as supported, by file extension
+# (https://ai.google.dev/gemini-api/docs/image-understanding, .../audio, .../video,
+# .../document-processing). Used for fileData parts, whose mimeType is optional in the API.
+_MEDIA_TYPES = {
+    "png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp",
+    "heic": "image/heic", "heif": "image/heif",
+    "wav": "audio/wav", "mp3": "audio/mp3", "aiff": "audio/aiff", "aac": "audio/aac",
+    "ogg": "audio/ogg", "flac": "audio/flac",
+    "mp4": "video/mp4", "mpeg": "video/mpeg", "mpg": "video/mpg", "mov": "video/mov",
+    "avi": "video/avi", "flv": "video/x-flv", "webm": "video/webm", "wmv": "video/wmv",
+    "3gp": "video/3gpp",
+    "pdf": "application/pdf", "txt": "text/plain",
+}
+
+
+def _file_data(url: str) -> dict[str, Any]:
+    """An ``https://`` URL as a ``fileData`` part: Gemini fetches public and signed URLs and
+    takes Files API URIs the same way (https://ai.google.dev/gemini-api/docs/file-input-methods).
+
+    FileData.mimeType is optional (google/ai/generativelanguage/v1beta/content.proto), so it is
+    sent only when the URL's extension names a documented format; a Files API URI has none,
+    and Gemini uses the type stored with the file.
+    """
+    name = urlsplit(url).path.rsplit("/", 1)[-1]
+    extension = name.rpartition(".")[2].lower() if "." in name else ""
+    data: dict[str, Any] = {"fileUri": url}
+    if extension in _MEDIA_TYPES:
+        data["mimeType"] = _MEDIA_TYPES[extension]
+    return {"fileData": data}
+
+
+def _media_part(url: Any, where: str) -> dict[str, Any]:
+    """An image or file URL as a Gemini part: ``https://`` as fileData, ``data:`` inline."""
+    if isinstance(url, str) and url[:8].lower() == "https://":
+        return _file_data(url)
+    return _inline_data(url, where)
+
+
 def _inline_data(url: Any, where: str) -> dict[str, Any]:
     """A ``data:<mime>;base64,<data>`` URL as a Gemini ``inlineData`` part (a Blob)."""
     if not isinstance(url, str) or not url.startswith("data:"):
-        raise _bad(f"{where}: Gemini accepts images and files only as data: URLs "
-                   "(data:<mime>;base64,...), not http(s) URLs", "messages")
+        raise _bad(f"{where}: Gemini accepts images and files as https:// URLs or data: URLs "
+                   "(data:<mime>;base64,...)", "messages")
     header, sep, data = url[5:].partition(",")
     params = header.split(";")
     if not sep or not params[0] or "base64" not in params[1:]:
@@ -145,18 +209,32 @@ def _user_parts(content: Any, where: str) -> list[dict[str, Any]]:
             if part["text"]:
                 parts.append({"text": part["text"]})
         elif kind == "image_url" and isinstance(part.get("image_url"), dict):
-            parts.append(_inline_data(part["image_url"].get("url"), where))
+            parts.append(_media_part(part["image_url"].get("url"), where))
         elif kind == "input_audio" and isinstance(part.get("input_audio"), dict):
             audio = part["input_audio"]
             parts.append({"inlineData": {"mimeType": f"audio/{audio.get('format')}",
                                          "data": audio.get("data")}})
         elif kind == "file" and isinstance(part.get("file"), dict) \
                 and part["file"].get("file_data") is not None:
-            parts.append(_inline_data(part["file"]["file_data"], where))
+            parts.append(_media_part(part["file"]["file_data"], where))
         else:
             raise _bad(f"{where}: content part type {kind!r} is not supported by Gemini "
                        "(text, image_url, input_audio, file with file_data)", "messages")
     return parts
+
+
+# The ids aiproxy.provider.tool_call_id() makes for calls Gemini sent without one.
+_OUR_CALL_ID = re.compile(r"call_[0-9a-f]{24}")
+
+
+def _gemini_call_id(call_id: str) -> bool:
+    """True for a tool call id to send back to Gemini as FunctionCall/FunctionResponse ``id``.
+
+    When Gemini gives a functionCall an ``id``, the client must answer with the same one
+    (https://ai.google.dev/api/caching#FunctionCall); the OpenAI tool call carries it verbatim.
+    An id we made up ourselves was never Gemini's, so the replay stays as Gemini sent it.
+    """
+    return bool(call_id) and not _OUR_CALL_ID.fullmatch(call_id)
 
 
 def _signature_of(call: Mapping[str, Any]) -> str | None:
@@ -178,10 +256,13 @@ def _function_call_part(call: Any, where: str, names: dict[str, str],
         raise _bad(f"{where}: tool call arguments are not valid JSON", "messages") from None
     if not isinstance(args, dict):
         raise _bad(f"{where}: tool call arguments must be a JSON object", "messages")
-    part: dict[str, Any] = {"functionCall": {"name": fn["name"], "args": args}}
+    function_call: dict[str, Any] = {"name": fn["name"], "args": args}
     call_id = call.get("id")
     if isinstance(call_id, str):
         names[call_id] = fn["name"]
+        if _gemini_call_id(call_id):
+            function_call["id"] = call_id
+    part: dict[str, Any] = {"functionCall": function_call}
     # Gemini 3 rejects a replayed functionCall without the thoughtSignature it came with
     # (https://ai.google.dev/gemini-api/docs/thought-signatures).
     signature = _signature_of(call) or (signatures.get(call_id) if isinstance(call_id, str)
@@ -206,7 +287,10 @@ def _function_response_part(msg: dict[str, Any], where: str,
         parsed = None
     # FunctionResponse.response must be a JSON object (a protobuf Struct).
     response = parsed if isinstance(parsed, dict) else {"content": text}
-    return {"functionResponse": {"name": name, "response": response}}
+    function_response: dict[str, Any] = {"name": name, "response": response}
+    if isinstance(call_id, str) and _gemini_call_id(call_id):
+        function_response["id"] = call_id  # FunctionResponse.id: the FunctionCall.id answered
+    return {"functionResponse": function_response}
 
 
 def _contents(messages: Any, signatures: Mapping[str, str]
@@ -294,9 +378,77 @@ def _tools(body: Mapping[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any
     return [{"functionDeclarations": declarations}], tool_config
 
 
-def _generation_config(body: Mapping[str, Any]) -> dict[str, Any]:
+# reasoning_effort as thinkingConfig (https://ai.google.dev/gemini-api/docs/thinking).
+# Gemini 2.5 takes a thinkingBudget in tokens: low/medium/high are the 1K/8K/24K budgets Google's
+# own OpenAI-compatible endpoint uses (https://ai.google.dev/gemini-api/docs/openai), 0 turns
+# thinking off. Gemini 3 takes a thinkingLevel and cannot turn thinking off; MINIMAL is its
+# least. Pro models have no MINIMAL and cannot think less than LOW (2.5 Pro: 128 tokens), and
+# Gemini 3 Pro offers only LOW and HIGH.
+# Above high, OpenAI's xhigh and max get Gemini's most: HIGH, or 24576 (2.5 Flash's maximum).
+_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
+_BUDGETS = {"none": 0, "minimal": 1024, "low": 1024, "medium": 8192, "high": 24576,
+            "xhigh": 24576, "max": 24576}
+_LEVELS = {"none": "MINIMAL", "minimal": "MINIMAL", "low": "LOW", "medium": "MEDIUM",
+           "high": "HIGH", "xhigh": "HIGH", "max": "HIGH"}
+_PRO_MIN_BUDGET = 128
+_VERSION = re.compile(r"^(?:models/)?gemini-(\d+)(?:\.(\d+))?(?=-|$)")
+
+
+def _thinking_config(effort: Any, model_id: str) -> dict[str, Any] | None:
+    """``reasoning_effort`` as a ThinkingConfig for this model, or None where it means nothing."""
+    if effort is None:
+        return None
+    if effort not in _EFFORTS:
+        raise _bad(f"reasoning_effort must be one of {', '.join(_EFFORTS)}", "reasoning_effort")
+    model = model_id.lower().removeprefix("models/")
+    pro = "-pro" in model
+    match = _VERSION.match(model)
+    version = (int(match.group(1)), int(match.group(2) or 0)) if match else None
+    if model.startswith("gemma-") or (version is not None and version < (2, 5)):
+        return None  # models without thinking: no effort to set, and they refuse the field
+    if version is not None and version >= (3, 0):
+        level = _LEVELS[effort]
+        if pro and level == "MINIMAL":
+            level = "LOW"
+        if pro and version == (3, 0) and level == "MEDIUM":
+            level = "HIGH"
+        return {"thinkingLevel": level}
+    # 2.5 and names without a version (aliases such as gemini-flash-latest, tuned models):
+    # thinkingBudget, which Gemini 3 also still accepts.
+    budget = _BUDGETS[effort]
+    if pro and budget == 0:
+        budget = _PRO_MIN_BUDGET
+    return {"thinkingBudget": budget}
+
+
+#: OpenAI's and Gemini's bound on top_logprobs / GenerationConfig.logprobs.
+MAX_TOP_LOGPROBS = 20
+
+
+def _logprobs_config(body: Mapping[str, Any]) -> dict[str, Any]:
+    """``logprobs``/``top_logprobs`` as GenerationConfig ``responseLogprobs``/``logprobs``."""
+    wanted, top = body.get("logprobs"), body.get("top_logprobs")
+    if top is not None:
+        if not isinstance(top, int) or isinstance(top, bool) \
+                or not 0 <= top <= MAX_TOP_LOGPROBS:
+            raise _bad(f"top_logprobs must be an integer from 0 to {MAX_TOP_LOGPROBS}",
+                       "top_logprobs")
+        if wanted is not True:
+            raise _bad("top_logprobs requires logprobs: true", "top_logprobs")
+    if wanted is not True:
+        return {}
+    config: dict[str, Any] = {"responseLogprobs": True}
+    if top:
+        config["logprobs"] = top
+    return config
+
+
+def _generation_config(body: Mapping[str, Any], model_id: str) -> dict[str, Any]:
     """Sampling fields as a GenerationConfig (https://ai.google.dev/api/generate-content)."""
-    config: dict[str, Any] = {}
+    config: dict[str, Any] = _logprobs_config(body)
+    thinking = _thinking_config(body.get("reasoning_effort"), model_id)
+    if thinking is not None:
+        config["thinkingConfig"] = thinking
     for ours, theirs in (("temperature", "temperature"), ("top_p", "topP"), ("top_k", "topK"),
                          ("n", "candidateCount"), ("presence_penalty", "presencePenalty"),
                          ("frequency_penalty", "frequencyPenalty"), ("seed", "seed")):
@@ -336,8 +488,6 @@ def _generation_config(body: Mapping[str, Any]) -> dict[str, Any]:
 
 def _reject_unsupported(body: Mapping[str, Any]) -> None:
     """Refuse fields whose meaning Gemini cannot honour; harmless ones are ignored."""
-    if body.get("logprobs") or body.get("top_logprobs"):
-        raise _bad("logprobs are not supported by the Gemini provider", "logprobs")
     if body.get("logit_bias"):
         raise _bad("logit_bias is not supported by Gemini", "logit_bias")
     if body.get("functions") is not None or body.get("function_call") is not None:
@@ -398,21 +548,77 @@ def _count(value: Any) -> int:
 
 
 def _usage(metadata: Any) -> dict[str, Any]:
-    """UsageMetadata as OpenAI usage; thinking tokens are billed as output, so they count."""
+    """UsageMetadata as OpenAI usage, with prompt + completion == total.
+
+    totalTokenCount is the sum of promptTokenCount, toolUsePromptTokenCount (the results of
+    Gemini's own tools, read as input), candidatesTokenCount and thoughtsTokenCount (thinking is
+    billed as output) (https://ai.google.dev/api/generate-content#UsageMetadata). Should Gemini
+    report a total above its parts, the rest is counted as prompt, so budgets never undercount.
+    """
     meta = metadata if isinstance(metadata, dict) else {}
-    prompt = _count(meta.get("promptTokenCount"))
+    prompt = _count(meta.get("promptTokenCount")) + _count(meta.get("toolUsePromptTokenCount"))
     thoughts = _count(meta.get("thoughtsTokenCount"))
     completion = _count(meta.get("candidatesTokenCount")) + thoughts
+    prompt += max(0, _count(meta.get("totalTokenCount")) - prompt - completion)
     usage: dict[str, Any] = {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
-        "total_tokens": _count(meta.get("totalTokenCount")) or prompt + completion,
+        "total_tokens": prompt + completion,
     }
     if _count(meta.get("cachedContentTokenCount")):
         usage["prompt_tokens_details"] = {"cached_tokens": meta["cachedContentTokenCount"]}
     if thoughts:
         usage["completion_tokens_details"] = {"reasoning_tokens": thoughts}
     return usage
+
+
+def _token_logprob(candidate: Mapping[str, Any]) -> dict[str, Any]:
+    token = candidate.get("token")
+    token = token if isinstance(token, str) else ""
+    logprob = candidate.get("logProbability")
+    return {"token": token,
+            "logprob": float(logprob) if isinstance(logprob, int | float) else 0.0,
+            "bytes": list(token.encode())}
+
+
+def _logprobs(candidate: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Candidate.logprobsResult as OpenAI ``choices[].logprobs`` (``content`` per token).
+
+    chosenCandidates has one entry per decoding step and topCandidates the alternatives at the
+    same step (https://ai.google.dev/api/generate-content#LogprobsResult).
+    """
+    result = candidate.get("logprobsResult")
+    if not isinstance(result, dict):
+        return None
+    chosen = result.get("chosenCandidates")
+    tops = result.get("topCandidates")
+    tops = tops if isinstance(tops, list) else []
+    content = []
+    for step, pick in enumerate(chosen if isinstance(chosen, list) else []):
+        if not isinstance(pick, dict):
+            continue
+        top = tops[step] if step < len(tops) and isinstance(tops[step], dict) else {}
+        alternatives = top.get("candidates")
+        content.append({**_token_logprob(pick), "top_logprobs": [
+            _token_logprob(c) for c in (alternatives if isinstance(alternatives, list) else [])
+            if isinstance(c, dict)]})
+    return {"content": content, "refusal": None}
+
+
+def _normalised(values: list[float]) -> list[float]:
+    """``values`` scaled to unit (L2) length; a zero vector stays as it is."""
+    norm = math.sqrt(math.fsum(v * v for v in values))
+    return [v / norm for v in values] if norm else [float(v) for v in values]
+
+
+#: Characters (UTF-8 bytes) per token for the embedding usage estimate: Google's rule of
+#: thumb for Gemini models (https://ai.google.dev/gemini-api/docs/tokens).
+BYTES_PER_TOKEN = 4
+
+
+def _estimate_tokens(text: str) -> int:
+    """About how many tokens ``text`` is: at least 1 when it is not empty."""
+    return math.ceil(len(text.encode()) / BYTES_PER_TOKEN)
 
 
 def _candidate_index(candidate: dict[str, Any], position: int) -> int:
@@ -488,7 +694,7 @@ class GeminiProvider(Provider):
             request["tools"] = tools
         if tool_config:
             request["toolConfig"] = tool_config
-        config = _generation_config(body)
+        config = _generation_config(body, self.model_path)
         if config:
             request["generationConfig"] = config
         options: GeminiOptions = self.options
@@ -526,6 +732,7 @@ class GeminiProvider(Provider):
         candidates = data.get("candidates") or []
         if not isinstance(candidates, list):
             raise _protocol("candidates is not an array")
+        with_logprobs = request.body.get("logprobs") is True
         choices = []
         for position, candidate in enumerate(candidates):
             text, calls = _read_parts(candidate)
@@ -534,13 +741,18 @@ class GeminiProvider(Provider):
                                        "content": text if text or not calls else None}
             if calls:
                 message["tool_calls"] = calls
-            choices.append({"index": _candidate_index(candidate, position), "message": message,
-                            "finish_reason": _finish_reason(candidate.get("finishReason"),
-                                                            bool(calls))})
+            choice = {"index": _candidate_index(candidate, position), "message": message,
+                      "finish_reason": _finish_reason(candidate.get("finishReason"),
+                                                      bool(calls))}
+            if with_logprobs:
+                choice["logprobs"] = _logprobs(candidate)
+            choices.append(choice)
         if not choices:
             # Unblocked yet empty: answer an empty message rather than a choice-less reply.
             choices.append({"index": 0, "message": {"role": "assistant", "content": ""},
                             "finish_reason": "stop"})
+            if with_logprobs:
+                choices[0]["logprobs"] = None
         return ChatResponse(data={
             "id": completion_id(),
             "object": "chat.completion",
@@ -576,7 +788,10 @@ class GeminiProvider(Provider):
                 state.started.add(index)
                 out.append(state.chunks.role(index))
             if text:
-                out.append(state.chunks.chunk({"content": text}, index=index))
+                chunk = state.chunks.chunk({"content": text}, index=index)
+                if state.chunks.logprobs:
+                    chunk["choices"][0]["logprobs"] = _logprobs(candidate)
+                out.append(chunk)
             for call in calls:
                 # Gemini sends each function call whole, so one delta carries all of it.
                 number = state.tool_calls.get(index, 0)
@@ -592,7 +807,8 @@ class GeminiProvider(Provider):
     async def stream(self, request: ChatRequest) -> AsyncIterator[dict[str, Any]]:
         payload = orjson.dumps(self.build_request(request.body))
         resp = await self.send("POST", self.stream_url, data=payload, headers=self._headers())
-        state = _StreamState(StreamChunks(self.model.name))
+        state = _StreamState(StreamChunks(self.model.name,
+                                          logprobs=request.body.get("logprobs") is True))
         complete = False
         try:
             # iter_sse is an async generator (typed as an iterator): close it with us.
@@ -634,39 +850,81 @@ class GeminiProvider(Provider):
         encoding = body.get("encoding_format") or "float"
         if encoding not in ("float", "base64"):
             raise _bad("encoding_format must be float or base64", "encoding_format")
+        options: GeminiOptions = self.options
+        task_type = options.task_type
+        if body.get("task_type") is not None:
+            task_type = _task_type(body["task_type"])
+            if task_type is None:
+                raise _bad(f"task_type must be one of {', '.join(sorted(TASK_TYPES))}",
+                           "task_type")
 
         def embed_request(text: str) -> dict[str, Any]:
             # EmbedContentRequest: https://ai.google.dev/api/embeddings
             one: dict[str, Any] = {"model": self.model_path,
                                    "content": {"parts": [{"text": text}]}}
+            if task_type is not None:
+                one["taskType"] = task_type.upper()
             if dimensions is not None:
                 one["outputDimensionality"] = dimensions
             return one
 
         if batch:
-            data = await self._post_json(self.batch_embed_url,
-                                         {"requests": [embed_request(t) for t in texts]})
-            embeddings = data.get("embeddings")
+            embeddings = await self._batch_embed([embed_request(t) for t in texts])
         else:
             data = await self._post_json(self.embed_url, embed_request(texts[0]))
             embeddings = [data.get("embedding")]
-        if not isinstance(embeddings, list) or len(embeddings) != len(texts):
-            raise _protocol("the number of embeddings does not match the input")
         items = []
         for i, embedding in enumerate(embeddings):
             values = embedding.get("values") if isinstance(embedding, dict) else None
             if not isinstance(values, list) or not all(
                     isinstance(v, int | float) and not isinstance(v, bool) for v in values):
                 raise _protocol("an embedding has no list of numbers")
+            if dimensions is not None:
+                # Only Gemini's full-size embeddings come normalised; truncated ones must be
+                # normalised by the caller (https://ai.google.dev/gemini-api/docs/embeddings,
+                # "Ensuring quality for smaller dimensions"). OpenAI's are always unit
+                # length, and normalising a unit vector changes nothing, so any dimensions do.
+                values = _normalised(values)
             vector: Any = embedding_base64(values) if encoding == "base64" else values
             items.append({"object": "embedding", "index": i, "embedding": vector})
+        tokens = sum(_estimate_tokens(t) for t in texts)
         return EmbeddingsResponse(data={
             "object": "list",
             "data": items,
             "model": self.model.name,
-            # Gemini's embed answers carry no token counts.
-            "usage": {"prompt_tokens": 0, "total_tokens": 0},
+            # Gemini's embed answers carry no token counts: an estimate, so budgets count them.
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         })
+
+    #: batchEmbedContents takes at most this many requests
+    #: (https://ai.google.dev/api/embeddings#method:-models.batchembedcontents).
+    BATCH_LIMIT = 100
+    #: Batches of one embeddings request in flight at once.
+    BATCH_CONCURRENCY = 4
+
+    async def _batch_embed(self, requests: list[dict[str, Any]]) -> list[Any]:
+        """The embeddings of ``requests``, in order, in batches of at most BATCH_LIMIT."""
+        batches = [requests[i:i + self.BATCH_LIMIT]
+                   for i in range(0, len(requests), self.BATCH_LIMIT)]
+        results: list[list[Any]] = [[] for _ in batches]
+        slots = asyncio.Semaphore(self.BATCH_CONCURRENCY)
+
+        async def run(number: int, batch: list[dict[str, Any]]) -> None:
+            async with slots:
+                data = await self._post_json(self.batch_embed_url, {"requests": batch})
+            embeddings = data.get("embeddings")
+            if not isinstance(embeddings, list) or len(embeddings) != len(batch):
+                raise _protocol("the number of embeddings does not match the input")
+            results[number] = embeddings
+
+        try:
+            # One failed batch fails the request and cancels the batches still running.
+            async with asyncio.TaskGroup() as group:
+                for number, batch in enumerate(batches):
+                    group.create_task(run(number, batch))
+        except* UpstreamError as failed:
+            raise failed.exceptions[0] from None
+        return [embedding for result in results for embedding in result]
 
     def error_from_response(
         self, status: int, body: bytes, headers: Mapping[str, str]

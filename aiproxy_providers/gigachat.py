@@ -19,6 +19,10 @@ Sber's documentation, which the behaviour below follows:
   https://developers.sber.ru/docs/ru/gigachat/guides/functions/function-calling-modes
 * streaming: https://developers.sber.ru/docs/en/gigachat/api/response-token-streaming
 * errors: https://developers.sber.ru/docs/ru/gigachat/api/errors-description
+* structured output (``response_format``) and reasoning (``reasoning_effort``), which the chat
+  reference does not list yet: the official SDK, https://github.com/ai-forever/gigachat
+  (``src/gigachat/models/chat.py``, ``models/response_format.py``), and the request it records
+  against the live API (``tests/integration/cassettes/test_chat_response_format_json_schema``)
 """
 
 from __future__ import annotations
@@ -67,6 +71,13 @@ SCOPES = ("GIGACHAT_API_PERS", "GIGACHAT_API_B2B", "GIGACHAT_API_CORP")
 REFRESH_MARGIN = 60.0
 # Sber documents a 30-minute token lifetime; used only if an OAuth answer omits the expiry.
 DEFAULT_TOKEN_LIFETIME = 30 * 60.0
+
+# post-chat, temperature: "from 0 to 0.001" resets temperature and top_p to the most
+# deterministic answer, and 0 itself is refused (exclusiveMinimum). Half-way, clear of both ends.
+GREEDY_TEMPERATURE = 0.0005
+
+_REASONING_EFFORTS = {"minimal": "low", "low": "low", "medium": "medium", "high": "high",
+                      "xhigh": "high", "max": "high"}
 
 _FINISH_REASONS = {
     "stop": "stop",
@@ -257,9 +268,16 @@ def _messages(messages: Any) -> list[dict[str, Any]]:
                 name = str(fn["name"])
                 arguments = _arguments(fn.get("arguments"),
                                        f"{param}.tool_calls[{j}].function.arguments")
-                out.append({"role": "assistant", "content": content if j == 0 else "",
-                            "function_call": {"name": name, "arguments": arguments}})
+                assistant: dict[str, Any] = {"role": "assistant",
+                                             "content": content if j == 0 else "",
+                                             "function_call": {"name": name,
+                                                               "arguments": arguments}}
                 call_id = call.get("id")
+                state = _state_from_call_id(call_id)
+                if state is not None:
+                    # The answer's functions_state_id, kept in the call id (see _call_id).
+                    assistant["functions_state_id"] = state
+                out.append(assistant)
                 if call_id:
                     names[call_id] = name
                     if call_id in results:
@@ -338,13 +356,102 @@ def _function_description(fn: Any, param: str) -> dict[str, Any]:
     return out
 
 
-def _tool_call(fc: Mapping[str, Any]) -> dict[str, Any]:
-    """GigaChat's ``function_call`` (arguments an object) → an OpenAI tool call."""
+# GigaChat answers a function call with a `functions_state_id` and wants it back on that
+# assistant message in the next request (post-chat, messages[].functions_state_id). OpenAI
+# clients keep nothing but the tool call's id across turns, so the state travels inside it:
+# "call_gsu" + the UUID's 32 hex digits (40 characters, the most OpenAI accepts in a tool call id,
+# so the history can still fall back to an OpenAI model), or, for a state that is not a UUID in
+# canonical form, "call_gsb" + its UTF-8 in unpadded base64url. Both use only [A-Za-z0-9_-].
+_STATE_UUID = "call_gsu"
+_STATE_TEXT = "call_gsb"
+_HEX32 = frozenset("0123456789abcdef")
+
+
+def _call_id(state: Any) -> str:
+    """The OpenAI tool call id for a GigaChat function call (which has no id of its own)."""
+    if not isinstance(state, str) or not state:
+        return tool_call_id()
+    try:
+        if str(uuid.UUID(state)) == state:
+            return _STATE_UUID + uuid.UUID(state).hex
+    except ValueError:
+        pass
+    return _STATE_TEXT + base64.urlsafe_b64encode(state.encode()).decode().rstrip("=")
+
+
+def _state_from_call_id(call_id: Any) -> str | None:
+    """The ``functions_state_id`` a tool call id made by :func:`_call_id` carries, if any."""
+    if not isinstance(call_id, str):
+        return None
+    body = call_id[len(_STATE_UUID):]
+    if call_id.startswith(_STATE_UUID) and len(body) == 32 and set(body) <= _HEX32:
+        return str(uuid.UUID(hex=body))
+    if call_id.startswith(_STATE_TEXT):
+        encoded = call_id[len(_STATE_TEXT):]
+        try:
+            state = base64.b64decode(encoded + "=" * (-len(encoded) % 4), altchars=b"-_",
+                                     validate=True).decode()
+        except ValueError:  # not base64url, or not UTF-8 (UnicodeDecodeError is a ValueError)
+            return None
+        return state or None
+    return None
+
+
+def _tool_call(fc: Mapping[str, Any], state: Any = None) -> dict[str, Any]:
+    """GigaChat's ``function_call`` (arguments an object) → an OpenAI tool call whose id keeps
+    the answer's ``functions_state_id``."""
     args = fc.get("arguments")
     arguments = args if isinstance(args, str) else orjson.dumps(args or {}).decode()
-    # GigaChat has no call ids; OpenAI clients need one to answer the call with.
-    return {"id": tool_call_id(), "type": "function",
+    return {"id": _call_id(state), "type": "function",
             "function": {"name": str(fc.get("name")), "arguments": arguments}}
+
+
+def _response_format(fmt: Any) -> dict[str, Any] | None:
+    """OpenAI ``response_format`` → GigaChat's; None for plain text.
+
+    GigaChat takes ``{"type": "json_schema", "schema": <JSON Schema>, "strict"?: bool}``
+    (the schema at the top level, as the official SDK sends it: ai-forever/gigachat
+    ``models/response_format.py``), where OpenAI nests ``{name, schema, strict}`` under
+    ``json_schema``. OpenAI's ``name`` and ``description`` have no place there and are dropped.
+    """
+    if fmt is None:
+        return None
+    if not isinstance(fmt, dict):
+        raise _bad_request("response_format", "response_format: expected an object")
+    kind = fmt.get("type")
+    if kind in (None, "text"):
+        return None
+    if kind != "json_schema":
+        return fmt  # json_object and GigaChat's own types: as sent (GigaChat judges them)
+    spec = fmt.get("json_schema")
+    schema = spec.get("schema") if isinstance(spec, dict) else None
+    if not isinstance(schema, dict):
+        raise _bad_request("response_format.json_schema.schema",
+                           "response_format: a json_schema needs json_schema.schema (an object)")
+    out: dict[str, Any] = {"type": "json_schema", "schema": schema}
+    strict = spec.get("strict") if isinstance(spec, dict) else None
+    if isinstance(strict, bool):
+        out["strict"] = strict
+    return out
+
+
+def _reasoning_effort(effort: Any) -> str | None:
+    """OpenAI ``reasoning_effort`` → GigaChat's ``reasoning_effort`` (low, medium, high).
+
+    The v1 chat request takes ``reasoning_effort`` for reasoning models such as
+    GigaChat-2-Reasoning (the official SDK's ``Chat.reasoning_effort``, ai-forever/gigachat
+    ``models/chat.py``, and its reasoning example). OpenAI's ``minimal``, ``xhigh`` and ``max``
+    go to the nearest level GigaChat has; ``none`` cannot be expressed (GigaChat documents no
+    way to turn reasoning off), so it is refused rather than silently reasoning anyway.
+    """
+    if effort is None:
+        return None
+    mapped = _REASONING_EFFORTS.get(effort) if isinstance(effort, str) else None
+    if mapped is None:
+        raise _bad_request("reasoning_effort", f"reasoning_effort {effort!r} is not supported "
+                           "by GigaChat: use low, medium or high (minimal maps to low, "
+                           "xhigh and max to high)")
+    return mapped
 
 
 def _finish_reason(raw: Any, called: bool) -> str:
@@ -569,14 +676,21 @@ class GigaChatProvider(Provider):
                     "profanity_check"):
             if body.get(key) is not None:
                 out[key] = body[key]
+        if out.get("temperature") == 0:
+            # post-chat: temperature must be > 0 (0 is a 422); a value from 0 to 0.001 is its
+            # documented switch to the most deterministic answer, which OpenAI's 0 asks for.
+            out["temperature"] = GREEDY_TEMPERATURE
+        effort = _reasoning_effort(body.get("reasoning_effort"))
+        if effort is not None:
+            out["reasoning_effort"] = effort
         max_tokens = body.get("max_completion_tokens")
         if max_tokens is None:
             max_tokens = body.get("max_tokens")
         if max_tokens is not None:
             out["max_tokens"] = max_tokens
-        fmt = body.get("response_format")
-        if isinstance(fmt, dict) and fmt.get("type") not in (None, "text"):
-            out["response_format"] = fmt  # models without structured output answer 4xx
+        fmt = _response_format(body.get("response_format"))
+        if fmt is not None:
+            out["response_format"] = fmt
         if stream:
             out["stream"] = True
         return orjson.dumps(out)
@@ -598,7 +712,7 @@ class GigaChatProvider(Provider):
             called = False
             if isinstance(fc, dict) and fc.get("name"):
                 called = True
-                message["tool_calls"] = [_tool_call(fc)]
+                message["tool_calls"] = [_tool_call(fc, msg.get("functions_state_id"))]
                 message["content"] = message["content"] or None
             choices.append({"index": choice.get("index", k), "message": message,
                             "finish_reason": _finish_reason(choice.get("finish_reason"), called)})
@@ -620,6 +734,7 @@ class GigaChatProvider(Provider):
         chunks = StreamChunks(self.model.name)
         done = role_sent = called = False
         finish: str | None = None
+        state: Any = None  # the functions_state_id, for the tool call's id
         usage: dict[str, Any] | None = None
         try:
             try:
@@ -639,6 +754,8 @@ class GigaChatProvider(Provider):
                     for choice in choices[:1]:  # n is 1
                         raw = choice.get("delta") if isinstance(choice, dict) else None
                         raw = raw if isinstance(raw, dict) else {}
+                        # It comes with the function call's delta; an earlier one counts too.
+                        state = raw.get("functions_state_id") or state
                         delta: dict[str, Any] = {}
                         if not role_sent:
                             delta["role"] = "assistant"
@@ -648,7 +765,7 @@ class GigaChatProvider(Provider):
                         fc = raw.get("function_call")
                         if isinstance(fc, dict) and fc.get("name"):
                             # GigaChat sends a call whole, in one event.
-                            delta["tool_calls"] = [{"index": 0, **_tool_call(fc)}]
+                            delta["tool_calls"] = [{"index": 0, **_tool_call(fc, state)}]
                             called = True
                         if delta:
                             role_sent = True

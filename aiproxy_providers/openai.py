@@ -1,5 +1,6 @@
-"""OpenAI-compatible upstreams: OpenAI itself, OpenRouter, Groq, the HuggingFace router, and any
-server that speaks the Chat Completions API (vLLM, Ollama, Cloudflare's ``/ai/v1`` endpoint...).
+"""OpenAI-compatible upstreams: OpenAI itself, Azure OpenAI, OpenRouter, Groq, the HuggingFace
+router, the other names the old proxy sent to its OpenAI client, and any server that speaks the
+Chat Completions API (vLLM, Ollama, Cloudflare's ``/ai/v1`` endpoint...).
 
 The request body is forwarded as the client sent it, re-encoded only when the model id changes.
 API reference: https://platform.openai.com/docs/api-reference/chat
@@ -10,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import attrs
@@ -32,9 +34,67 @@ from aiproxy.provider import (
     iter_sse,
 )
 
-__all__ = ["GroqProvider", "HuggingFaceProvider", "OpenAIProvider", "OpenRouterProvider"]
+__all__ = [
+    "AIMLAPIProvider",
+    "AirforceProvider",
+    "ArliAIProvider",
+    "GitHubModelsProvider",
+    "GlamaProvider",
+    "GroqProvider",
+    "HuggingFaceProvider",
+    "OpenAIOptions",
+    "OpenAIProvider",
+    "OpenRouterProvider",
+    "TogetherProvider",
+    "UpstreamURL",
+    "sends_image_response_format",
+]
 
-_CHAT_SUFFIX = "/chat/completions"
+# Endpoints a configured ``url:`` may already end with (the old proxy's configs name the whole
+# chat endpoint; an Azure deployment URL may name any of them).
+_ENDPOINT_SUFFIXES = ("/chat/completions", "/embeddings", "/images/generations")
+
+# Hosts of Azure OpenAI resources, which take the key in an ``api-key`` header rather than as a
+# bearer token: https://learn.microsoft.com/en-us/azure/ai-services/openai/reference#authentication
+_AZURE_HOST_SUFFIXES = (".openai.azure.com", ".cognitiveservices.azure.com",
+                        ".services.ai.azure.com")
+
+
+@attrs.frozen
+class UpstreamURL:
+    """A configured ``url:`` split into the API prefix and its query string, so an endpoint
+    path goes before the query: Azure's ``.../deployments/{d}?api-version=...`` becomes
+    ``.../deployments/{d}/chat/completions?api-version=...``."""
+
+    prefix: str
+    query: str
+
+    @classmethod
+    def parse(cls, url: str) -> UpstreamURL:
+        parts = urlsplit(url.strip())
+        path = parts.path.rstrip("/")
+        for suffix in _ENDPOINT_SUFFIXES:
+            if path.endswith(suffix):
+                path = path[: -len(suffix)]
+                break
+        return cls(urlunsplit((parts.scheme, parts.netloc, path, "", "")), parts.query)
+
+    def endpoint(self, path: str) -> str:
+        """The URL of ``path`` (``/chat/completions``...) with the configured query kept."""
+        return f"{self.prefix}{path}?{self.query}" if self.query else self.prefix + path
+
+    @property
+    def is_azure(self) -> bool:
+        host = (urlsplit(self.prefix).hostname or "").lower()
+        return host.endswith(_AZURE_HOST_SUFFIXES)
+
+    @property
+    def azure_deployment(self) -> str | None:
+        """``{d}`` of an Azure ``/openai/deployments/{d}`` URL, else None."""
+        segments = urlsplit(self.prefix).path.split("/")
+        if len(segments) >= 2 and segments[-2] == "deployments" and segments[-1]:
+            return segments[-1]
+        return None
 
 
 @attrs.frozen
@@ -46,11 +106,33 @@ class OpenAIOptions:
     # OpenRouter's optional app attribution headers.
     http_referer: str | None = None
     x_title: str | None = None
+    # How the key is sent: ``bearer`` (Authorization: Bearer), ``api-key`` (Azure's header).
+    # Unset: ``api-key`` for Azure OpenAI hosts, ``bearer`` for every other.
+    auth_header: Literal["bearer", "api-key"] | None = None
+    # Whether image calls send ``response_format: b64_json``: ``auto`` leaves it out for the
+    # GPT image models, which refuse it, and sends it to every other model.
+    image_response_format: Literal["auto", "b64_json", "omit"] = "auto"
+
+
+def sends_image_response_format(option: str, *model_ids: str | None) -> bool:
+    """Whether an image request may carry ``response_format``. The GPT image models always
+    answer base64 and refuse the parameter ("Unknown parameter"); DALL-E and other
+    OpenAI-compatible image models default to ``url`` and need it set to ``b64_json``:
+    https://platform.openai.com/docs/api-reference/images/create#images-create-response_format
+    """
+    if option != "auto":
+        return option == "b64_json"
+    for model_id in model_ids:
+        name = (model_id or "").lower().rsplit("/", 1)[-1]
+        if name.startswith(("gpt-image", "chatgpt-image")):
+            return False
+    return True
 
 
 class OpenAIProvider(Provider):
-    """Any upstream that speaks the OpenAI API. ``url:`` is the API base (``.../v1``) or, as in
-    the old proxy's configs, the full ``.../chat/completions`` endpoint."""
+    """Any upstream that speaks the OpenAI API. ``url:`` is the API base (``.../v1``), or, as in
+    the old proxy's configs, a full endpoint such as ``.../chat/completions``; a query string
+    (Azure's ``?api-version=``) is kept on every endpoint."""
 
     capabilities = frozenset({Capability.CHAT, Capability.EMBEDDINGS, Capability.IMAGES})
     default_url = "https://api.openai.com/v1"
@@ -58,21 +140,30 @@ class OpenAIProvider(Provider):
 
     def __init__(self, model: ModelConfig, session: aiohttp.ClientSession) -> None:
         super().__init__(model, session)
-        url = self.url.rstrip("/")
-        if url.endswith(_CHAT_SUFFIX):
-            self.chat_url, self.base_url = url, url[: -len(_CHAT_SUFFIX)]
-        else:
-            self.chat_url, self.base_url = url + _CHAT_SUFFIX, url
+        self.upstream_url = UpstreamURL.parse(self.url)
+        self.base_url = self.upstream_url.prefix  # without the query: use endpoint()
+        self.chat_url = self.endpoint("/chat/completions")
+        options: OpenAIOptions = self.options
         headers = {"Content-Type": "application/json"}
         if model.token:
-            headers["Authorization"] = f"Bearer {model.token}"
-        options: OpenAIOptions = self.options
+            # Azure OpenAI takes its key as ``api-key``:
+            # https://learn.microsoft.com/en-us/azure/ai-services/openai/reference#authentication
+            auth = options.auth_header or ("api-key" if self.upstream_url.is_azure
+                                           else "bearer")
+            if auth == "api-key":
+                headers["api-key"] = model.token
+            else:
+                headers["Authorization"] = f"Bearer {model.token}"
         if options.http_referer:
             headers["HTTP-Referer"] = options.http_referer
         if options.x_title:
             headers["X-Title"] = options.x_title
         headers.update(options.headers)
         self.headers = headers
+
+    def endpoint(self, path: str) -> str:
+        """The upstream URL of an API path such as ``/embeddings``."""
+        return self.upstream_url.endpoint(path)
 
     async def chat(self, request: ChatRequest) -> ChatResponse:
         body = request.upstream_body(self.upstream_model)
@@ -148,7 +239,7 @@ class OpenAIProvider(Provider):
     async def embeddings(self, request: EmbeddingsRequest) -> EmbeddingsResponse:
         body = dict(request.body)
         body["model"] = self.upstream_model
-        resp = await self.send("POST", self.base_url + "/embeddings", data=orjson.dumps(body),
+        resp = await self.send("POST", self.endpoint("/embeddings"), data=orjson.dumps(body),
                                headers=self.headers)
         try:
             data = await self._read_json(resp)
@@ -161,17 +252,26 @@ class OpenAIProvider(Provider):
     async def images(self, request: ImageRequest) -> ImageResponse:
         body = dict(request.body)
         body["model"] = self.upstream_model
-        body["response_format"] = "b64_json"  # we hand bytes to the core, never a URL
-        resp = await self.send("POST", self.base_url + "/images/generations",
+        options: OpenAIOptions = self.options
+        # We hand bytes to the core, never a URL: ask for base64 where the model takes the
+        # parameter; the GPT image models answer base64 without it and refuse it.
+        if sends_image_response_format(options.image_response_format, self.upstream_model,
+                                       self.upstream_url.azure_deployment):
+            body["response_format"] = "b64_json"
+        else:
+            body.pop("response_format", None)
+        resp = await self.send("POST", self.endpoint("/images/generations"),
                                data=orjson.dumps(body), headers=self.headers)
         try:
             data = await self._read_json(resp)
         finally:
             resp.release()
         images = []
+        urls_only = False
         for item in data.get("data") or ():
             encoded = item.get("b64_json") if isinstance(item, dict) else None
             if not isinstance(encoded, str):
+                urls_only = urls_only or (isinstance(item, dict) and "url" in item)
                 continue
             try:
                 raw = base64.b64decode(encoded, validate=True)
@@ -179,6 +279,10 @@ class OpenAIProvider(Provider):
                 raise UpstreamError(ErrorKind.PROTOCOL, "the upstream sent invalid base64 "
                                     "image data") from None
             images.append((raw, image_media_type(raw) or "application/octet-stream"))
+        if not images and urls_only:
+            # We download nothing the upstream points at; the model must answer base64.
+            raise UpstreamError(ErrorKind.PROTOCOL, "the upstream answered image URLs, not "
+                                "b64_json; set options.image_response_format: b64_json")
         if not images:
             raise UpstreamError(ErrorKind.PROTOCOL, "the upstream answer has no image")
         return ImageResponse(tuple(images))
@@ -260,3 +364,54 @@ class HuggingFaceProvider(OpenAIProvider):
         # The task API makes one image a call; n images are n calls made together.
         n = int(request.body.get("n") or 1)
         return ImageResponse(tuple(await asyncio.gather(*(one() for _ in range(n)))))
+
+
+# --- Names the old proxy sent to its OpenAI-compatible client --------------------------------
+# Its provider switch passed "groq", "arliai", "github" and every unnamed provider (its configs
+# use "glama", "together", "aimlapi", "airforce") to one OpenAI client; each keeps its name here,
+# with the base URL its own documentation gives.
+
+
+class GlamaProvider(OpenAIProvider):
+    """Glama Gateway: https://glama.ai/ai/gateway/docs/api. The old proxy's
+    ``https://glama.ai/api/gateway/openai/v1`` still works as ``url:``."""
+
+    capabilities = frozenset({Capability.CHAT})
+    default_url = "https://gateway.glama.ai/v1"
+
+
+class ArliAIProvider(OpenAIProvider):
+    """Arli AI text generation: https://www.arliai.com/docs."""
+
+    capabilities = frozenset({Capability.CHAT})
+    default_url = "https://api.arliai.com/v1"
+
+
+class GitHubModelsProvider(OpenAIProvider):
+    """GitHub Models inference (a token with ``models: read``):
+    https://docs.github.com/en/rest/models/inference; model ids are ``publisher/name``."""
+
+    capabilities = frozenset({Capability.CHAT})
+    default_url = "https://models.github.ai/inference"
+
+
+class TogetherProvider(OpenAIProvider):
+    """Together AI's OpenAI-compatible API (chat, embeddings, images):
+    https://docs.together.ai/docs/inference/openai-compatibility."""
+
+    default_url = "https://api.together.ai/v1"
+
+
+class AIMLAPIProvider(OpenAIProvider):
+    """AI/ML API, OpenAI-compatible (chat, embeddings, images):
+    https://docs.aimlapi.com/quickstart/supported-sdks."""
+
+    default_url = "https://api.aimlapi.com/v1"
+
+
+class AirforceProvider(OpenAIProvider):
+    """api.airforce chat completions: https://api.airforce/docs/api/chat/. (The old proxy's
+    ``GET`` image API is not an OpenAI endpoint and is not served.)"""
+
+    capabilities = frozenset({Capability.CHAT})
+    default_url = "https://api.airforce/v1"

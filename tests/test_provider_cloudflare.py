@@ -15,6 +15,7 @@ from aiohttp import web
 from aiproxy.provider import (
     ChatRequest,
     ConfigError,
+    EmbeddingsRequest,
     ErrorKind,
     ImageRequest,
     ModelConfig,
@@ -172,8 +173,9 @@ async def test_url_forms(fake: FakeWorkersAI, session: aiohttp.ClientSession, na
 
 @pytest.mark.parametrize(("url", "token", "options", "fragment"), [
     (None, TOKEN, {}, "options.account_id: required"),
-    (f"https://api.cloudflare.com/client/v4/accounts/{ACCOUNT}/ai/v1", TOKEN, {},
-     "provider: openai"),
+    (f"https://api.cloudflare.com/client/v4/accounts/{ACCOUNT}/ai/v1", TOKEN,
+     {"account_id": "other"}, "does not match"),
+    (None, TOKEN, {"account_id": ACCOUNT, "family": "gpt"}, "options.family: expected one of"),
     (None, None, {"account_id": ACCOUNT}, "token: required"),
     (f"https://api.cloudflare.com/client/v4/accounts/{ACCOUNT}/ai/run/", TOKEN,
      {"account_id": "other"}, "does not match"),
@@ -510,3 +512,133 @@ async def test_image_errors(fake: FakeWorkersAI, session: aiohttp.ClientSession,
     with pytest.raises(UpstreamError) as exc:
         await provider(fake, session).images(image_request())
     assert exc.value.kind is kind
+
+
+# --- model families, streams, the OpenAI-compatible endpoint ----------------------------------
+
+GLM = "@cf/zai-org/glm-4.7-flash"
+
+
+def openai_chunk(choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    """An OpenAI-shaped chunk, as the OpenAI-schema models stream (models/glm-4.7-flash/)."""
+    return {"id": "up", "object": "chat.completion.chunk", "created": 1, "model": GLM,
+            "choices": choices, **extra}
+
+
+async def test_stream_with_n_keeps_choices_apart(fake: FakeWorkersAI,
+                                                 session: aiohttp.ClientSession) -> None:
+    # models/glm-4.7-flash/ takes n (1-128): its chunks carry each choice's index.
+    fake.reply = sse([
+        openai_chunk([{"index": 0, "delta": {"role": "assistant", "content": "A"}},
+                      {"index": 1, "delta": {"role": "assistant", "content": "B"}}]),
+        openai_chunk([{"index": 1, "delta": {}, "finish_reason": "length"},
+                      {"index": 0, "delta": {}, "finish_reason": "stop"}])])
+    p = provider(fake, session, name=GLM)
+    chunks = await collect(p, chat_request(stream=True, n=2))
+    assert fake.calls[0]["body"]["n"] == 2
+    assert [c["choices"] for c in chunks] == [
+        [{"index": 0, "delta": {"role": "assistant", "content": "A"}, "finish_reason": None}],
+        [{"index": 1, "delta": {"role": "assistant", "content": "B"}, "finish_reason": None}],
+        [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+        [{"index": 1, "delta": {}, "finish_reason": "length"}],
+    ]
+
+
+async def test_unindexed_fragments_continue_the_last_call(
+        fake: FakeWorkersAI, session: aiohttp.ClientSession) -> None:
+    fake.reply = sse([
+        openai_chunk([{"index": 0, "delta": {"tool_calls": [
+            {"id": "call_1", "type": "function",
+             "function": {"name": "get_weather", "arguments": '{"location"'}}]}}]),
+        openai_chunk([{"index": 0, "delta": {"tool_calls": [
+            {"function": {"arguments": ': "Tver"}'}}]}}]),
+        openai_chunk([{"index": 0, "delta": {}, "finish_reason": "tool_calls"}])])
+    chunks = await collect(provider(fake, session, name=GLM),
+                           chat_request(stream=True, tools=[WEATHER]))
+    calls = [tc for c in chunks for tc in c["choices"][0]["delta"].get("tool_calls", [])]
+    assert calls == [
+        {"index": 0, "id": "call_1", "type": "function",
+         "function": {"name": "get_weather", "arguments": '{"location"'}},
+        {"index": 0, "function": {"arguments": ': "Tver"}'}}]
+
+
+@pytest.mark.parametrize(("fmt", "sent"), [
+    ({"type": "json_object"}, {"type": "json_object"}),
+    ({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}},
+     {"type": "json_schema", "json_schema": {"type": "object"}}),
+    ({"type": "text"}, None),
+])
+async def test_json_mode_native(fake: FakeWorkersAI, session: aiohttp.ClientSession,
+                                fmt: dict[str, Any], sent: Any) -> None:
+    # https://developers.cloudflare.com/workers-ai/features/json-mode/
+    await provider(fake, session).chat(chat_request(response_format=fmt))
+    assert fake.calls[0]["body"].get("response_format") == sent
+
+
+async def test_vision_text_only_and_limits(fake: FakeWorkersAI,
+                                           session: aiohttp.ClientSession) -> None:
+    # models/llama-3.2-11b-vision-instruct/: string contents; no image is no "image" key.
+    p = provider(fake, session, name="@cf/meta/llama-3.2-11b-vision-instruct")
+    await p.chat(chat_request(messages=[{"role": "user", "content": [
+        {"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]))
+    assert fake.calls[0]["body"] == {"messages": [{"role": "user", "content": "a\nb"}]}
+    with pytest.raises(UpstreamError) as exc:
+        await p.chat(chat_request(messages=[{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,@@@"}}]}]))
+    assert exc.value.param == "messages" and "base64" in exc.value.message
+
+
+async def test_an_unknown_image_model_gets_what_was_sent(fake: FakeWorkersAI,
+                                                         session: aiohttp.ClientSession) -> None:
+    fake.reply = envelope({"image": base64.b64encode(PNG).decode()})
+    p = provider(fake, session, name="@cf/acme/painter")
+    await p.images(image_request(size="640x480", steps=3, seed=2))
+    assert fake.calls[0]["body"] == {"prompt": "a cyberpunk lizard", "width": 640,
+                                     "height": 480, "steps": 3, "seed": 2}
+
+
+async def test_gateway_url_has_no_embeddings(session: aiohttp.ClientSession) -> None:
+    p = CloudflareProvider(ModelConfig(
+        name="bge", provider="cloudflare", token=TOKEN, upstream_model="@cf/baai/bge-m3",
+        url="https://gateway.ai.cloudflare.com/v1/acc/gw/workers-ai"), session)
+    with pytest.raises(UpstreamError) as exc:
+        await p.embeddings(EmbeddingsRequest(body={"model": "bge", "input": "x"}, raw=b"{}"))
+    assert exc.value.kind is ErrorKind.BAD_REQUEST and "ai/v1" in exc.value.message
+
+
+async def test_compat_url_forms(aiohttp_server: Any, session: aiohttp.ClientSession) -> None:
+    # .../ai/v1, with or without /chat/completions: chat there, images on .../ai/run.
+    seen: list[str] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        seen.append(request.path)
+        if request.path.endswith("/chat/completions"):
+            return web.json_response({"id": "c", "object": "chat.completion", "created": 1,
+                                      "model": LLAMA, "choices": [{
+                                          "index": 0, "finish_reason": "stop",
+                                          "message": {"role": "assistant", "content": "ok"}}]})
+        return web.json_response(envelope({"image": base64.b64encode(PNG).decode()}))
+
+    app = web.Application()
+    app.router.add_post("/{tail:.+}", answer)
+    server = await aiohttp_server(app)
+    for tail in ("/ai/v1", "/ai/v1/chat/completions/"):
+        url = str(server.make_url(f"/client/v4/accounts/{ACCOUNT}{tail}"))
+        p = CloudflareProvider(ModelConfig(name=LLAMA, provider="cloudflare", url=url,
+                                           token=TOKEN), session)
+        resp = await p.chat(chat_request())
+        assert resp.data["choices"][0]["message"]["content"] == "ok"
+        await p.images(image_request())
+    assert seen == [f"/client/v4/accounts/{ACCOUNT}/ai/v1/chat/completions",
+                    f"/client/v4/accounts/{ACCOUNT}/ai/run/{LLAMA}"] * 2
+
+
+async def test_streamed_logprobs(fake: FakeWorkersAI, session: aiohttp.ClientSession) -> None:
+    # models/glm-4.7-flash/ takes logprobs and top_logprobs; its chunks carry them per choice.
+    lp = {"content": [{"token": "Hi", "logprob": -0.2, "bytes": [72, 105], "top_logprobs": []}]}
+    fake.reply = sse([openai_chunk([{"index": 0, "delta": {"content": "Hi"}, "logprobs": lp}]),
+                      openai_chunk([{"index": 0, "delta": {}, "finish_reason": "stop"}])])
+    chunks = await collect(provider(fake, session, name=GLM),
+                           chat_request(stream=True, logprobs=True, top_logprobs=1))
+    assert fake.calls[0]["body"]["top_logprobs"] == 1
+    assert [c["choices"][0]["logprobs"] for c in chunks] == [lp, None]

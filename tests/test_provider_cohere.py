@@ -239,6 +239,31 @@ async def test_tools_and_tool_results(upstream: FakeCohere, session: Any) -> Non
                                     "total_tokens": 996}
 
 
+@pytest.mark.parametrize(("assistant", "expected"), [
+    # An OpenAI-style model's text beside its tool calls: Cohere's tool_plan.
+    ({"content": "Checking the weather."}, {"tool_plan": "Checking the weather."}),
+    ({"content": [{"type": "text", "text": "Checking "}, {"type": "text", "text": "now."}]},
+     {"tool_plan": "Checking now."}),
+    # A plan the client kept from a Cohere answer is Cohere's own: it wins.
+    ({"content": "Checking.", "tool_plan": "I will call get_weather."},
+     {"tool_plan": "I will call get_weather."}),
+    ({"content": ""}, {}),
+    ({"content": None}, {}),
+])
+async def test_assistant_text_beside_tool_calls_is_the_tool_plan(
+        upstream: FakeCohere, session: Any, assistant: dict[str, Any],
+        expected: dict[str, Any]) -> None:
+    # https://docs.cohere.com/docs/tool-use-overview (defect 3): never content and tool_calls.
+    upstream.respond = json_reply(TEXT_ANSWER)
+    call = {"id": "call_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": "{}"}}
+    await provider(upstream, session).chat(chat_request({"messages": [
+        *USER, {"role": "assistant", "tool_calls": [call], **assistant},
+        {"role": "tool", "tool_call_id": "call_1", "content": "20"}]}))
+    sent = upstream.requests[0]["json"]["messages"][1]
+    assert sent == {"role": "assistant", "tool_calls": [call], **expected}
+
+
 async def test_tool_choice_none_and_safety_mode(upstream: FakeCohere, session: Any) -> None:
     upstream.respond = json_reply(TEXT_ANSWER)
     await provider(upstream, session, safety_mode="STRICT").chat(chat_request(
@@ -281,8 +306,7 @@ async def test_image_parts(upstream: FakeCohere, session: Any) -> None:
 
 @pytest.mark.parametrize(("body", "param"), [
     ({"n": 2}, "n"),
-    ({"logprobs": True}, "logprobs"),
-    ({"top_logprobs": 3}, "top_logprobs"),
+    ({"logprobs": True, "top_logprobs": 3}, "top_logprobs"),
     ({"logit_bias": {"50256": -100}}, "logit_bias"),
     ({"modalities": ["text", "audio"]}, "modalities"),
     ({"tool_choice": {"type": "function", "function": {"name": "get_weather"}}}, "tool_choice"),
@@ -391,7 +415,9 @@ async def test_text_and_tool_calls_together_and_generated_id(upstream: FakeCoher
 
 
 @pytest.mark.parametrize("raw", [b"not json", b"[]", b'{"id": "x", "finish_reason": "COMPLETE"}',
-                                 b'{"id": "x", "message": {"content": []}}'])
+                                 b'{"id": "x", "message": {"content": []}}',
+                                 b'{"finish_reason": "COMPLETE", "message": {"content": []}, '
+                                 b'"logprobs": {"text": "x"}}'])
 async def test_malformed_answer_is_protocol(upstream: FakeCohere, session: Any,
                                             raw: bytes) -> None:
     upstream.respond = json_reply(None, raw=raw)
@@ -734,6 +760,7 @@ async def test_embeddings_base64(upstream: FakeCohere, session: Any) -> None:
 
 @pytest.mark.parametrize(("body", "param"), [
     ({"input": [[1, 2, 3]]}, "input"),
+    ({"input": []}, "input"),
     ({"input": "x", "encoding_format": "int8"}, "encoding_format"),
 ])
 async def test_embeddings_refused(upstream: FakeCohere, session: Any, body: dict[str, Any],

@@ -227,14 +227,19 @@ async def test_full_request_translation(gemini: FakeGemini, provider: GeminiProv
             ]},
             {"role": "model", "parts": [{"text": "A cat."}]},
             {"role": "user", "parts": [{"text": "Weather in Paris and Rome?"}]},
+            # The client's tool call ids go back as FunctionCall/FunctionResponse ids.
             {"role": "model", "parts": [
-                {"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}},
-                {"functionCall": {"name": "get_time", "args": {"city": "Rome"}}},
+                {"functionCall": {"name": "get_weather", "args": {"city": "Paris"},
+                                  "id": "call_1"}},
+                {"functionCall": {"name": "get_time", "args": {"city": "Rome"},
+                                  "id": "call_2"}},
             ]},
             # The tool results and the next user message: one user turn.
             {"role": "user", "parts": [
-                {"functionResponse": {"name": "get_weather", "response": {"temp": 21}}},
-                {"functionResponse": {"name": "get_time", "response": {"content": "noon"}}},
+                {"functionResponse": {"name": "get_weather", "response": {"temp": 21},
+                                      "id": "call_1"}},
+                {"functionResponse": {"name": "get_time", "response": {"content": "noon"},
+                                      "id": "call_2"}},
                 {"text": "Thanks"},
             ]},
         ],
@@ -318,7 +323,8 @@ async def test_safety_settings_option(gemini: FakeGemini,
     assert gemini.requests[0]["json"]["safetySettings"] == settings
 
 
-@pytest.mark.parametrize("options", [{"safety_settings": [{"category": "X"}]}, {"other": 1}])
+@pytest.mark.parametrize("options", [{"safety_settings": [{"category": "X"}]}, {"other": 1},
+                                     {"task_type": "SUMMARY"}])
 def test_bad_options(make_provider: Callable[..., GeminiProvider],
                      options: dict[str, Any]) -> None:
     with pytest.raises(ConfigError):
@@ -327,8 +333,8 @@ def test_bad_options(make_provider: Callable[..., GeminiProvider],
 
 @pytest.mark.parametrize(("body", "param", "words"), [
     ({"messages": [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]}]},
-     "messages", "data: URLs"),
+        {"type": "image_url", "image_url": {"url": "http://example.com/cat.png"}}]}]},
+     "messages", "https:// URLs or data: URLs"),
     ({"messages": [{"role": "user", "content": [{"type": "video_url", "video_url": {}}]}]},
      "messages", "video_url"),
     ({"messages": [{"role": "tool", "tool_call_id": "call_x", "content": "1"}]},
@@ -336,7 +342,9 @@ def test_bad_options(make_provider: Callable[..., GeminiProvider],
     ({"messages": [{"role": "function", "name": "f", "content": "1"}]}, "messages", "role"),
     ({"messages": [{"role": "system", "content": "only a system prompt"}]}, "messages",
      "at least one"),
-    ({**hello(), "logprobs": True}, "logprobs", "logprobs"),
+    ({**hello(), "top_logprobs": 3}, "top_logprobs", "requires logprobs"),
+    ({**hello(), "logprobs": True, "top_logprobs": 21}, "top_logprobs", "0 to 20"),
+    ({**hello(), "reasoning_effort": "maximal"}, "reasoning_effort", "one of none"),
     ({**hello(), "logit_bias": {"42": 5}}, "logit_bias", "logit_bias"),
     ({**hello(), "functions": [{"name": "f"}]}, "functions", "tools"),
     ({**hello(), "modalities": ["text", "audio"]}, "modalities", "audio"),
@@ -815,7 +823,7 @@ def embedder(make_provider: Callable[..., GeminiProvider]) -> GeminiProvider:
 
 async def test_embed_single(gemini: FakeGemini, embedder: GeminiProvider,
                             session: aiohttp.ClientSession) -> None:
-    gemini.reply({"embedding": {"values": [0.25, -0.5, 1.0]}})
+    gemini.reply({"embedding": {"values": [3.0, -4.0, 0.0]}})
     answer = await embedder.embeddings(embeddings_request({"input": "hello", "dimensions": 3}))
     seen = gemini.requests[0]
     assert seen["path"] == "/v1beta/models/gemini-embedding-001:embedContent"
@@ -825,9 +833,11 @@ async def test_embed_single(gemini: FakeGemini, embedder: GeminiProvider,
                             "outputDimensionality": 3}
     assert answer.data == {
         "object": "list",
-        "data": [{"object": "embedding", "index": 0, "embedding": [0.25, -0.5, 1.0]}],
+        # Truncated to dimensions: normalised to unit length (docs/providers/gemini.md).
+        "data": [{"object": "embedding", "index": 0, "embedding": [0.6, -0.8, 0.0]}],
         "model": "gemini/gemini-embedding-001",
-        "usage": {"prompt_tokens": 0, "total_tokens": 0},
+        # Gemini reports no tokens: about 4 bytes a token.
+        "usage": {"prompt_tokens": 2, "total_tokens": 2},
     }
     assert acquired(session) == 0
 
@@ -883,3 +893,58 @@ async def test_embed_error(gemini: FakeGemini, embedder: GeminiProvider) -> None
     with pytest.raises(UpstreamError) as info:
         await embedder.embeddings(embeddings_request({"input": "x"}))
     assert (info.value.kind, info.value.retry_after) == (ErrorKind.RATE_LIMITED, 37.0)
+
+
+# --- issue 12 translations, at the translation level ------------------------------------------
+# (End to end through the proxy and the openai SDK: tests/test_provider_gemini_e2e.py.)
+
+
+@pytest.mark.parametrize(("upstream", "effort", "thinking"), [
+    ("models/gemini-2.5-pro", "none", {"thinkingBudget": 128}),
+    ("models/gemini-3-pro-preview", "minimal", {"thinkingLevel": "LOW"}),
+    ("gemma-3-27b-it", "high", None),
+    ("tunedModels/my-model", "medium", {"thinkingBudget": 8192}),
+])
+def test_reasoning_effort_by_upstream_model(make_provider: Callable[..., GeminiProvider],
+                                            upstream: str, effort: str, thinking: Any) -> None:
+    # https://ai.google.dev/gemini-api/docs/thinking
+    provider = make_provider(upstream_model=upstream)
+    config = provider.build_request({**hello(), "reasoning_effort": effort}).get(
+        "generationConfig", {})
+    assert config.get("thinkingConfig") == thinking
+
+
+@pytest.mark.parametrize(("metadata", "usage"), [
+    # https://ai.google.dev/api/generate-content#UsageMetadata
+    ({"promptTokenCount": 10, "toolUsePromptTokenCount": 5, "candidatesTokenCount": 2,
+      "totalTokenCount": 17}, (15, 2, 17)),
+    # A total above its known parts: the rest is counted as prompt, never lost.
+    ({"promptTokenCount": 10, "candidatesTokenCount": 2, "totalTokenCount": 20}, (18, 2, 20)),
+    ({"promptTokenCount": 10, "candidatesTokenCount": 2}, (10, 2, 12)),
+])
+async def test_usage_adds_up(gemini: FakeGemini, provider: GeminiProvider,
+                             metadata: dict[str, Any], usage: tuple[int, int, int]) -> None:
+    gemini.reply({**TEXT_ANSWER, "usageMetadata": metadata})
+    got = (await provider.chat(chat_request(hello()))).data["usage"]
+    assert (got["prompt_tokens"], got["completion_tokens"], got["total_tokens"]) == usage
+
+
+async def test_stream_replays_gemini_call_ids(gemini: FakeGemini,
+                                              provider: GeminiProvider) -> None:
+    # https://ai.google.dev/api/caching#FunctionCall
+    gemini.sse({"candidates": [{"content": {"parts": [
+        {"functionCall": {"id": "fc-1", "name": "f", "args": {}}}], "role": "model"},
+        "finishReason": "STOP", "index": 0}]})
+    chunks = await collect(provider, chat_request(hello(), stream=True))
+    call = chunks[1]["choices"][0]["delta"]["tool_calls"][0]
+    gemini.reply(TEXT_ANSWER)
+    await provider.chat(chat_request({"messages": [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": None,
+         "tool_calls": [{k: v for k, v in call.items() if k != "index"}]},
+        {"role": "tool", "tool_call_id": call["id"], "content": "ok"}]}))
+    assert gemini.requests[-1]["json"]["contents"][1:] == [
+        {"role": "model", "parts": [{"functionCall": {"name": "f", "args": {}, "id": "fc-1"}}]},
+        {"role": "user", "parts": [{"functionResponse": {
+            "name": "f", "response": {"content": "ok"}, "id": "fc-1"}}]},
+    ]

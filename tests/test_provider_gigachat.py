@@ -6,6 +6,7 @@ import asyncio
 import base64
 import shutil
 import ssl
+import string
 import struct
 import subprocess
 import uuid
@@ -26,7 +27,12 @@ from aiproxy.provider import (
     ModelConfig,
     UpstreamError,
 )
-from aiproxy_providers.gigachat import GigaChatProvider
+from aiproxy_providers.gigachat import (
+    GREEDY_TEMPERATURE,
+    GigaChatProvider,
+    _call_id,
+    _state_from_call_id,
+)
 
 CLIENT_ID = "client-id-123"
 SECRET = "s3cr3t-value"
@@ -353,6 +359,72 @@ async def test_tools_both_directions(fake: FakeGigaChat, session: aiohttp.Client
     assert resp.data["usage"]["total_tokens"] == 86
 
 
+@pytest.mark.parametrize(("body", "sent"), [
+    # post-chat: temperature > 0; "from 0 to 0.001" is the deterministic mode (defect 2).
+    ({"temperature": 0}, {"temperature": GREEDY_TEMPERATURE}),
+    ({"temperature": 0.0, "top_p": 0.5}, {"temperature": GREEDY_TEMPERATURE, "top_p": 0.5}),
+    ({"temperature": 1.2}, {"temperature": 1.2}),
+    # {type, schema, strict}, not OpenAI's nested {name, schema, strict} (defect 12).
+    ({"response_format": {"type": "json_schema", "json_schema": {
+        "name": "n", "schema": {"type": "object"}, "strict": False}}},
+     {"response_format": {"type": "json_schema", "schema": {"type": "object"},
+                          "strict": False}}),
+    ({"response_format": {"type": "json_schema", "json_schema": {
+        "name": "n", "schema": {"type": "object"}}}},
+     {"response_format": {"type": "json_schema", "schema": {"type": "object"}}}),
+    ({"response_format": {"type": "json_object"}},
+     {"response_format": {"type": "json_object"}}),
+    ({"response_format": {"type": "text"}}, {}),
+    # The v1 request's reasoning_effort: low, medium, high (defect 19).
+    ({"reasoning_effort": "medium"}, {"reasoning_effort": "medium"}),
+    ({"reasoning_effort": "minimal"}, {"reasoning_effort": "low"}),
+    ({"reasoning_effort": "max"}, {"reasoning_effort": "high"}),
+])
+async def test_sampling_format_and_reasoning(fake: FakeGigaChat,
+                                             session: aiohttp.ClientSession,
+                                             body: dict[str, Any], sent: dict[str, Any]) -> None:
+    await provider(fake, session).chat(chat_request(**body))
+    assert fake.api_calls[0]["body"] == {
+        "model": "GigaChat", "messages": [{"role": "user", "content": "Hi"}], **sent}
+
+
+STATE = "77d3fb14-457a-46ba-937e-8d856156d003"
+
+
+@pytest.mark.parametrize("state", [STATE, STATE.upper(), "not-a-uuid/+=", "ё" * 30])
+def test_functions_state_id_round_trips_through_the_call_id(state: str) -> None:
+    # post-chat: functions_state_id goes back on the assistant message (defect 20).
+    call_id = _call_id(state)
+    assert call_id.startswith("call_gs")
+    assert set(call_id) <= set(string.ascii_letters + string.digits + "_-")
+    assert _state_from_call_id(call_id) == state
+    if state == STATE:
+        assert len(call_id) == 40  # OpenAI's longest tool call id
+
+
+@pytest.mark.parametrize("call_id", ["call_Xk3yJ2mB9qLw0sVt8nRa4Zc1", "get_weather_1byjy32y4hvq",
+                                     "call_gsuNOTHEX", "call_gsb%%%", "call_gsb_-4", None])
+def test_foreign_call_ids_carry_no_state(call_id: Any) -> None:
+    assert _state_from_call_id(call_id) is None
+
+
+async def test_functions_state_id_both_directions(fake: FakeGigaChat,
+                                                  session: aiohttp.ClientSession) -> None:
+    fake.reply = completion("", finish="function_call",
+                            function_call={"name": "weather_forecast", "arguments": {}})
+    p = provider(fake, session)
+    resp = await p.chat(chat_request(tools=[WEATHER]))
+    [call] = resp.data["choices"][0]["message"]["tool_calls"]
+    assert call["id"] == "call_gsu" + STATE.replace("-", "")
+    await p.chat(chat_request(tools=[WEATHER], messages=[
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": call["id"], "content": "{}"}]))
+    assert fake.api_calls[1]["body"]["messages"][1] == {
+        "role": "assistant", "content": "", "functions_state_id": STATE,
+        "function_call": {"name": "weather_forecast", "arguments": {}}}
+
+
 @pytest.mark.parametrize(("choice", "tools", "expected"), [
     (None, [WEATHER], "auto"),
     ("auto", [WEATHER], "auto"),
@@ -414,6 +486,9 @@ async def test_finish_reason_error_is_retryable(fake: FakeGigaChat,
     ({"frequency_penalty": 0.5}, "frequency_penalty"),
     ({"logprobs": True}, "logprobs"),
     ({"logit_bias": {"42": 5}}, "logit_bias"),
+    ({"reasoning_effort": "none"}, "reasoning_effort"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
+     "response_format.json_schema.schema"),
     ({"tools": [WEATHER, {"type": "function", "function": {"name": "other"}}],
       "tool_choice": "required"}, "tool_choice"),
     ({"messages": [{"role": "user", "content": [
