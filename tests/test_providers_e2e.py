@@ -238,7 +238,11 @@ class TestGemini:
         one = await proxy.client.embeddings.create(model=GEMINI_EMBED, input="hello",
                                                    dimensions=3)
         assert one.model == GEMINI_EMBED
-        assert one.data[0].embedding == vector_for("hello")
+        # Truncated to 3 dimensions, the vector is L2-normalised as OpenAI's are (Gemini says
+        # to normalise truncated embeddings: https://ai.google.dev/gemini-api/docs/embeddings).
+        raw = vector_for("hello")
+        norm = sum(x * x for x in raw) ** 0.5
+        assert one.data[0].embedding == pytest.approx([x / norm for x in raw])
         assert gemini.seen[-1].path == "/v1beta/models/gemini-embedding-001:embedContent"
         assert gemini.seen[-1].body == {"model": "models/gemini-embedding-001",
                                         "content": {"parts": [{"text": "hello"}]},
@@ -247,7 +251,9 @@ class TestGemini:
                                                      encoding_format="float")
         assert [d.embedding for d in batch.data] == [vector_for("a"), vector_for("bcd")]
         assert [d.index for d in batch.data] == [0, 1]
-        assert batch.usage.prompt_tokens == 0  # Gemini's embed answers carry no token counts
+        # Gemini's embed answers carry no token counts: an estimate (4 bytes a token, rounded
+        # up, per input), so token-budgeted keys never embed for free.
+        assert batch.usage.prompt_tokens == 2
         seen = gemini.seen[-1]
         assert seen.path == "/v1beta/models/gemini-embedding-001:batchEmbedContents"
         assert seen.body == {"requests": [
@@ -400,7 +406,9 @@ class TestGigaChat:
         assert second.body["messages"] == [
             QUESTION,
             {"role": "assistant", "content": "",
-             "function_call": {"name": "get_weather", "arguments": {"city": "Paris"}}},
+             "function_call": {"name": "get_weather", "arguments": {"city": "Paris"}},
+             # Sent back as GigaChat answered it (post-chat: functions_state_id).
+             "functions_state_id": "77d3fb14-457a-46ba-937e-8d856156d003"},
             {"role": "function", "name": "get_weather", "content": json.dumps(RESULT)},
         ]
 
@@ -510,8 +518,8 @@ class TestCloudflare:
         assert base64.b64decode(image.b64_json) == JPEG
         [seen] = cloudflare.seen
         assert seen.path == f"/client/v4/accounts/{CF_ACCOUNT}/ai/run/{CF_FLUX_ID}"
-        assert seen.body == {"prompt": "a cyberpunk lizard", "width": 1024, "height": 1024,
-                             "steps": 4}
+        # flux-1-schnell takes only prompt and steps (models/flux-1-schnell/): size is dropped.
+        assert seen.body == {"prompt": "a cyberpunk lizard", "steps": 4}
 
     async def test_old_image_endpoint_returns_the_bytes(self, start_proxy, cloudflare):
         proxy = await start_proxy(self.config(cloudflare))
