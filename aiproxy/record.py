@@ -1,5 +1,6 @@
 """The record of one request: filled in as it goes, settled once, read by the observers
-(the access line, the request metrics) when it ends."""
+(the access line, the request metrics, and any other registered in ``make_app``) when it ends.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +14,12 @@ class Record:
     """What one request learned on its way; routing writes it, observers only read it."""
 
     request_id: str = ""
+    started: float = 0.0  # wall clock (time.time()) when the request arrived
+    method: str = ""
+    path: str = ""
+    route: str = ""  # the route template ("/v1/chat/completions"), or "unmatched"
+    status: int = 0  # the status the client got (499: it went away first)
+    total_ms: float = 0.0
     requested: str | None = None  # the model or group the client named
     model: str | None = None  # the model that answered
     provider: str | None = None
@@ -22,6 +29,11 @@ class Record:
     upstream_ms: float | None = None  # time spent in upstream attempts, to the answer's head
     tokens_in: int | None = None
     tokens_out: int | None = None
+    tokens_cached: int | None = None  # of tokens_in, served from the upstream's prompt cache
+    tokens_reasoning: int | None = None  # of tokens_out, spent on reasoning
+    ttft_ms: float | None = None  # a stream's time to its first chunk, on the answering attempt
+    hedges: int = 0  # extra attempts started beside a slow one
+    continuations: int = 0  # broken streams continued on another candidate
     stream: bool = False
     stream_error: str | None = None
     error_kind: str | None = None  # the final upstream error kind of a failed request

@@ -17,7 +17,16 @@ from aiproxy.generation import ConfigSource, ProviderPool, Runtime
 from aiproxy.http import admin, chat, media
 from aiproxy.http.auth import authenticate
 from aiproxy.http.errors import error_response
-from aiproxy.http.state import LIMITER, METRICS, RUNTIME, STARTED, Trace, trace_of
+from aiproxy.http.state import (
+    LIMITER,
+    METRICS,
+    OBSERVERS,
+    RUNTIME,
+    STARTED,
+    Observer,
+    Trace,
+    trace_of,
+)
 from aiproxy.limits import make_limiter
 from aiproxy.limits.base import RateLimiter
 from aiproxy.metrics import Metrics
@@ -29,8 +38,9 @@ from aiproxy.observability import (
     valid_request_id,
 )
 from aiproxy.plugins import ProviderRegistry
+from aiproxy.record import Record
 
-__all__ = ["make_app"]
+__all__ = ["access_log", "make_app", "request_metrics"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 log = get_logger("aiproxy")
@@ -44,12 +54,14 @@ LOGGED_NAME_MAX = 256
 @web.middleware
 async def gateway(request: web.Request, handler: Handler) -> web.StreamResponse:
     """What every request passes through, in one middleware (each extra one costs a wrapper
-    per request): request id, authentication, the router pin, the error envelope, and at the
-    end one access line and the request metrics."""
+    per request): request id, the generation pin, authentication, the error envelope, and at
+    the end the observers (``app[OBSERVERS]``: request metrics, the access line, ...), each
+    given the request's settled record."""
     started = time.monotonic()
     incoming = request.headers.get("X-Request-ID")
     trace = request["aiproxy"] = Trace(
-        request_id=incoming if incoming and valid_request_id(incoming) else new_request_id())
+        request_id=incoming if incoming and valid_request_id(incoming) else new_request_id(),
+        started=time.time(), method=request.method, path=request.path)
     runtime = request.app[RUNTIME]
     generation = trace.generation = runtime.enter()
     status = 500
@@ -65,21 +77,13 @@ async def gateway(request: web.Request, handler: Handler) -> web.StreamResponse:
             await trace.open_stream.aclose()  # settles a stream the handler never pumped
         if generation is not None:
             runtime.leave(generation)
-        if trace.client_gone:
-            status = 499
-        elapsed = time.monotonic() - started
-        _observe(request, trace, status, elapsed)
-        requested = trace.requested
-        if requested is not None and len(requested) > LOGGED_NAME_MAX:
-            requested = requested[:LOGGED_NAME_MAX] + "…"
-        access_line({
-            "request_id": trace.request_id, "method": request.method, "path": request.path,
-            "status": status, "model": trace.model, "requested": requested,
-            "provider": trace.provider, "attempts": trace.attempts, "tried": trace.tried,
-            "key": trace.key_name, "upstream_ms": trace.upstream_ms,
-            "tokens_in": trace.tokens_in, "tokens_out": trace.tokens_out,
-            "error_kind": trace.error_kind, "stream_error": trace.stream_error,
-            "total_ms": round(elapsed * 1000, 2)})
+        trace.status = 499 if trace.client_gone else status
+        trace.total_ms = round((time.monotonic() - started) * 1000, 2)
+        info = request.match_info.route.resource
+        # Unmatched paths share one label: a client must not be able to mint label values.
+        trace.route = info.canonical if info is not None else "unmatched"
+        for observe in request.app[OBSERVERS]:
+            observe(trace)
 
 
 async def _answer(request: web.Request, handler: Handler, trace: Trace) -> web.StreamResponse:
@@ -113,15 +117,34 @@ async def _answer(request: web.Request, handler: Handler, trace: Trace) -> web.S
         return error_response(ProxyError(500, "internal error", code="internal_error"))
 
 
-def _observe(request: web.Request, trace: Trace, status: int, elapsed: float) -> None:
-    metrics = request.app[METRICS]
-    info = request.match_info.route.resource
-    # Unmatched paths share one label: a client must not be able to mint label values.
-    route = info.canonical if info is not None else "unmatched"
-    metrics.requests.labels(route, trace.model or "", trace.provider or "", str(status)).inc()
-    metrics.duration.labels(route).observe(elapsed)
-    if trace.upstream_ms is not None and not trace.stream:
-        metrics.overhead.labels(route).observe(max(0.0, elapsed - trace.upstream_ms / 1000))
+def request_metrics(metrics: Metrics) -> Observer:
+    """The observer that counts each request in ``/metrics``."""
+
+    def observe(record: Record) -> None:
+        metrics.requests.labels(record.route, record.model or "", record.provider or "",
+                                str(record.status)).inc()
+        elapsed = record.total_ms / 1000
+        metrics.duration.labels(record.route).observe(elapsed)
+        if record.upstream_ms is not None and not record.stream:
+            metrics.overhead.labels(record.route).observe(
+                max(0.0, elapsed - record.upstream_ms / 1000))
+
+    return observe
+
+
+def access_log(record: Record) -> None:
+    """The observer that writes one access line per request."""
+    requested = record.requested
+    if requested is not None and len(requested) > LOGGED_NAME_MAX:
+        requested = requested[:LOGGED_NAME_MAX] + "…"
+    access_line({
+        "request_id": record.request_id, "method": record.method, "path": record.path,
+        "status": record.status, "model": record.model, "requested": requested,
+        "provider": record.provider, "attempts": record.attempts, "tried": record.tried,
+        "key": record.key_name, "upstream_ms": record.upstream_ms,
+        "tokens_in": record.tokens_in, "tokens_out": record.tokens_out,
+        "error_kind": record.error_kind, "stream_error": record.stream_error,
+        "total_ms": record.total_ms})
 
 
 async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
@@ -150,6 +173,7 @@ def make_app(config: Config, settings: Settings, *, registry: ProviderRegistry |
         settings.redis_url, prefix=settings.redis_prefix, fail_mode=settings.redis_fail_mode)
     app[RUNTIME] = Runtime(ProviderPool(registry or ProviderRegistry(), limiter), metrics,
                            source)
+    app[OBSERVERS] = [request_metrics(metrics), access_log]
     app.on_response_prepare.append(_security_headers)
     app.on_shutdown.append(_shutting_down)
     app.cleanup_ctx.append(_lifecycle)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import attrs
 from aiohttp import web
 
@@ -13,12 +15,18 @@ from aiproxy.metrics import Metrics
 from aiproxy.record import Record
 from aiproxy.routing import RoutedStream
 
-__all__ = ["LIMITER", "METRICS", "RUNTIME", "STARTED", "Trace", "generation_of", "trace_of"]
+__all__ = ["LIMITER", "METRICS", "OBSERVERS", "RUNTIME", "STARTED", "Observer", "Trace",
+           "generation_of", "trace_of"]
+
+# Called once per request, after it ended and was settled, with its record. An observer must
+# not block: the usage ledger, say, queues the record and writes it elsewhere.
+Observer = Callable[[Record], None]
 
 RUNTIME = web.AppKey("runtime", Runtime)
 LIMITER = web.AppKey("limiter", RateLimiter)
 METRICS = web.AppKey("metrics", Metrics)
 STARTED = web.AppKey("started", int)
+OBSERVERS = web.AppKey("observers", list[Observer])
 
 
 @attrs.define(slots=True)

@@ -132,6 +132,9 @@ class Exchange:
                 prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
                 record.tokens_in = prompt if isinstance(prompt, int) else None
                 record.tokens_out = completion if isinstance(completion, int) else None
+                record.tokens_cached = _detail(usage, "prompt_tokens_details", "cached_tokens")
+                record.tokens_reasoning = _detail(usage, "completion_tokens_details",
+                                                  "reasoning_tokens")
         if self.grant is not None:
             await router.reconcile(self.key_reservation, self.grant.limits,
                                    tokens if attempt is not None else 0)
@@ -449,7 +452,9 @@ class Router:
             try:
                 async with asyncio.timeout(route.timeouts.first_token):
                     first = await anext(chunks)
-                self.metrics.first_token.labels(route.name).observe(time.monotonic() - started)
+                ttft = time.monotonic() - started
+                self.metrics.first_token.labels(route.name).observe(ttft)
+                record.ttft_ms = round(ttft * 1000, 2)
             except StopAsyncIteration:
                 raise UpstreamError(ErrorKind.PROTOCOL,
                                     "the upstream stream ended before its first chunk") from None
@@ -462,6 +467,12 @@ class Router:
         record.stream = True
         return RoutedStream(exchange, attempt, first, chunks, length // 4,
                             wants_usage=request.include_usage)
+
+
+def _detail(usage: Mapping[str, Any], group: str, name: str) -> int | None:
+    details = usage.get(group)
+    value = details.get(name) if isinstance(details, Mapping) else None
+    return value if isinstance(value, int) else None
 
 
 def _with_usage(request: ChatRequest, route: Route, need_usage: bool) -> ChatRequest:
