@@ -26,6 +26,7 @@ from aiproxy.observability import get_logger
 from aiproxy.plugins import ProviderRegistry, UnknownProviderError
 from aiproxy.provider import Provider, RateLimitHint
 from aiproxy.routing import Planner, RetryPolicy, Route, Router, RouteState
+from aiproxy.routing.router import AdmissionGuard
 
 __all__ = ["RESTART_ONLY", "ConfigSource", "Generation", "ProviderPool", "Runtime",
            "config_warnings", "has_limits", "make_session"]
@@ -192,10 +193,12 @@ class Runtime:
     """The live generation and the ones still draining; one per application."""
 
     def __init__(self, pool: ProviderPool, metrics: Metrics,
-                 source: ConfigSource | None = None) -> None:
+                 source: ConfigSource | None = None,
+                 guards: tuple[AdmissionGuard, ...] = ()) -> None:
         self.pool = pool
         self.metrics = metrics
         self.source = source
+        self.guards = guards  # admission guards every generation's router asks
         self.current: Generation | None = None
         self._in_flight: dict[Generation, int] = {}
         self._draining: list[Generation] = []
@@ -213,7 +216,7 @@ class Runtime:
         routes = {m.name: Route(m, entries[m.name].provider, policy.with_override(m.retry),
                                 entries[m.name].state) for m in config.models}
         planner = Planner(config, routes)
-        router = Router(planner, self.pool.limiter, self.metrics)
+        router = Router(planner, self.pool.limiter, self.metrics, guards=self.guards)
         self._number += 1
         generation = Generation(self._number, config, settings, router,
                                 KeyRing(config, planner), tuple(entries.values()))

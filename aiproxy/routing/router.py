@@ -38,10 +38,14 @@ from aiproxy.routing.breaker import BreakerState, Probe, Verdict
 from aiproxy.routing.plan import Planner, Route, Served
 from aiproxy.routing.stream import RoutedStream
 
-__all__ = ["Router", "Served", "estimate_tokens", "usage_tokens"]
+__all__ = ["AdmissionGuard", "Router", "Served", "estimate_tokens", "usage_tokens"]
 
 T = TypeVar("T")
 log = get_logger("aiproxy.router")
+
+# Asked at admission, after the plan and before any attempt: raise a ProxyError (e.g. 429 for
+# a spent budget) to refuse the request. Given the record, the key's grant and the plan.
+AdmissionGuard = Callable[[Record, "Grant | None", "list[Route]"], Awaitable[None]]
 
 # What a failed attempt says about the model's health.
 _UNWELL = frozenset({ErrorKind.OVERLOADED, ErrorKind.TIMEOUT, ErrorKind.CONNECTION,
@@ -323,11 +327,13 @@ class Router:
     """Routes one generation's requests. It never reaches back up into HTTP."""
 
     def __init__(self, planner: Planner, limiter: RateLimiter, metrics: Metrics,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 guards: tuple[AdmissionGuard, ...] = ()) -> None:
         self.planner = planner
         self.limiter = limiter
         self.metrics = metrics
         self.clock = clock
+        self.guards = guards
 
     @property
     def config(self) -> Config:
@@ -387,6 +393,8 @@ class Router:
             windows = grant.limits.token_windows
             if windows:
                 estimate = min(estimate, min(limit for _, limit in windows))
+        for guard in self.guards:
+            await guard(record, grant, plan)
         exchange = Exchange(self, record, grant, plan, estimate)
         await exchange.admit_key()
         return exchange
