@@ -6,25 +6,35 @@ from __future__ import annotations
 from aiproxy.routing.breaker import BreakerState, CircuitBreaker, Probe, Verdict
 from aiproxy.routing.plan import Planner, Route, RouteState, Served, Timeouts
 from aiproxy.routing.policy import RetryPolicy
-from aiproxy.routing.router import Attempt, Exchange, Router, estimate_tokens, usage_tokens
-from aiproxy.routing.stream import ClientGone, RoutedStream
+from aiproxy.routing.router import (
+    AdmissionGuard,
+    Attempt,
+    Exchange,
+    Router,
+    estimate_tokens,
+    usage_tokens,
+)
+from aiproxy.routing.stream import ChatChunks, ClientGone, RoutedStream, StreamLens
 
 __all__ = [
-           "Attempt",
-           "BreakerState",
-           "CircuitBreaker",
-           "ClientGone",
-           "Exchange",
-           "Planner",
-           "Probe",
-           "RetryPolicy",
-           "Route",
-           "RouteState",
-           "RoutedStream",
-           "Router",
-           "Served",
-           "Timeouts",
-           "Verdict",
-           "estimate_tokens",
-           "usage_tokens",
+    "AdmissionGuard",
+    "Attempt",
+    "BreakerState",
+    "ChatChunks",
+    "CircuitBreaker",
+    "ClientGone",
+    "Exchange",
+    "Planner",
+    "Probe",
+    "RetryPolicy",
+    "Route",
+    "RouteState",
+    "RoutedStream",
+    "Router",
+    "Served",
+    "StreamLens",
+    "Timeouts",
+    "Verdict",
+    "estimate_tokens",
+    "usage_tokens",
 ]

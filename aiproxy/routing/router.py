@@ -36,7 +36,7 @@ from aiproxy.provider import (
 from aiproxy.record import Record
 from aiproxy.routing.breaker import BreakerState, Probe, Verdict
 from aiproxy.routing.plan import Planner, Route, Served
-from aiproxy.routing.stream import RoutedStream
+from aiproxy.routing.stream import ChatChunks, RoutedStream, StreamLens
 
 __all__ = ["AdmissionGuard", "Router", "Served", "estimate_tokens", "usage_tokens"]
 
@@ -445,17 +445,47 @@ class Router:
 
     async def stream(self, record: Record, grant: Grant | None,
                      request: ChatRequest) -> RoutedStream:
-        """Try candidates until one yields its first chunk (nothing has reached the client
-        yet, so a failure until then falls over invisibly). The stream settles when it ends,
-        whichever way: see :class:`RoutedStream`."""
+        """A chat completion stream: see :meth:`open_stream`."""
         length = len(request.raw)
-        exchange = await self._admit(record, grant, request.body["model"], Capability.CHAT,
-                                     length, estimate_tokens(length, request.body))
         key_counts_tokens = grant is not None and bool(grant.limits.token_windows)
 
-        async def call(route: Route) -> tuple[dict[str, Any], AsyncIterator[dict[str, Any]]]:
-            upstream = _with_usage(request, route, key_counts_tokens)
-            chunks = aiter(route.provider.stream(upstream))
+        def call(route: Route) -> AsyncIterator[dict[str, Any]]:
+            return route.provider.stream(_with_usage(request, route, key_counts_tokens))
+
+        return await self.open_stream(
+            record, grant, request.body["model"], Capability.CHAT, length,
+            estimate_tokens(length, request.body), call,
+            ChatChunks(wants_usage=request.include_usage))
+
+    # --- for front doors that speak another API (Messages, Responses) -----------------
+
+    async def serve(self, record: Record, grant: Grant | None, name: str | None,
+                    capability: Capability, length: int, estimate: int,
+                    call: Callable[[Route], Awaitable[T]],
+                    usage_of: Callable[[T], Mapping[str, Any] | None]) -> Served[T]:
+        """Any non-streamed call under the whole lifecycle: admission for ``name`` (None: any
+        model serving ``capability``), attempts of ``call(route)`` under the route's total
+        bound, settlement with ``usage_of(result)`` (an OpenAI-shaped usage mapping)."""
+        exchange = await self._admit(record, grant, name, capability, length, estimate)
+
+        async def bounded(route: Route) -> T:
+            async with asyncio.timeout(route.timeouts.total):
+                return await call(route)
+
+        return await self._serve(exchange, bounded, usage_of)
+
+    async def open_stream(self, record: Record, grant: Grant | None, name: str,
+                          capability: Capability, length: int, estimate: int,
+                          call: Callable[[Route], AsyncIterator[dict[str, Any]]],
+                          lens: StreamLens) -> RoutedStream:
+        """Try candidates until one yields its first chunk (nothing has reached the client
+        yet, so a failure until then falls over invisibly, including a first chunk slower
+        than the route's bound). ``lens`` reads and rewrites the chunks (usage, relayed text);
+        the stream settles when it ends, whichever way: see :class:`RoutedStream`."""
+        exchange = await self._admit(record, grant, name, capability, length, estimate)
+
+        async def first_of(route: Route) -> tuple[dict[str, Any], AsyncIterator[dict[str, Any]]]:
+            chunks = aiter(call(route))
             started = time.monotonic()
             try:
                 async with asyncio.timeout(route.timeouts.first_token):
@@ -471,10 +501,9 @@ class Router:
                 raise
             return first, chunks
 
-        attempt, (first, chunks) = await exchange.run(call)
+        attempt, (first, chunks) = await exchange.run(first_of)
         record.stream = True
-        return RoutedStream(exchange, attempt, first, chunks, length // 4,
-                            wants_usage=request.include_usage)
+        return RoutedStream(exchange, attempt, first, chunks, length // 4, lens)
 
 
 def _detail(usage: Mapping[str, Any], group: str, name: str) -> int | None:

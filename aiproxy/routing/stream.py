@@ -10,8 +10,8 @@ complete, broken upstream, client gone, cancelled, or never pumped at all (:meth
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiproxy.observability import get_logger
 from aiproxy.provider import ErrorKind, UpstreamError
@@ -21,7 +21,7 @@ from aiproxy.routing.plan import Served
 if TYPE_CHECKING:
     from aiproxy.routing.router import Attempt, Exchange
 
-__all__ = ["ClientGone", "RoutedStream"]
+__all__ = ["ChatChunks", "ClientGone", "RoutedStream", "StreamLens"]
 
 log = get_logger("aiproxy.stream")
 
@@ -33,20 +33,58 @@ class ClientGone(Exception):
 Emit = Callable[[dict[str, Any]], Awaitable[None]]
 
 
+class StreamLens(Protocol):
+    """How a stream's chunks are read: what of each goes to the client, the usage they
+    report, and how much text was relayed (for a settlement without reported usage)."""
+
+    usage: Mapping[str, Any] | None  # OpenAI-shaped: prompt/completion/total_tokens
+    relayed_chars: int
+
+    def rewrite(self, chunk: dict[str, Any], model: str) -> bool:
+        """Change ``chunk`` in place for the client; False: nothing of it is for the client."""
+
+
+class ChatChunks:
+    """The lens of OpenAI ``chat.completion.chunk`` streams."""
+
+    __slots__ = ("relayed_chars", "usage", "wants_usage")
+
+    def __init__(self, *, wants_usage: bool) -> None:
+        self.wants_usage = wants_usage
+        self.usage: Mapping[str, Any] | None = None
+        self.relayed_chars = 0
+
+    def rewrite(self, chunk: dict[str, Any], model: str) -> bool:
+        """Name the model that answers; keep usage we asked for only for our own counting
+        from a client that did not ask."""
+        chunk["model"] = model
+        usage = chunk.get("usage")
+        if usage:
+            self.usage = usage
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            if isinstance(delta, dict):
+                content = delta.get("content")
+                if isinstance(content, str):
+                    self.relayed_chars += len(content)
+        if not self.wants_usage and "usage" in chunk:
+            del chunk["usage"]
+            return bool(chunk.get("choices"))
+        return True
+
+
 class RoutedStream:
     """One streamed answer. Iterate it only through :meth:`pump`."""
 
     def __init__(self, exchange: Exchange, attempt: Attempt, first: dict[str, Any],
-                 chunks: AsyncIterator[dict[str, Any]], prompt_estimate: int, *,
-                 wants_usage: bool) -> None:
+                 chunks: AsyncIterator[dict[str, Any]], prompt_estimate: int,
+                 lens: StreamLens) -> None:
         self._exchange = exchange
         self.attempt = attempt
         self._first = first
         self._chunks = chunks
         self._prompt_estimate = prompt_estimate
-        self._wants_usage = wants_usage
-        self._usage: dict[str, Any] | None = None
-        self._relayed_chars = 0  # content relayed, for an estimate when no usage came
+        self.lens = lens
         self.chunks = 0  # chunks given to the client
 
     @property
@@ -54,29 +92,11 @@ class RoutedStream:
         """Who answers, after how many attempts, under which limiter decision."""
         return Served(self.attempt.route, None, self._exchange.attempts, self.attempt.decision)
 
-    def _rewrite(self, chunk: dict[str, Any]) -> bool:
-        """Name the model that answers; keep usage we asked for only for our own counting
-        from a client that did not ask. False: nothing of the chunk is for the client."""
-        chunk["model"] = self.attempt.route.name
-        usage = chunk.get("usage")
-        if usage:
-            self._usage = usage
-        for choice in chunk.get("choices") or ():
-            delta = choice.get("delta") if isinstance(choice, dict) else None
-            if isinstance(delta, dict):
-                content = delta.get("content")
-                if isinstance(content, str):
-                    self._relayed_chars += len(content)
-        if not self._wants_usage and "usage" in chunk:
-            del chunk["usage"]
-            return bool(chunk.get("choices"))
-        return True
-
     async def pump(self, emit: Emit) -> UpstreamError | None:
         """Give every chunk to ``emit`` as it arrives; ``None`` when the answer is complete,
         the error when the upstream broke it. :class:`ClientGone` from ``emit`` propagates.
         The stream is settled and the upstream closed when this returns or raises."""
-        route = self.attempt.route
+        route, lens = self.attempt.route, self.lens
         idle, total = route.timeouts.idle, route.timeouts.stream_total
         loop = asyncio.get_running_loop()
         deadline = None if total is None else loop.time() + total
@@ -104,7 +124,7 @@ class RoutedStream:
 
                     handle = loop.call_at(due(), check)
                     while True:
-                        if self._rewrite(chunk):
+                        if lens.rewrite(chunk, route.name):
                             await emit(chunk)
                             self.chunks += 1
                         last = loop.time()
@@ -160,5 +180,6 @@ class RoutedStream:
         finally:
             # Without reported usage, what was relayed is what was used (never the max_tokens
             # bound the estimate reserved): nothing relayed, nothing used.
-            used = (self._prompt_estimate + self._relayed_chars // 4) if self.chunks else 0
-            await self._exchange.settle(self.attempt, verdict, self._usage, used)
+            lens = self.lens
+            used = (self._prompt_estimate + lens.relayed_chars // 4) if self.chunks else 0
+            await self._exchange.settle(self.attempt, verdict, lens.usage, used)
