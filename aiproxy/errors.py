@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from aiproxy.provider import ErrorKind, UpstreamError
 
-__all__ = ["ProxyError", "error_body", "from_upstream"]
+__all__ = ["MAX_RETRY_AFTER", "ProxyError", "Secrets", "bounded_retry_after", "error_body",
+           "from_upstream", "sanitize", "shown"]
 
 # The OpenAI ``type`` for each status the proxy answers, so SDKs raise the right exception.
 _TYPES = {
@@ -56,6 +59,100 @@ class ProxyError(Exception):
 def error_body(message: str, type_: str, code: str | None = None,
                param: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+# Of what a client chose (a model name, say), an echo or a log line shows at most this much.
+SHOWN_MAX = 64
+
+
+def shown(value: str) -> str:
+    """``value`` as an error message or a log line may quote it: its repr, cut short, so a
+    5 MiB model name costs no more than a short one."""
+    if len(value) > SHOWN_MAX:
+        return repr(value[:SHOWN_MAX]) + f"… ({len(value)} characters)"
+    return repr(value)
+
+
+class Secrets:
+    """The credentials of one configured model, to scrub from whatever an upstream says: its
+    token (and each half of a ``client_id:secret`` token), and every ``options:`` value whose
+    key names a credential or that is sent as a header."""
+
+    MIN_LENGTH = 6  # shorter values would scrub ordinary words
+    _CREDENTIAL_KEY = re.compile(r"key|token|secret|password|auth|credential", re.IGNORECASE)
+
+    def __init__(self, values: Iterable[str]) -> None:
+        unique = {v for v in values if isinstance(v, str) and len(v) >= self.MIN_LENGTH}
+        # Longest first, so a token is scrubbed whole before any part of it.
+        self.values = tuple(sorted(unique, key=len, reverse=True))
+
+    @classmethod
+    def of(cls, token: str | None, options: Mapping[str, Any]) -> Secrets:
+        values: list[str] = []
+        if token:
+            values += [token, *token.split(":")]
+        def walk(mapping: Mapping[str, Any], credential: bool) -> None:
+            for key, value in mapping.items():
+                named = credential or bool(cls._CREDENTIAL_KEY.search(str(key)))
+                if isinstance(value, Mapping):
+                    walk(value, named or str(key).lower() == "headers")
+                elif isinstance(value, str) and named:
+                    values.append(value)
+        walk(options, False)
+        return cls(values)
+
+    def scrub(self, text: str) -> str:
+        for value in self.values:
+            if value in text:
+                text = text.replace(value, "[redacted]")
+        return text
+
+    def holds(self, text: str) -> bool:
+        return any(value in text for value in self.values)
+
+
+# What of an upstream's error ``code`` and ``param`` a client may see: short identifiers only.
+_SAFE_CODE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+_SAFE_PARAM = re.compile(r"[A-Za-z0-9_.\[\]-]{1,128}")
+_SAFE_NAME = re.compile(r"[A-Za-z0-9 _.:()/-]{1,64}")
+_MESSAGE_MAX = 2048
+# The longest an upstream's Retry-After (or rate-limit reset) is believed: a day, the longest
+# quota window providers document. Past it, or not a finite number >= 0, it is ignored.
+MAX_RETRY_AFTER = 86400.0
+
+
+def bounded_retry_after(seconds: float | None) -> float | None:
+    """``seconds`` as the proxy acts on it: ``None`` unless finite and >= 0, at most
+    :data:`MAX_RETRY_AFTER` (``inf`` would break every request; 1e12 would park a model for
+    millennia, stored in Redis across restarts)."""
+    if seconds is None or not isinstance(seconds, int | float) or seconds != seconds:
+        return None
+    if seconds < 0 or seconds == float("inf"):
+        return None
+    return min(float(seconds), MAX_RETRY_AFTER)
+
+
+def sanitize(err: UpstreamError, secrets: Secrets) -> UpstreamError:
+    """The allow-listed, redacted form of an upstream error, as everything that leaves the
+    proxy (bodies, stream events, logs) shows it: the message scrubbed of the model's
+    credentials and bounded, ``code`` and ``param`` kept only when they are short
+    identifiers holding no credential, ``provider_name`` likewise."""
+    message = secrets.scrub(err.message)
+    if len(message) > _MESSAGE_MAX:
+        message = message[:_MESSAGE_MAX] + "…"
+    err.message = message
+
+    def safe(value: Any, pattern: re.Pattern[str]) -> str | None:
+        if value is None:
+            return None
+        text = str(value)
+        return text if pattern.fullmatch(text) and not secrets.holds(text) else None
+
+    err.code = safe(err.code, _SAFE_CODE)
+    err.param = safe(err.param, _SAFE_PARAM)
+    err.provider_name = safe(err.provider_name, _SAFE_NAME)
+    err.retry_after = bounded_retry_after(err.retry_after)
+    return err
 
 
 _UPSTREAM_TYPES = {

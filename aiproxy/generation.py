@@ -19,6 +19,7 @@ import aiohttp
 import attrs
 
 from aiproxy.config import Config, ConfigError, ModelConfig, Settings
+from aiproxy.errors import bounded_retry_after
 from aiproxy.keys import KeyRing
 from aiproxy.limits.base import LimiterUnavailable, Limits, RateLimiter
 from aiproxy.metrics import Metrics
@@ -159,8 +160,9 @@ class ProviderPool:
         holds across any number of reloads."""
 
         def on_hint(hint: RateLimitHint) -> None:
-            if hint.reset_after:
-                self._spawn(self._park(name, hint.reset_after))
+            seconds = bounded_retry_after(hint.reset_after)
+            if seconds:
+                self._spawn(self._park(name, seconds))
 
         return on_hint
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from aiproxy.config import Config, KeyConfig
-from aiproxy.errors import ProxyError
+from aiproxy.errors import ProxyError, shown
 from aiproxy.limits.base import Limits
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ class Grant:
     def check(self, name: str) -> None:
         """403 when the key may not ask for ``name`` (unknown names stay 404 later)."""
         if not self.everything and name not in self.names:
-            raise ProxyError(403, f"key {self.key.name!r} may not use model {name!r}",
+            raise ProxyError(403, f"key {self.key.name!r} may not use model {shown(name)}",
                              code="model_not_allowed", param="model")
 
     def allows(self, route: Route) -> bool:
@@ -56,9 +56,9 @@ class KeyRing:
                 limits=Limits(key.requests_per_minute, key.requests_per_hour,
                               key.requests_per_day, key.tokens_per_minute, key.tokens_per_day))
 
-    def find(self, token: str) -> Grant | None:
+    def find(self, token: bytes) -> Grant | None:
         # A dict lookup on digests: timing reveals nothing about a key without its preimage.
-        return self._grants.get(hashlib.sha256(token.encode()).hexdigest())
+        return self._grants.get(hashlib.sha256(token).hexdigest())
 
     @property
     def grants(self) -> Mapping[str, Grant]:

@@ -14,6 +14,7 @@ import struct
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextvars import ContextVar
 from typing import Any, ClassVar, TypeVar
 
 import aiohttp
@@ -402,6 +403,11 @@ class Provider:
         Connection failures become ``CONNECTION``/``TIMEOUT`` errors, and a non-2xx answer is read
         and turned into an :class:`UpstreamError` by :meth:`error_from_response`.
         """
+        UPSTREAM_CALLED.set(True)
+        # Redirects are never followed: a credential header (api-key, x-goog-api-key) would go
+        # along to another host, 307/308 would re-send the prompt, and the other server's
+        # answer would be served as the model's. An operator configures the final URL.
+        kwargs["allow_redirects"] = False
         try:
             resp = await self.session.request(method, url, data=data, headers=headers,
                                               timeout=self.client_timeout, **kwargs)
@@ -414,10 +420,21 @@ class Provider:
                                 f"({type(exc).__name__})") from None
         if resp.status < 300:
             self.note_rate_limit(resp.headers)
+            if resp.content_type not in STREAM_CONTENT_TYPES:
+                # Read the whole body here, bounded: the plugin's resp.read()/json() then
+                # return it without reading again. A stream is bounded per event (sse.py).
+                limit = self.model.http_client_config.max_response_size or MAX_RESPONSE_SIZE
+                await _read_bounded(resp, limit, self.model.name)
             return resp
+        if 300 <= resp.status < 400:
+            resp.release()
+            raise UpstreamError(ErrorKind.PROTOCOL, f"{self.model.name}: the upstream answered "
+                                f"a redirect (HTTP {resp.status}), which aiproxy does not "
+                                "follow: configure the final URL", status=502,
+                                upstream_status=resp.status)
         try:
-            body = await resp.read()
-        except (aiohttp.ClientError, TimeoutError):
+            body = await _read_bounded(resp, MAX_ERROR_SIZE, self.model.name, truncate=True)
+        except (aiohttp.ClientError, TimeoutError, UpstreamError):
             body = b""
         finally:
             resp.release()
@@ -491,6 +508,52 @@ class Provider:
 
     async def close(self) -> None:
         """Release what the provider holds beyond the shared session (tokens, own sessions)."""
+
+
+# The largest upstream answer read whole, unless a model's http_client_config says otherwise.
+MAX_RESPONSE_SIZE = 64 * 1024 * 1024
+# Answers read as they come (streams); anything else is read whole, bounded, by send().
+STREAM_CONTENT_TYPES = frozenset({"text/event-stream", "application/x-ndjson",
+                                  "application/jsonl", "application/json-seq",
+                                  "application/stream+json"})
+# An error answer is read up to this much (its message is all the core uses).
+MAX_ERROR_SIZE = 1024 * 1024
+
+# True once a provider's call reached :meth:`Provider.send` in this task: the core tells a
+# translation failure (the client's request could not be expressed: a 400 that never counts
+# against the model) from a failure after the upstream was called.
+UPSTREAM_CALLED: ContextVar[bool] = ContextVar("aiproxy_upstream_called", default=False)
+
+
+async def _read_bounded(resp: aiohttp.ClientResponse, limit: int, name: str, *,
+                        truncate: bool = False) -> bytes:
+    """The body of ``resp``, at most ``limit`` bytes: past it, an :class:`UpstreamError` (or,
+    with ``truncate``, the first ``limit`` bytes and the connection closed). The body is also
+    kept where ``resp.read()`` finds it."""
+    declared = resp.content_length
+    if declared is not None and declared > limit and not truncate:
+        resp.close()
+        raise UpstreamError(ErrorKind.PROTOCOL, f"{name}: the upstream answer is larger "
+                            f"({declared} bytes) than the bound of {limit} bytes", status=502)
+    parts: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in resp.content.iter_chunked(256 * 1024):
+            size += len(chunk)
+            if size > limit:
+                resp.close()
+                if truncate:
+                    parts.append(chunk[: len(chunk) - (size - limit)])
+                    break
+                raise UpstreamError(ErrorKind.PROTOCOL, f"{name}: the upstream answer grew "
+                                    f"past the bound of {limit} bytes", status=502)
+            parts.append(chunk)
+    except (aiohttp.ClientError, TimeoutError):
+        resp.close()
+        raise
+    body = b"".join(parts)
+    resp._body = body  # what ClientResponse.read() returns once read
+    return body
 
 
 # --- Building OpenAI answers ----------------------------------------------------------------

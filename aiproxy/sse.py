@@ -13,8 +13,9 @@ import attrs
 
 __all__ = ["SSEEvent", "iter_sse"]
 
-# One event may not grow past this: an upstream that never sends a newline must not eat memory.
-MAX_EVENT_BYTES = 64 * 1024 * 1024
+# One event may not grow past this: an upstream that never sends a newline, or sends data:
+# lines without ever ending the event, must not eat memory.
+MAX_EVENT_BYTES = 16 * 1024 * 1024
 
 
 @attrs.frozen
@@ -25,7 +26,8 @@ class SSEEvent:
     event: str | None = None
 
 
-async def iter_sse(content: aiohttp.StreamReader) -> AsyncGenerator[SSEEvent, None]:
+async def iter_sse(content: aiohttp.StreamReader,
+                   max_event: int = MAX_EVENT_BYTES) -> AsyncGenerator[SSEEvent, None]:
     """Yield each complete event of a ``text/event-stream`` body as soon as it has arrived.
 
     Comment lines and ``id:``/``retry:`` fields are skipped. A final event without its blank
@@ -33,11 +35,12 @@ async def iter_sse(content: aiohttp.StreamReader) -> AsyncGenerator[SSEEvent, No
     """
     buffer = b""
     data: list[bytes] = []
+    held = 0  # bytes of the event being assembled: its data lines and the unparsed buffer
     event: str | None = None
     async for chunk in content.iter_any():
         buffer = buffer + chunk if buffer else chunk
-        if len(buffer) > MAX_EVENT_BYTES:
-            raise ValueError("server-sent event larger than 64 MiB")
+        if held + len(buffer) > max_event:
+            raise ValueError(f"server-sent event larger than {max_event} bytes")
         start = 0
         while True:
             end = buffer.find(b"\n", start)
@@ -50,13 +53,14 @@ async def iter_sse(content: aiohttp.StreamReader) -> AsyncGenerator[SSEEvent, No
             if not line:
                 if data:
                     yield SSEEvent(b"\n".join(data), event)
-                data, event = [], None
+                data, event, held = [], None, 0
                 continue
             field, sep, value = line.partition(b":")
             if sep and value.startswith(b" "):
                 value = value[1:]
             if field == b"data":
                 data.append(value)
+                held += len(value) + 1
             elif field == b"event":
                 event = value.decode("utf-8", "replace")
         buffer = buffer[start:]

@@ -66,6 +66,9 @@ class HttpClientConfig:
 
     timeout_seconds: float = attrs.field(default=0, validator=_non_negative)
     idle_conn_timeout_seconds: float = attrs.field(default=90, validator=_non_negative)
+    # The largest upstream answer read whole (a non-stream body), in bytes; 0 = the default,
+    # 64 MiB (room for several base64 images). An error body is read up to 1 MiB.
+    max_response_size: int = attrs.field(default=0, validator=_non_negative)
 
 
 @attrs.frozen

@@ -37,12 +37,15 @@ def authenticate(request: web.Request, trace: Trace) -> None:
     if generation is None:
         raise ProxyError(503, "the proxy is not ready", code="not_ready")
     settings = generation.settings
-    if hmac.compare_digest(token.encode(), settings.auth_token.encode()):
+    # aiohttp keeps undecodable header bytes as surrogates: encode them back, never fail (a
+    # non-UTF-8 byte in a token is a wrong token, a 401, not a 500).
+    sent = token.encode("utf-8", "surrogateescape")
+    if hmac.compare_digest(sent, settings.auth_token.encode()):
         return
     if (request.path == "/metrics" and settings.metrics_token
-            and hmac.compare_digest(token.encode(), settings.metrics_token.encode())):
+            and hmac.compare_digest(sent, settings.metrics_token.encode())):
         return
-    grant = generation.keys.find(token)
+    grant = generation.keys.find(sent)
     if grant is None:
         raise ProxyError(401, "invalid bearer token", code="invalid_api_key")
     if request.path.startswith(ADMIN_PREFIX) or request.path == "/metrics":

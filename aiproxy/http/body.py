@@ -2,20 +2,39 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import zlib
 from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import ContentEncodingError
 
-from aiproxy.errors import ProxyError
+from aiproxy.errors import ProxyError, shown
 from aiproxy.provider import ChatRequest
 
-__all__ = ["parse_chat_request", "read_json", "type_name"]
+__all__ = ["BODY_TIMEOUT", "parse_chat_request", "read_json", "type_name"]
+
+
+BODY_TIMEOUT = web.AppKey("body_timeout", float)
 
 
 async def read_json(request: web.Request) -> tuple[dict[str, Any], bytes]:
-    """The body as a JSON object and its bytes; 400 naming what is wrong, 413 when too large."""
-    raw = await request.read()  # aiohttp enforces client_max_size here (413)
+    """The body as a JSON object and its bytes; 400 naming what is wrong, 413 when too large
+    (after decompression too), 408 when it does not arrive within the body timeout."""
+    try:
+        async with asyncio.timeout(request.app.get(BODY_TIMEOUT)):
+            raw = await request.read()  # aiohttp enforces client_max_size here (413)
+    except TimeoutError:
+        raise ProxyError(408, "the request body did not arrive in time",
+                         code="request_timeout") from None
+    except web.HTTPRequestEntityTooLarge:
+        raise
+    except (ContentEncodingError, zlib.error, EOFError) as exc:
+        raise ProxyError(400, "the request body could not be decoded "
+                         f"({request.headers.get('Content-Encoding', 'identity')}: "
+                         f"{type(exc).__name__})", code="invalid_body") from None
     if not raw:
         raise ProxyError(400, "request body is empty; expected a JSON object")
     try:
@@ -24,7 +43,36 @@ async def read_json(request: web.Request) -> tuple[dict[str, Any], bytes]:
         raise ProxyError(400, f"request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise ProxyError(400, f"request body must be a JSON object, got {type(body).__name__}")
+    if _may_repeat_keys(raw):
+        _refuse_duplicate_keys(raw)
     return body, raw
+
+
+# Keys the proxy itself acts on. Where one may appear twice, or a key is spelled with \u
+# escapes, the body is checked for duplicate keys: the proxy (orjson keeps the last) and an
+# upstream (some keep the first) must never read different values from one body.
+_WATCHED = (b'"model"', b'"stream"', b'"max_tokens"', b'"max_completion_tokens"', b'"n"',
+            b'"stream_options"', b'"messages"', b'"input"', b'"dimensions"', b'"prompt"')
+
+
+def _may_repeat_keys(raw: bytes) -> bool:
+    # A \u escape may spell a key another way ("mod\u0065l"); the check costs ~6 us for a
+    # short body, ~6 ms a MiB, so bodies with escapes (prompts in non-Latin scripts sent
+    # ASCII-only) are simply checked.
+    return b"\\u" in raw or any(raw.count(key) > 1 for key in _WATCHED)
+
+
+def _refuse_duplicate_keys(raw: bytes) -> None:
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        for key, value in items:
+            if key in seen:
+                raise ProxyError(400, f"request body repeats the key {shown(key)} in one object",
+                                 code="duplicate_key", param=key[:64])
+            seen[key] = value
+        return seen
+
+    json.loads(raw, object_pairs_hook=pairs)
 
 
 # Optional fields and the JSON types they must have (bool is not a number here).
@@ -47,6 +95,17 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "parallel_tool_calls": (bool,),
     "logprobs": (bool,),
     "top_logprobs": (int,),
+}
+
+
+# Integer fields with the range the proxy lets through (the upstream may narrow it): a number
+# the proxy reserves tokens by, or that makes it allocate, is bounded here.
+_INT_RANGES: dict[str, tuple[int, int]] = {
+    "max_tokens": (1, 2**31 - 1),
+    "max_completion_tokens": (1, 2**31 - 1),
+    "n": (1, 128),
+    "top_logprobs": (0, 20),
+    "seed": (-(2**63), 2**63 - 1),
 }
 
 
@@ -90,5 +149,9 @@ def parse_chat_request(body: dict[str, Any], raw: bytes) -> ChatRequest:
         if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
             wanted = " or ".join(type_name(t()) for t in types)
             raise ProxyError(400, f"'{field}' must be {wanted}, got {type_name(value)}",
+                             param=field)
+        bounds = _INT_RANGES.get(field)
+        if bounds is not None and isinstance(value, int) and not bounds[0] <= value <= bounds[1]:
+            raise ProxyError(400, f"'{field}' must be from {bounds[0]} to {bounds[1]}",
                              param=field)
     return ChatRequest(body=body, raw=raw, stream=bool(stream))

@@ -23,6 +23,8 @@ from aiproxy.provider import (
 __all__ = ["add_routes"]
 
 MAX_IMAGES = 10
+MAX_EMBEDDING_INPUTS = 2048  # OpenAI's own bound for one embeddings request
+MAX_DIMENSIONS = 65536
 
 
 def _embedding_input_ok(value: Any) -> bool:
@@ -32,9 +34,13 @@ def _embedding_input_ok(value: Any) -> bool:
         return False
     if all(isinstance(v, str) for v in value):
         return True
-    if all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+    if all(_token(v) for v in value):
         return True  # one tokenised input
-    return all(isinstance(v, list) and v and all(isinstance(t, int) for t in v) for v in value)
+    return all(isinstance(v, list) and v and all(_token(t) for t in v) for v in value)
+
+
+def _token(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**32
 
 
 async def embeddings(request: web.Request) -> web.Response:
@@ -50,9 +56,16 @@ async def embeddings(request: web.Request) -> web.Response:
     if encoding not in ("float", "base64"):
         raise ProxyError(400, "'encoding_format' must be 'float' or 'base64'",
                          param="encoding_format")
+    inputs = body["input"]
+    if isinstance(inputs, list) and len(inputs) > MAX_EMBEDDING_INPUTS and not all(
+            _token(v) for v in inputs):
+        raise ProxyError(400, f"'input' may hold at most {MAX_EMBEDDING_INPUTS} inputs",
+                         param="input")
     dims = body.get("dimensions")
-    if dims is not None and (isinstance(dims, bool) or not isinstance(dims, int) or dims < 1):
-        raise ProxyError(400, "'dimensions' must be a positive integer", param="dimensions")
+    if dims is not None and (isinstance(dims, bool) or not isinstance(dims, int)
+                             or not 1 <= dims <= MAX_DIMENSIONS):
+        raise ProxyError(400, f"'dimensions' must be an integer from 1 to {MAX_DIMENSIONS}",
+                         param="dimensions")
     trace = trace_of(request)
     trace.requested = model
     served = await generation_of(request).router.embeddings(

@@ -13,10 +13,31 @@ import attrs
 
 from aiproxy.config import ModelConfig
 
-__all__ = ["Decision", "LimiterUnavailable", "Limits", "RateLimiter", "Reservation",
-           "make_decision", "tightest_window"]
+__all__ = ["MAX_PARK", "MAX_TOKENS", "Decision", "LimiterUnavailable", "Limits", "RateLimiter",
+           "Reservation", "bounded_seconds", "bounded_tokens", "make_decision",
+           "tightest_window"]
 
 MINUTE, HOUR, DAY = 60.0, 3600.0, 86400.0
+
+# Every number that reaches a limiter is bounded first: a client's max_tokens of 2**63 (or an
+# upstream's reported usage) must not overflow the arithmetic of a backend (Redis keeps
+# integers in 64 bits and its Lua in doubles) and switch a limit off.
+MAX_TOKENS = 2**31 - 1
+MAX_PARK = DAY
+
+
+def bounded_tokens(tokens: int) -> int:
+    """``tokens`` clamped to ``[0, MAX_TOKENS]`` (anything not an int counts as 0)."""
+    if isinstance(tokens, bool) or not isinstance(tokens, int):
+        return 0
+    return min(max(0, tokens), MAX_TOKENS)
+
+
+def bounded_seconds(seconds: float) -> float:
+    """A park length clamped to ``[0, MAX_PARK]``; NaN and negative values are 0."""
+    if not isinstance(seconds, int | float) or seconds != seconds or seconds <= 0:
+        return 0.0
+    return min(float(seconds), MAX_PARK)
 
 
 @attrs.frozen

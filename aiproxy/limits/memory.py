@@ -12,7 +12,15 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from aiproxy.limits.base import Decision, Limits, RateLimiter, Reservation, make_decision
+from aiproxy.limits.base import (
+    Decision,
+    Limits,
+    RateLimiter,
+    Reservation,
+    bounded_seconds,
+    bounded_tokens,
+    make_decision,
+)
 
 __all__ = ["InMemoryRateLimiter"]
 
@@ -95,7 +103,7 @@ class InMemoryRateLimiter(RateLimiter):
     async def acquire(self, key: str, limits: Limits, tokens: int = 0) -> Decision:
         # No await below this line: check-then-record is atomic within the event loop.
         now = self._clock()
-        tokens = max(0, tokens)
+        tokens = bounded_tokens(tokens)
         self._maybe_sweep(now)
         state = self._keys.get(key)
         if state is None:
@@ -150,12 +158,13 @@ class InMemoryRateLimiter(RateLimiter):
         entry = state.entries.get(reservation.id) if state else None
         if entry is None:  # no token limits, or the entry already left every window
             return
-        actual = max(0, actual_tokens)
+        actual = bounded_tokens(actual_tokens)
         for win in entry.windows:
             win.total += actual - entry.tokens
         entry.tokens = actual
 
     async def park(self, key: str, seconds: float) -> None:
+        seconds = bounded_seconds(seconds)
         if seconds <= 0:
             return
         state = self._keys.get(key)

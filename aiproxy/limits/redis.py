@@ -30,6 +30,8 @@ from aiproxy.limits.base import (
     Limits,
     RateLimiter,
     Reservation,
+    bounded_seconds,
+    bounded_tokens,
     make_decision,
 )
 
@@ -236,7 +238,7 @@ class RedisRateLimiter(RateLimiter):
         return "" if self._clock is None else str(round(self._clock() * _US))
 
     async def acquire(self, key: str, limits: Limits, tokens: int = 0) -> Decision:
-        tokens = max(0, tokens)
+        tokens = bounded_tokens(tokens)
         rid = f"{_RID_PREFIX}{next(_RID_COUNTER):x}"
         args: list[str | int] = [self._now_arg(), rid, tokens, len(limits.request_windows)]
         for window, limit in limits.request_windows:
@@ -268,9 +270,11 @@ class RedisRateLimiter(RateLimiter):
             return
         # Never raises: a lost reconcile only costs accuracy, and the response is already out.
         with contextlib.suppress(LimiterUnavailable):
-            await self._run(self._reconcile, keys, ["", reservation.id, max(0, actual_tokens)])
+            await self._run(self._reconcile, keys,
+                            ["", reservation.id, bounded_tokens(actual_tokens)])
 
     async def park(self, key: str, seconds: float) -> None:
+        seconds = bounded_seconds(seconds)
         if seconds <= 0:
             return
         # As for reconcile: if lost, the upstream says so again with its next 429.

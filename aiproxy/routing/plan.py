@@ -13,7 +13,7 @@ from typing import Generic, TypeVar
 import attrs
 
 from aiproxy.config import Config, ModelConfig
-from aiproxy.errors import ProxyError
+from aiproxy.errors import ProxyError, Secrets, shown
 from aiproxy.limits.base import Decision, Limits
 from aiproxy.provider import Capability, Provider
 from aiproxy.routing.breaker import CircuitBreaker
@@ -68,10 +68,12 @@ class Route:
     state: RouteState
     limits: Limits = attrs.field(init=False)
     timeouts: Timeouts = attrs.field(init=False)
+    secrets: Secrets = attrs.field(init=False, repr=False)  # scrubbed from upstream errors
 
     def __attrs_post_init__(self) -> None:
         object.__setattr__(self, "limits", Limits.of(self.model))
         object.__setattr__(self, "timeouts", Timeouts.of(self.model))
+        object.__setattr__(self, "secrets", Secrets.of(self.model.token, self.model.options))
 
     @property
     def name(self) -> str:
@@ -136,7 +138,7 @@ class Planner:
         if route is not None and not route.model.fallbacks:
             plan = [route]  # the common case, without building sets and sorting
         elif route is None and name not in self.groups:
-            raise ProxyError(404, f"The model {name!r} does not exist", code="model_not_found",
+            raise ProxyError(404, f"The model {shown(name)} does not exist", code="model_not_found",
                              param="model")
         else:
             ordered = self._expand(name, set())
@@ -149,14 +151,14 @@ class Planner:
             plan = [r for r in plan if allowed(r)]
         serving = [r for r in plan if r.serves(capability)]
         if not serving:
-            raise ProxyError(400, f"model {name!r} does not serve {capability.value}",
+            raise ProxyError(400, f"model {shown(name)} does not serve {capability.value}",
                              code="unsupported_capability", param="model")
         fitting = [r for r in serving if not r.model.max_request_length
                    or length <= r.model.max_request_length]
         if not fitting:
             biggest = max(r.model.max_request_length for r in serving)
             raise ProxyError(400, f"request of {length} bytes exceeds the max_request_length of "
-                             f"every candidate for {name!r} (largest {biggest})",
+                             f"every candidate for {shown(name)} (largest {biggest})",
                              code="context_length_exceeded", param="messages")
         return fitting
 

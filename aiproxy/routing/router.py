@@ -17,12 +17,13 @@ import attrs
 import orjson
 
 from aiproxy.config import Config
-from aiproxy.errors import ProxyError, from_upstream
+from aiproxy.errors import ProxyError, from_upstream, sanitize
 from aiproxy.keys import Grant
 from aiproxy.limits.base import Decision, LimiterUnavailable, Limits, RateLimiter, Reservation
 from aiproxy.metrics import Metrics
 from aiproxy.observability import get_logger
 from aiproxy.provider import (
+    UPSTREAM_CALLED,
     Capability,
     ChatRequest,
     ChatResponse,
@@ -226,6 +227,7 @@ class Exchange:
                 router.metrics.limited.labels(route.name).inc()
                 return None
             route.state.last_used = router.clock()
+            UPSTREAM_CALLED.set(False)
             self.attempts += 1
             tally.tried.append(route.name)
             self.record.tried = tally.tried
@@ -243,10 +245,7 @@ class Exchange:
                 await asyncio.shield(router.reconcile(decision.reservation, route.limits, 0))
                 raise
             except Exception as exc:  # noqa: BLE001 - a plugin bug must not become a 500
-                log.error("provider_bug", model=route.name, provider=route.model.provider,
-                          error=type(exc).__name__, request_id=self.record.request_id)
-                bug = UpstreamError(ErrorKind.PROTOCOL, f"provider {route.model.provider!r} "
-                                    f"failed ({type(exc).__name__})")
+                bug = _plugin_failure(route, exc, self.record)
                 await self._failed(attempt, bug, tally)
                 return bug
             finally:
@@ -258,8 +257,9 @@ class Exchange:
 
     async def _failed(self, attempt: Attempt, err: UpstreamError, tally: _Tally) -> None:
         router, route = self.router, attempt.route
-        # Whatever a plugin forgot: the model's token never reaches a client or a log line.
-        err.message = route.provider.redact(err.message)
+        # Whatever a plugin forgot: no credential reaches a client or a log line, and only
+        # short identifiers of the upstream's code and param, a bounded Retry-After.
+        sanitize(err, route.secrets)
         tally.last_error = err
         tally.last_model = route.name
         router.metrics.upstream_errors.labels(route.name, err.kind.value).inc()
@@ -272,7 +272,8 @@ class Exchange:
             tally.limited(err.retry_after or 1.0)
             return
         tally.only_rate_limited = False
-        attempt.probe.end(Verdict.FAILED if err.kind in _UNWELL else Verdict.NEUTRAL)
+        unwell = err.kind in _UNWELL and err.code != _PLUGIN_FAILED
+        attempt.probe.end(Verdict.FAILED if unwell else Verdict.NEUTRAL)
         router.metrics.breaker_state(route.name, route.breaker.state.value)
         log.info("upstream_failed", model=route.name, provider=route.model.provider,
                  kind=err.kind.value, status=err.upstream_status, retry_after=err.retry_after,
@@ -504,6 +505,25 @@ class Router:
         attempt, (first, chunks) = await exchange.run(first_of)
         record.stream = True
         return RoutedStream(exchange, attempt, first, chunks, length // 4, lens)
+
+
+_PLUGIN_FAILED = "provider_failed"
+
+
+def _plugin_failure(route: Route, exc: Exception, record: Record) -> UpstreamError:
+    """A plugin raised something other than :class:`UpstreamError`. Before it called its
+    upstream, its translation could not express the client's request: the client's 400.
+    After, it could not read the answer: a 502. Neither counts against the model's health,
+    so no client can open a breaker for everyone with crafted bodies."""
+    called = UPSTREAM_CALLED.get()
+    log.error("provider_bug", model=route.name, provider=route.model.provider,
+              error=type(exc).__name__, upstream_called=called, request_id=record.request_id)
+    if not called:
+        return UpstreamError(ErrorKind.BAD_REQUEST, f"provider {route.model.provider!r} could "
+                             f"not translate the request ({type(exc).__name__})",
+                             code="unsupported_request", status=400)
+    return UpstreamError(ErrorKind.PROTOCOL, f"provider {route.model.provider!r} failed "
+                         f"({type(exc).__name__})", code=_PLUGIN_FAILED)
 
 
 def _detail(usage: Mapping[str, Any], group: str, name: str) -> int | None:

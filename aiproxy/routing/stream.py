@@ -13,6 +13,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
+from aiproxy.errors import sanitize
 from aiproxy.observability import get_logger
 from aiproxy.provider import ErrorKind, UpstreamError
 from aiproxy.routing.breaker import Verdict
@@ -148,7 +149,7 @@ class RoutedStream:
         except Exception as exc:  # noqa: BLE001 - any failure reaches the client as an event
             err = exc if isinstance(exc, UpstreamError) else UpstreamError(
                 ErrorKind.PROTOCOL, f"the provider failed ({type(exc).__name__})")
-            err.message = route.provider.redact(err.message)
+            sanitize(err, route.secrets)
             record = self._exchange.record
             record.stream_error = err.kind.value
             metrics.stream_errors.labels(route.name, err.kind.value).inc()
