@@ -26,6 +26,7 @@ __all__ = [
     "ModelConfig",
     "RetryConfig",
     "TimeoutConfig",
+    "got",
     "load_config",
     "parse_config",
     "structure_options",
@@ -180,28 +181,44 @@ class Config:
 _converter = cattrs.Converter(forbid_extra_keys=True)
 
 
+def got(value: Any) -> str:
+    """What a config error says it found: short scalars as they are, anything else by its
+    kind only. A token written as a list, a mapping or into the wrong field must never be
+    printed (``--check-config``, the reload log line and the ``/admin/reload`` answer show
+    these errors)."""
+    if isinstance(value, bool) or value is None or isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return repr(value) if len(value) <= 16 else f"a string of {len(value)} characters"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list | tuple):
+        return "a list"
+    return f"a {type(value).__name__}"
+
+
 def _structure_float(value: Any, _: type) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"expected a number, got {value!r}")
+        raise TypeError(f"expected a number, got {got(value)}")
     return float(value)
 
 
 def _structure_int(value: Any, _: type) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"expected an integer, got {value!r}")
+        raise TypeError(f"expected an integer, got {got(value)}")
     return value
 
 
 def _structure_bool(value: Any, _: type) -> bool:
     if not isinstance(value, bool):
-        raise TypeError(f"expected true or false, got {value!r}")
+        raise TypeError(f"expected true or false, got {got(value)}")
     return value
 
 
 def _structure_str(value: Any, _: type) -> str:
     # Numbers are accepted where YAML made one of an unquoted id (a token of digits, say).
     if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise TypeError(f"expected a string, got {value!r}")
+        raise TypeError(f"expected a string, got {got(value)}")
     return str(value)
 
 
@@ -209,7 +226,7 @@ def _structure_str_tuple(value: Any, _: type) -> tuple[str, ...]:
     if isinstance(value, str):
         return (value,)
     if not isinstance(value, list | tuple):
-        raise TypeError(f"expected a list of strings, got {value!r}")
+        raise TypeError(f"expected a list of strings, got {got(value)}")
     return tuple(_structure_str(item, str) for item in value)
 
 
@@ -217,7 +234,7 @@ def _structure_mapping(value: Any, _: type) -> Mapping[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise TypeError(f"expected a mapping, got {value!r}")
+        raise TypeError(f"expected a mapping, got {got(value)}")
     return dict(value)
 
 
@@ -225,7 +242,7 @@ def _structure_groups(value: Any, _: type) -> Mapping[str, tuple[str, ...]]:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise TypeError(f"expected a mapping of group name to model names, got {value!r}")
+        raise TypeError(f"expected a mapping of group name to model names, got {got(value)}")
     return {str(k): _structure_str_tuple(v, tuple) for k, v in value.items()}
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import attrs
 from dotenv import dotenv_values
 
-from aiproxy.config.schema import ConfigError
+from aiproxy.config.schema import ConfigError, got
 
 __all__ = ["Settings", "load_env", "parse_duration", "settings_from_env"]
 
@@ -32,7 +32,7 @@ def parse_duration(text: str) -> float:
         total += float(match.group(1)) * _UNITS[match.group(2)]
         pos = match.end()
     if pos != len(text) or not text:
-        raise ValueError(f"not a duration: {text!r} (use e.g. 1s, 500ms, 1m30s)")
+        raise ValueError(f"not a duration: {got(text)} (use e.g. 1s, 500ms, 1m30s)")
     return total
 
 
@@ -81,7 +81,7 @@ def _int(env: Mapping[str, str], name: str, default: int, errors: list[str],
     try:
         value = int(raw)
     except ValueError:
-        errors.append(f"{name}: expected an integer, got {raw!r}")
+        errors.append(f"{name}: expected an integer, got {got(raw)}")
         return default
     if (low is not None and value < low) or (high is not None and value > high):
         errors.append(f"{name}: must be between {low} and {high}, got {value}")
@@ -99,7 +99,7 @@ def _float(env: Mapping[str, str], name: str, default: float, errors: list[str],
         errors.append(f"{name}: {exc}")
         return default
     if value < 0:
-        errors.append(f"{name}: must be >= 0, got {raw!r}")
+        errors.append(f"{name}: must be >= 0, got {got(raw)}")
     return value
 
 
@@ -109,7 +109,7 @@ def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str,
     if not raw:
         return default
     if raw not in choices:
-        errors.append(f"{name}: must be one of {', '.join(choices)}, got {raw!r}")
+        errors.append(f"{name}: must be one of {', '.join(choices)}, got {got(raw)}")
         return default
     return raw
 
@@ -124,7 +124,7 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
     port = _int(env, "PORT", 8080, errors, 1, 65535)
     level = env.get("LOG_LEVEL", "INFO").strip().upper() or "INFO"
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-        errors.append(f"LOG_LEVEL: must be DEBUG, INFO, WARNING or ERROR, got {level!r}")
+        errors.append(f"LOG_LEVEL: must be DEBUG, INFO, WARNING or ERROR, got {got(level)}")
     settings = Settings(
         auth_token=token,
         host=env.get("HOST", "").strip() or "0.0.0.0",

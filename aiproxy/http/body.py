@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import ContentEncodingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from aiproxy.errors import ProxyError, shown
 from aiproxy.provider import ChatRequest
@@ -31,7 +32,7 @@ async def read_json(request: web.Request) -> tuple[dict[str, Any], bytes]:
                          code="request_timeout") from None
     except web.HTTPRequestEntityTooLarge:
         raise
-    except (ContentEncodingError, zlib.error, EOFError) as exc:
+    except (RequestPayloadError, ContentEncodingError, zlib.error, EOFError) as exc:
         raise ProxyError(400, "the request body could not be decoded "
                          f"({request.headers.get('Content-Encoding', 'identity')}: "
                          f"{type(exc).__name__})", code="invalid_body") from None
@@ -48,9 +49,10 @@ async def read_json(request: web.Request) -> tuple[dict[str, Any], bytes]:
     return body, raw
 
 
-# Keys the proxy itself acts on. Where one may appear twice, or a key is spelled with \u
-# escapes, the body is checked for duplicate keys: the proxy (orjson keeps the last) and an
-# upstream (some keep the first) must never read different values from one body.
+# Keys the proxy decides by (routing, permissions, limits, streaming). Where one may appear
+# twice, or a key is spelled with \u escapes, the body is checked for duplicate keys: the
+# proxy (orjson keeps the last) and an upstream (some keep the first) must never read
+# different values of what the proxy decided on.
 _WATCHED = (b'"model"', b'"stream"', b'"max_tokens"', b'"max_completion_tokens"', b'"n"',
             b'"stream_options"', b'"messages"', b'"input"', b'"dimensions"', b'"prompt"')
 

@@ -1,0 +1,375 @@
+"""Hostile clients and hostile upstreams (issue 13): each finding, through a real server."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import zlib
+from typing import Any
+
+import openai
+import orjson
+import pytest
+from aiohttp import web
+
+from aiproxy.limits import Limits, RedisRateLimiter
+from aiproxy.plugins import ProviderRegistry
+from aiproxy.provider import ChatRequest, ChatResponse, Provider
+from tests.conftest import TOKEN, openai_model
+from tests.redis_fixture import RedisServer
+
+MSG = [{"role": "user", "content": "hello"}]
+SECRET = "upstream-secret"  # the token openai_model() configures
+
+
+class Hostile:
+    """An upstream that says hostile things; each handler records what it received."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, Any]] = []
+        self.sent_bytes = 0
+        self.mode = "leak_error"
+        self.redirect_to = ""
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_post("/v1/embeddings", self.chat)
+        return app
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.seen.append({"headers": dict(request.headers), "body": body})
+        mode = self.mode
+        if mode == "leak_error":  # the key quoted back in every field of the envelope
+            return web.json_response({"error": {
+                "message": f"Incorrect API key provided: {SECRET}", "type": "invalid_request",
+                "code": f"bad_key_{SECRET}", "param": SECRET}}, status=400)
+        if mode == "leak_401":
+            return web.json_response({"error": {"message": f"key {SECRET} revoked",
+                                                "code": SECRET, "param": SECRET}}, status=401)
+        if mode == "leak_stream":
+            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await resp.prepare(request)
+            chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1,
+                     "model": "m", "choices": [{"index": 0, "delta": {"content": "hi"},
+                                                "finish_reason": None}]}
+            await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+            err = {"error": {"message": f"upstream died, key {SECRET}", "code": SECRET}}
+            await resp.write(b"data: " + orjson.dumps(err) + b"\n\n")
+            return resp
+        if mode == "redirect":
+            raise web.HTTPTemporaryRedirect(self.redirect_to)
+        if mode == "huge":  # an endless chunked body
+            resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+            await resp.prepare(request)
+            block = b" " * 65536
+            try:
+                for _ in range(100_000):
+                    await resp.write(block)
+                    self.sent_bytes += len(block)
+            except (ConnectionError, asyncio.CancelledError):
+                pass
+            return resp
+        if mode == "endless_event":  # data: lines that never end the event
+            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await resp.prepare(request)
+            line = b"data: " + b"x" * 65530 + b"\n"
+            try:
+                for _ in range(100_000):
+                    await resp.write(line)
+                    self.sent_bytes += len(line)
+            except (ConnectionError, asyncio.CancelledError):
+                pass
+            return resp
+        if mode in ("retry_inf", "retry_huge"):
+            value = "inf" if mode == "retry_inf" else "1e12"
+            return web.json_response({"error": {"message": "slow down"}}, status=429,
+                                     headers={"Retry-After": value})
+        raise AssertionError(mode)
+
+
+@pytest.fixture
+async def hostile(aiohttp_server: Any) -> tuple[Hostile, str]:
+    fake = Hostile()
+    server = await aiohttp_server(fake.app())
+    return fake, str(server.make_url("/v1"))
+
+
+class TestNothingSecretLeaves:
+    @pytest.mark.parametrize("mode", ["leak_error", "leak_401"])
+    async def test_error_fields_never_carry_the_key(self, start_proxy, hostile, mode):
+        fake, url = hostile
+        fake.mode = mode
+        proxy = await start_proxy({"models": [openai_model("m", url)]})
+        async with proxy.http.post(proxy.url("/v1/chat/completions"), headers=proxy.auth,
+                                   json={"model": "m", "messages": MSG}) as resp:
+            text = await resp.text()
+        assert resp.status in (400, 502)
+        assert SECRET not in text
+        error = orjson.loads(text)["error"]
+        assert error["param"] is None  # not an identifier: dropped
+        if mode == "leak_error":
+            assert error["code"] is None
+            assert "[redacted]" in error["message"]
+
+    async def test_a_mid_stream_error_event_never_carries_the_key(self, start_proxy, hostile):
+        fake, url = hostile
+        fake.mode = "leak_stream"
+        proxy = await start_proxy({"models": [openai_model("m", url)]})
+        async with proxy.http.post(proxy.url("/v1/chat/completions"), headers=proxy.auth,
+                                   json={"model": "m", "messages": MSG, "stream": True}) as resp:
+            body = await resp.read()
+        assert b'"error"' in body
+        assert SECRET.encode() not in body
+
+    async def test_option_header_credentials_are_scrubbed_too(self, start_proxy, hostile):
+        fake, url = hostile
+        fake.mode = "leak_error"
+        model = openai_model("m", url, token="another-token-1234")
+        model["options"] = {"headers": {"api-key": SECRET}}
+        proxy = await start_proxy({"models": [model]})
+        async with proxy.http.post(proxy.url("/v1/chat/completions"), headers=proxy.auth,
+                                   json={"model": "m", "messages": MSG}) as resp:
+            assert SECRET not in await resp.text()
+
+
+class TestHostileUpstreams:
+    async def test_redirects_are_not_followed(self, start_proxy, hostile, aiohttp_server):
+        fake, url = hostile
+        other = Hostile()
+        other.mode = "leak_error"
+        other_server = await aiohttp_server(other.app())
+        fake.mode = "redirect"
+        fake.redirect_to = str(other_server.make_url("/v1/chat/completions"))
+        model = openai_model("m", url, retry={"max_retries": 0})
+        model["options"] = {"headers": {"api-key": "header-credential-1"}}
+        proxy = await start_proxy({"models": [model]})
+        with pytest.raises(openai.APIStatusError) as info:
+            await proxy.client.chat.completions.create(model="m", messages=MSG)
+        assert info.value.status_code == 502
+        assert "redirect" in info.value.message and "'m'" in info.value.message
+        assert other.seen == []  # neither the prompt nor the api-key went to the other host
+
+    async def test_an_endless_body_is_cut_at_its_bound(self, start_proxy, hostile):
+        fake, url = hostile
+        fake.mode = "huge"
+        model = openai_model("m", url, retry={"max_retries": 0},
+                             http_client_config={"max_response_size": 1024 * 1024})
+        proxy = await start_proxy({"models": [model]})
+        with pytest.raises(openai.APIStatusError) as info:
+            await proxy.client.chat.completions.create(model="m", messages=MSG)
+        assert info.value.status_code == 502
+        assert "bound" in info.value.message
+        await asyncio.sleep(0.1)
+        assert fake.sent_bytes < 64 * 1024 * 1024  # it stopped reading long before the end
+        # and the proxy still serves
+        fake.mode = "leak_error"
+        async with proxy.http.get(proxy.url("/ping")) as resp:
+            assert resp.status == 200
+
+    async def test_an_event_that_never_ends_is_cut(self, start_proxy, hostile):
+        fake, url = hostile
+        fake.mode = "endless_event"
+        proxy = await start_proxy({"models": [openai_model("m", url,
+                                                           retry={"max_retries": 0})]})
+        async with proxy.http.post(proxy.url("/v1/chat/completions"), headers=proxy.auth,
+                                   json={"model": "m", "messages": MSG, "stream": True}) as resp:
+            body = await resp.read()
+        assert resp.status == 502
+        assert b"server-sent event larger than" not in body or b"error" in body
+        assert fake.sent_bytes < 40 * 1024 * 1024
+
+    @pytest.mark.parametrize("mode", ["retry_inf", "retry_huge"])
+    async def test_retry_after_is_validated_and_capped(self, start_proxy, hostile, mode):
+        fake, url = hostile
+        fake.mode = mode
+        proxy = await start_proxy({"models": [openai_model("m", url,
+                                                           retry={"max_retries": 0})]})
+        async with proxy.http.post(proxy.url("/v1/chat/completions"), headers=proxy.auth,
+                                   json={"model": "m", "messages": MSG}) as resp:
+            assert resp.status == 429
+            retry_after = int(resp.headers.get("Retry-After", "1"))
+        assert retry_after <= 86400
+        # Not parked for millennia: a later request is refused by the park for at most a day.
+        async with proxy.http.post(proxy.url("/v1/chat/completions"), headers=proxy.auth,
+                                   json={"model": "m", "messages": MSG}) as resp:
+            assert resp.status == 429
+            assert int(resp.headers["Retry-After"]) <= 86400
+
+
+class TestHostileClients:
+    async def test_huge_max_tokens_is_refused_at_the_door(self, start_proxy):
+        proxy = await start_proxy({"models": [{"name": "m", "provider": "mock",
+                                               "tokens_per_minute": 100}]})
+        for field in ("max_tokens", "max_completion_tokens"):
+            async with proxy.http.post(proxy.url("/v1/chat/completions"), headers=proxy.auth,
+                                       json={"model": "m", "messages": MSG,
+                                             field: 2**63}) as resp:
+                assert resp.status == 400
+                assert (await resp.json())["error"]["param"] == field
+
+    async def test_non_utf8_authorization_is_a_401(self, start_proxy):
+        proxy = await start_proxy({"models": [{"name": "m", "provider": "mock"}]})
+        host, port = proxy.server.host, proxy.server.port
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(b"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe"
+                     b"abc\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        head = await reader.read(65536)
+        writer.close()
+        assert head.startswith(b"HTTP/1.1 401")
+
+    async def test_corrupt_and_oversized_compressed_bodies(self, start_proxy, make_settings_):
+        proxy = await start_proxy({"models": [{"name": "m", "provider": "mock"}]},
+                                  settings=make_settings_(max_body_size=64 * 1024))
+        headers = {**proxy.auth, "Content-Encoding": "gzip", "Content-Type": "application/json"}
+        async with proxy.http.post(proxy.url("/v1/chat/completions"), headers=headers,
+                                   data=b"\x1f\x8b\x08\x00garbage-not-gzip") as resp:
+            assert resp.status == 400
+            assert (await resp.json())["error"]["type"] == "invalid_request_error"
+        bomb = gzip.compress(b'{"model": "m", "messages": [], "pad": "' + b"a" * 10_000_000
+                             + b'"}')
+        # Raw, since the server closes the connection after its answer, as it must with an
+        # unread body (aiohttp's client may see the close before it reads the answer).
+        reader, writer = await asyncio.open_connection(proxy.server.host, proxy.server.port)
+        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                     + TOKEN.encode() + b"\r\nContent-Encoding: gzip\r\nContent-Length: "
+                     + str(len(bomb)).encode() + b"\r\n\r\n" + bomb)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(4096), 10)
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 413")
+        assert b'"request_too_large"' in answer
+        deflated = zlib.compress(orjson.dumps({"model": "m", "messages": MSG}))
+        async with proxy.http.post(proxy.url("/v1/chat/completions"), headers={
+                **headers, "Content-Encoding": "deflate"}, data=deflated) as resp:
+            assert resp.status == 200
+
+    @pytest.mark.parametrize("raw", [
+        b'{"model": "m", "model": "other", "messages": [{"role": "user", "content": "x"}]}',
+        b'{"model": "m", "mod\\u0065l": "other", "messages": [{"role": "user", "content": "x"}]}',
+        b'{"model": "m", "max_tokens": 1, "messages": [], "max_tokens": 99999}',
+    ])
+    async def test_duplicate_keys_are_refused(self, start_proxy, raw):
+        proxy = await start_proxy({"models": [{"name": "m", "provider": "mock"},
+                                              {"name": "other", "provider": "mock"}]})
+        async with proxy.http.post(proxy.url("/v1/chat/completions"), headers={
+                **proxy.auth, "Content-Type": "application/json"}, data=raw) as resp:
+            assert resp.status == 400
+            assert (await resp.json())["error"]["code"] == "duplicate_key"
+
+    async def test_escapes_in_values_are_fine(self, start_proxy):
+        proxy = await start_proxy({"models": [{"name": "m", "provider": "mock"}]})
+        raw = b'{"model": "m", "messages": [{"role": "user", "content": "\\u043f\\u0440"}]}'
+        async with proxy.http.post(proxy.url("/v1/chat/completions"), headers={
+                **proxy.auth, "Content-Type": "application/json"}, data=raw) as resp:
+            assert resp.status == 200
+
+    async def test_a_huge_model_name_is_echoed_and_logged_short(self, start_proxy, capsys):
+        proxy = await start_proxy({"models": [{"name": "m", "provider": "mock"}]})
+        name = "x" * 5 * 1024 * 1024
+        async with proxy.http.post(proxy.url("/v1/chat/completions"), headers=proxy.auth,
+                                   json={"model": name, "messages": MSG}) as resp:
+            assert resp.status == 404
+            assert len(await resp.read()) < 1024
+        out = capsys.readouterr()
+        assert len(out.out) + len(out.err) < 64 * 1024
+
+    @pytest.mark.parametrize("body", [
+        {"model": "m", "input": [[False]]},
+        {"model": "m", "input": "x", "dimensions": 10**9},
+        {"model": "m", "input": ["x"] * 5000},
+    ])
+    async def test_embeddings_bounds(self, start_proxy, body):
+        proxy = await start_proxy({"models": [{"name": "m", "provider": "mock"}]})
+        async with proxy.http.post(proxy.url("/v1/embeddings"), headers=proxy.auth,
+                                   json=body) as resp:
+            assert resp.status == 400
+
+
+class Fragile(Provider):
+    """Crashes translating any request that mentions "crash"; answers others."""
+
+    async def chat(self, request: ChatRequest) -> ChatResponse:
+        if "crash" in str(request.body["messages"]):
+            raise TypeError("cannot translate")
+        return ChatResponse({"id": "x", "object": "chat.completion", "created": 1, "model": "m",
+                             "choices": [{"index": 0, "finish_reason": "stop", "message": {
+                                 "role": "assistant", "content": "fine"}}]})
+
+
+async def test_a_client_cannot_open_the_breaker_with_crafted_bodies(start_proxy):
+    registry = ProviderRegistry()
+    registry.register("fragile", Fragile)
+    proxy = await start_proxy({"models": [{"name": "m", "provider": "fragile",
+                                           "url": "http://127.0.0.1:9",
+                                           "circuit_breaker": {"failures": 2}}]},
+                              registry=registry)
+    for _ in range(5):
+        with pytest.raises(openai.BadRequestError) as info:
+            await proxy.client.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": "crash"}])
+        assert "could not translate" in info.value.message
+    answer = await proxy.client.chat.completions.create(model="m", messages=MSG)
+    assert answer.choices[0].message.content == "fine"
+
+
+async def test_redis_token_arithmetic_cannot_be_overflowed(redis_server: RedisServer):
+    limiter = RedisRateLimiter(redis_server.url, prefix="overflow:", timeout=5)
+    limits = Limits(tokens_per_minute=141)
+    try:
+        first = await limiter.acquire("k", limits, 2**63 + 5)
+        assert first.allowed  # an empty window takes one request, whatever its estimate
+        await limiter.reconcile(first.reservation, limits, 2**64)  # type: ignore[arg-type]
+        admitted = 0
+        for _ in range(50):
+            if (await limiter.acquire("k", limits, 10)).allowed:
+                admitted += 1
+        assert admitted == 0  # the window is full, not negative
+    finally:
+        await limiter.close()
+
+
+@pytest.fixture
+def make_settings_():
+    from tests.conftest import make_settings
+
+    return make_settings
+
+
+
+@pytest.mark.parametrize("token", [["sk-live-abcdefghijklmnop"], {"k": "sk-live-abcdefghijklmnop"}])
+def test_config_errors_never_print_a_secret(tmp_path, token):
+    import yaml
+
+    from tests.test_cli import run_cli
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({
+        "models": [{"name": "m", "provider": "openai", "token": token}],
+        "keys": [{"name": "k", "key": token}]}))
+    out = run_cli("--config", str(config), "--check-config",
+                  env={"AUTH_TOKEN": "t", "RETRY_BASE_DELAY": "sk-live-abcdefghijklmnop"},
+                  cwd=tmp_path)
+    assert out.returncode == 1
+    assert "models[0].token: expected a string, got a" in out.stderr
+    assert "sk-live" not in out.stderr + out.stdout
+
+
+async def test_a_rejected_reload_never_echoes_a_secret(tmp_path, start_proxy, capsys):
+    import yaml
+
+    from aiproxy.config import load_config
+    from tests.conftest import make_settings
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"models": [{"name": "m", "provider": "openai",
+                                                "token": ["sk-live-abcdefghijklmnop"]}]}))
+    proxy = await start_proxy({"models": [{"name": "m", "provider": "mock"}]},
+                              source=lambda: (load_config(path, {}), make_settings()))
+    async with proxy.http.post(proxy.url("/admin/reload"), headers=proxy.auth) as resp:
+        assert resp.status == 400
+        assert "sk-live" not in await resp.text()
+    out = capsys.readouterr()
+    assert "sk-live" not in out.out + out.err
