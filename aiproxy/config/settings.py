@@ -63,6 +63,10 @@ class Settings:
     usage_flush_interval: float = 1.0
     usage_retention_days: int = 0  # 0 = keep every record
     otel_endpoint: str | None = None  # OTEL_EXPORTER_OTLP_ENDPOINT: traces when set
+    # Stored Responses API responses (store: true): kept this long after their last use (30
+    # days, as OpenAI keeps them), and in memory (no REDIS_URL) at most this many bytes.
+    responses_store_ttl: float = 30 * 86400.0
+    responses_store_max_bytes: int = 256 * 1024 * 1024
 
 
 def load_env(env_file: str | None) -> dict[str, str]:
@@ -154,6 +158,10 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
         usage_retention_days=_int(env, "USAGE_RETENTION_DAYS", 0, errors, 0, 100_000),
         otel_endpoint=(env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
                        or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip() or None),
+        responses_store_ttl=_float(env, "RESPONSES_STORE_TTL", 30 * 86400.0, errors,
+                                   duration=True),
+        responses_store_max_bytes=_int(env, "RESPONSES_STORE_MAX_BYTES", 256 * 1024 * 1024,
+                                       errors, 0, 2**40),
     )
     url = settings.database_url
     if url and not url.startswith(("sqlite://", "postgres://", "postgresql://")):
