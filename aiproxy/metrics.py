@@ -185,6 +185,24 @@ class Metrics:
         self.stream_errors = m("counter", "aiproxy_stream_errors_total",
                                "Streams ended with an error event, by model and kind.",
                                ["model", "kind"])
+        # The usage ledger (aiproxy/usage): spend, and the health of its database.
+        self.cost = m("counter", "aiproxy_cost_usd_total",
+                      "Spend in USD at the configured prices, by model and client key "
+                      "(empty: AUTH_TOKEN).", ["model", "key"])
+        self.usage_written = m("counter", "aiproxy_usage_records_written_total",
+                               "Usage records written to the database.")
+        self.usage_queued = m("gauge", "aiproxy_usage_records_queued",
+                              "Usage records waiting for the database.", mode="livesum")
+        self.usage_dropped = m("counter", "aiproxy_usage_records_dropped_total",
+                               "Usage records lost: the buffer was full (USAGE_BUFFER) while "
+                               "the database was away, or it was still away at shutdown.")
+        self.usage_errors = m("counter", "aiproxy_usage_write_errors_total",
+                              "Failed or timed-out operations on the usage database (writes "
+                              "are retried, budget reads fall back to this process's view).",
+                              ["operation"])
+        self.budget_refusals = m("counter", "aiproxy_budget_refusals_total",
+                                 "Requests refused (or candidates skipped) because a budget "
+                                 "was spent, by the budget's subject.", ["subject"])
         self._breaker_seen: dict[str, str] = {}
 
     def _metric(self, kind: str, name: str, doc: str, labels: Sequence[str] = (),

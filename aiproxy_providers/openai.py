@@ -30,6 +30,7 @@ from aiproxy.provider import (
     ModelConfig,
     Provider,
     UpstreamError,
+    error_from_status,
     image_media_type,
     iter_sse,
 )
@@ -112,6 +113,23 @@ class OpenAIOptions:
     # Whether image calls send ``response_format: b64_json``: ``auto`` leaves it out for the
     # GPT image models, which refuse it, and sends it to every other model.
     image_response_format: Literal["auto", "b64_json", "omit"] = "auto"
+    # Whether Responses API requests (/v1/responses) pass through to this upstream untranslated
+    # instead of being translated to chat. Unset: true for api.openai.com only (set it for Azure
+    # OpenAI's v1 API, vLLM, or any other server with a /responses endpoint).
+    responses_api: bool | None = None
+    # Whether legacy completions (/v1/completions) pass through untranslated. Unset: true for
+    # OpenAI's completion models (gpt-3.5-turbo-instruct, davinci-002, babbage-002) on
+    # api.openai.com, which are the only ones OpenAI serves there; vLLM and most local servers
+    # serve it for every model: set it.
+    completions_api: bool | None = None
+
+
+# The models OpenAI serves on the legacy completions endpoint:
+# https://platform.openai.com/docs/api-reference/completions
+_OPENAI_COMPLETION_MODELS = ("gpt-3.5-turbo-instruct", "davinci-002", "babbage-002")
+# Terminal events of a Responses API stream:
+# https://platform.openai.com/docs/api-reference/responses-streaming
+_RESPONSE_TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
 
 
 def sends_image_response_format(option: str, *model_ids: str | None) -> bool:
@@ -160,6 +178,12 @@ class OpenAIProvider(Provider):
             headers["X-Title"] = options.x_title
         headers.update(options.headers)
         self.headers = headers
+        on_openai = (urlsplit(self.base_url).hostname or "").lower() == "api.openai.com"
+        self.serves_responses_api = (options.responses_api if options.responses_api is not None
+                                     else on_openai)
+        self.serves_completions_api = (
+            options.completions_api if options.completions_api is not None
+            else on_openai and self.upstream_model.startswith(_OPENAI_COMPLETION_MODELS))
 
     def endpoint(self, path: str) -> str:
         """The upstream URL of an API path such as ``/embeddings``."""
@@ -286,6 +310,114 @@ class OpenAIProvider(Provider):
         if not images:
             raise UpstreamError(ErrorKind.PROTOCOL, "the upstream answer has no image")
         return ImageResponse(tuple(images))
+
+    # --- The Responses API and the legacy completions, passed through untranslated ---------
+    # Used by the front doors when ``serves_responses_api`` / ``serves_completions_api``:
+    # https://platform.openai.com/docs/api-reference/responses and .../completions
+
+    def _native_body(self, body: Mapping[str, Any]) -> bytes:
+        return orjson.dumps({**body, "model": self.upstream_model})
+
+    async def responses(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        resp = await self.send("POST", self.endpoint("/responses"),
+                               data=self._native_body(body), headers=self.headers)
+        try:
+            data = await self._read_json(resp)
+        finally:
+            resp.release()
+        if data.get("object") != "response":
+            raise self._embedded_error(data) or UpstreamError(
+                ErrorKind.PROTOCOL, "the upstream answer is not a Response object")
+        return data
+
+    async def responses_stream(self, body: Mapping[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        resp = await self.send("POST", self.endpoint("/responses"),
+                               data=self._native_body({**body, "stream": True}),
+                               headers=self.headers)
+        try:
+            try:
+                async for event in iter_sse(resp.content):
+                    if event.data == b"[DONE]":
+                        break
+                    data = self._parse_event(event.data)
+                    kind = data.get("type")
+                    if kind == "error":
+                        raise self._event_error(data)
+                    yield data
+                    if kind in _RESPONSE_TERMINAL:
+                        return
+            except (aiohttp.ClientError, ValueError) as exc:
+                raise UpstreamError(ErrorKind.PROTOCOL, "the upstream stream broke "
+                                    f"({type(exc).__name__})") from None
+            raise UpstreamError(ErrorKind.PROTOCOL,
+                                "the upstream stream ended before its response was complete")
+        finally:
+            resp.close()
+
+    async def delete_response(self, response_id: str) -> None:
+        resp = await self.send("DELETE", self.endpoint(f"/responses/{response_id}"),
+                               headers=self.headers)
+        resp.release()
+
+    async def completions(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        resp = await self.send("POST", self.endpoint("/completions"),
+                               data=self._native_body(body), headers=self.headers)
+        try:
+            data = await self._read_json(resp)
+        finally:
+            resp.release()
+        if not isinstance(data.get("choices"), list):
+            raise self._embedded_error(data) or UpstreamError(
+                ErrorKind.PROTOCOL, "the upstream answer has no choices")
+        return data
+
+    async def completions_stream(self, body: Mapping[str, Any]
+                                 ) -> AsyncIterator[dict[str, Any]]:
+        resp = await self.send("POST", self.endpoint("/completions"),
+                               data=self._native_body({**body, "stream": True}),
+                               headers=self.headers)
+        finished = False
+        try:
+            try:
+                async for event in iter_sse(resp.content):
+                    if event.data == b"[DONE]":
+                        return
+                    chunk = self._parse_chunk(event.data)
+                    finished = finished or any(isinstance(c, dict) and c.get("finish_reason")
+                                               for c in chunk["choices"])
+                    yield chunk
+            except (aiohttp.ClientError, ValueError) as exc:
+                raise UpstreamError(ErrorKind.PROTOCOL, "the upstream stream broke "
+                                    f"({type(exc).__name__})") from None
+            if not finished:
+                raise UpstreamError(ErrorKind.PROTOCOL,
+                                    "the upstream stream ended before its answer was complete")
+        finally:
+            resp.close()
+
+    def _parse_event(self, data: bytes) -> dict[str, Any]:
+        try:
+            event = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise UpstreamError(ErrorKind.PROTOCOL,
+                                "the upstream sent a malformed stream event") from None
+        if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+            raise UpstreamError(ErrorKind.PROTOCOL, "the upstream sent a stream event without "
+                                "a type")
+        return event
+
+    def _event_error(self, event: Mapping[str, Any]) -> UpstreamError:
+        """A Responses stream's ``error`` event (``code``, ``message``, ``param``) as the
+        error its code names: https://platform.openai.com/docs/api-reference/responses-streaming/error
+        """
+        code = event.get("code")
+        code = code if isinstance(code, str) else None
+        message = str(event.get("message") or "the upstream reported an error mid-stream")
+        status = 429 if code in ("rate_limit_exceeded", "insufficient_quota") else (
+            400 if code and code.startswith("invalid") else 500)
+        param = event.get("param")
+        return error_from_status(status, self.redact(message), code=code,
+                                 param=param if isinstance(param, str) else None)
 
 
 class OpenRouterProvider(OpenAIProvider):

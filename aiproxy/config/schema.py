@@ -18,12 +18,14 @@ import yaml
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
 __all__ = [
+    "BudgetConfig",
     "CircuitBreakerConfig",
     "Config",
     "ConfigError",
     "HttpClientConfig",
     "KeyConfig",
     "ModelConfig",
+    "PriceConfig",
     "RetryConfig",
     "TimeoutConfig",
     "got",
@@ -102,6 +104,32 @@ class CircuitBreakerConfig:
 
 
 @attrs.frozen
+class PriceConfig:
+    """What a model costs, in USD: per million tokens, and per generated image. A ``price:``
+    replaces the built-in default for the model as a whole (see ``docs/usage.md``)."""
+
+    input: float = attrs.field(default=0.0, validator=_non_negative)
+    output: float = attrs.field(default=0.0, validator=_non_negative)
+    # Of the input, tokens served from the upstream's prompt cache; None = the input rate.
+    cached_input: float | None = attrs.field(default=None, validator=_non_negative)
+    image: float = attrs.field(default=0.0, validator=_non_negative)
+
+
+@attrs.frozen
+class BudgetConfig:
+    """Spend (USD) and token budgets per UTC day and calendar month; 0 = no budget."""
+
+    daily: float = attrs.field(default=0.0, validator=_non_negative)
+    monthly: float = attrs.field(default=0.0, validator=_non_negative)
+    daily_tokens: int = attrs.field(default=0, validator=_non_negative)
+    monthly_tokens: int = attrs.field(default=0, validator=_non_negative)
+
+    @property
+    def unlimited(self) -> bool:
+        return not (self.daily or self.monthly or self.daily_tokens or self.monthly_tokens)
+
+
+@attrs.frozen
 class ModelConfig:
     """One entry of ``models:``: a model name clients use, and the upstream that serves it."""
 
@@ -129,6 +157,10 @@ class ModelConfig:
     retry: RetryConfig = RetryConfig()
     circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
     options: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
+    # Not part of equality: a reload that only changes a price or a budget keeps the model's
+    # provider, connections and breaker.
+    price: PriceConfig | None = attrs.field(default=None, eq=False)
+    budget: BudgetConfig = attrs.field(default=BudgetConfig(), eq=False)
 
     @property
     def upstream_model_id(self) -> str:
@@ -153,6 +185,9 @@ class KeyConfig:
     requests_per_day: int = attrs.field(default=0, validator=_non_negative)
     tokens_per_minute: int = attrs.field(default=0, validator=_non_negative)
     tokens_per_day: int = attrs.field(default=0, validator=_non_negative)
+    # Spend and token budgets of the key as a whole, and of the key on one model.
+    budget: BudgetConfig = BudgetConfig()
+    model_budgets: Mapping[str, BudgetConfig] = attrs.field(factory=dict)
 
     @property
     def digest(self) -> str:
@@ -357,6 +392,9 @@ def _check_names(config: Config) -> list[str]:
         for listed in key.models:
             if listed not in names:
                 errors.append(f"keys[{i}].models: unknown model or group {listed!r}")
+        for budgeted in key.model_budgets:
+            if budgeted not in seen:
+                errors.append(f"keys[{i}].model_budgets: unknown model {budgeted!r}")
     for group, members in config.groups.items():
         if group in seen:
             errors.append(f"groups.{group}: a group may not share its name with a model")

@@ -56,6 +56,17 @@ class Settings:
     max_body_size: int = 20 * 1024 * 1024
     shutdown_grace: float = 30.0
     metrics_token: str | None = attrs.field(default=None, repr=False)
+    # The usage ledger: sqlite:///path, postgresql://..., or None (the CLI puts an SQLite file
+    # next to the config; an app built without one keeps its ledger in memory).
+    database_url: str | None = attrs.field(default=None, repr=False)
+    usage_buffer: int = 100_000  # records held while the database is away; more are dropped
+    usage_flush_interval: float = 1.0
+    usage_retention_days: int = 0  # 0 = keep every record
+    otel_endpoint: str | None = None  # OTEL_EXPORTER_OTLP_ENDPOINT: traces when set
+    # Stored Responses API responses (store: true): kept this long after their last use (30
+    # days, as OpenAI keeps them), and in memory (no REDIS_URL) at most this many bytes.
+    responses_store_ttl: float = 30 * 86400.0
+    responses_store_max_bytes: int = 256 * 1024 * 1024
 
 
 def load_env(env_file: str | None) -> dict[str, str]:
@@ -141,7 +152,21 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
         max_body_size=_int(env, "MAX_BODY_SIZE", 20 * 1024 * 1024, errors, 1024, 2**31),
         shutdown_grace=_float(env, "SHUTDOWN_GRACE", 30.0, errors, duration=True),
         metrics_token=env.get("METRICS_TOKEN", "").strip() or None,
+        database_url=env.get("DATABASE_URL", "").strip() or None,
+        usage_buffer=_int(env, "USAGE_BUFFER", 100_000, errors, 0, 10_000_000),
+        usage_flush_interval=_float(env, "USAGE_FLUSH_INTERVAL", 1.0, errors, duration=True),
+        usage_retention_days=_int(env, "USAGE_RETENTION_DAYS", 0, errors, 0, 100_000),
+        otel_endpoint=(env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
+                       or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip() or None),
+        responses_store_ttl=_float(env, "RESPONSES_STORE_TTL", 30 * 86400.0, errors,
+                                   duration=True),
+        responses_store_max_bytes=_int(env, "RESPONSES_STORE_MAX_BYTES", 256 * 1024 * 1024,
+                                       errors, 0, 2**40),
     )
+    url = settings.database_url
+    if url and not url.startswith(("sqlite://", "postgres://", "postgresql://")):
+        errors.append("DATABASE_URL: expected sqlite:///path/to/file.db or "
+                      "postgresql://user:password@host/db")
     if errors:
         raise ConfigError(errors)
     return settings

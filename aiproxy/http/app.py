@@ -23,6 +23,7 @@ from aiproxy.http.state import (
     OBSERVERS,
     RUNTIME,
     STARTED,
+    TRACE,
     Observer,
     Trace,
     trace_of,
@@ -59,7 +60,7 @@ async def gateway(request: web.Request, handler: Handler) -> web.StreamResponse:
     given the request's settled record."""
     started = time.monotonic()
     incoming = request.headers.get("X-Request-ID")
-    trace = request["aiproxy"] = Trace(
+    trace = request[TRACE] = Trace(
         request_id=incoming if incoming and valid_request_id(incoming) else new_request_id(),
         started=time.time(), method=request.method, path=request.path)
     runtime = request.app[RUNTIME]

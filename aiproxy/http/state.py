@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import attrs
 from aiohttp import web
@@ -15,8 +16,8 @@ from aiproxy.metrics import Metrics
 from aiproxy.record import Record
 from aiproxy.routing import RoutedStream
 
-__all__ = ["LIMITER", "METRICS", "OBSERVERS", "RUNTIME", "STARTED", "Observer", "Trace",
-           "generation_of", "trace_of"]
+__all__ = ["LIMITER", "METRICS", "OBSERVERS", "RUNTIME", "STARTED", "TRACE", "Observer",
+           "Trace", "generation_of", "trace_of"]
 
 # Called once per request, after it ended and was settled, with its record. An observer must
 # not block: the usage ledger, say, queues the record and writes it elsewhere.
@@ -39,10 +40,15 @@ class Trace(Record):
     open_stream: RoutedStream | None = None
 
 
+# The request's Trace. aiohttp 3.14 warns on str keys in a request's storage (its typed
+# RequestKey is new there); older releases, which we still support, take the str.
+TRACE: Any = getattr(web, "RequestKey", lambda name, _: name)("aiproxy", Trace)
+
+
 def trace_of(request: web.Request) -> Trace:
-    trace: Trace | None = request.get("aiproxy")
+    trace: Trace | None = request.get(TRACE)
     if trace is None:
-        trace = request["aiproxy"] = Trace()
+        trace = request[TRACE] = Trace()
     return trace
 
 
