@@ -11,17 +11,17 @@ import platform
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import aiohttp
 import attrs
-from aiohttp import web
 
 from aiproxy import __version__
 from aiproxy.config import Config, ConfigError, Settings, load_config, load_env, settings_from_env
 from aiproxy.generation import ProviderPool, config_warnings, has_limits, redis_missing
 from aiproxy.http import make_app
+from aiproxy.http.server import serve
 from aiproxy.limits import InMemoryRateLimiter
 from aiproxy.observability import configure_logging, get_logger
 from aiproxy.plugins import ProviderRegistry
@@ -197,8 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return supervise(worker_argv, args.workers, settings.shutdown_grace)
     app = make_app(config, settings, registry=registry, source=source)
 
-    def listening(_: str) -> None:
-        # run_app calls this once its sites are bound: the port is really ours now.
+    def listening() -> None:
+        # Called once the port is bound: it is really ours now.
         log.info("listening", host=settings.host, port=settings.port, config=config_path,
                  version=__version__)
         addr_file = os.environ.get(ADDR_FILE_ENV)
@@ -207,10 +207,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 Path(addr_file).write_text(f"[{settings.host}]:{settings.port}\n")
 
     try:
-        web.run_app(app, host=settings.host, port=settings.port, print=listening,
-                    access_log=None, shutdown_timeout=settings.shutdown_grace,
-                    handler_cancellation=True, reuse_port=args.reuse_port or None,
-                    loop=_event_loop(args.loop))
+        with asyncio.Runner(loop_factory=_loop_factory(args.loop)) as runner:
+            runner.run(serve(app, settings, reuse_port=args.reuse_port,
+                             on_listening=listening))
     except OSError as exc:
         if exc.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
             print(f"aiproxy: cannot listen on {settings.host}:{settings.port}: "
@@ -256,7 +255,7 @@ def health_check(argv: Sequence[str]) -> int:
     return 0 if ok else 1
 
 
-def _event_loop(choice: str) -> asyncio.AbstractEventLoop | None:
+def _loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop when asked for or, with ``auto``, when installed; None: asyncio's own."""
     if choice == "asyncio":
         return None
@@ -267,4 +266,5 @@ def _event_loop(choice: str) -> asyncio.AbstractEventLoop | None:
             raise SystemExit("aiproxy: --loop uvloop: uvloop is not installed "
                              "(pip install 'aiproxy[speed]')") from None
         return None
-    return uvloop.new_event_loop()
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory

@@ -36,7 +36,8 @@ ConfigSource = Callable[[], tuple[Config, Settings]]
 
 # Settings a running process cannot change: a reload keeps the old value and says so.
 RESTART_ONLY = ("host", "port", "redis_url", "redis_prefix", "redis_fail_mode", "max_body_size",
-                "shutdown_grace", "log_level", "log_format")
+                "shutdown_grace", "log_level", "log_format", "client_header_timeout",
+                "client_keepalive_timeout", "client_body_timeout", "client_max_connections")
 
 log = get_logger("aiproxy.generation")
 
@@ -205,6 +206,7 @@ class Runtime:
         self._in_flight: dict[Generation, int] = {}
         self._draining: list[Generation] = []
         self._number = 0
+        self._idle: asyncio.Event | None = None  # set when the last request in flight ends
 
     @property
     def in_flight(self) -> int:
@@ -275,11 +277,35 @@ class Runtime:
         del self._in_flight[generation]
         if generation in self._draining:
             self._retire(generation)
+        if self._idle is not None and not self._in_flight:
+            self._idle.set()
+
+    async def drained(self, within: float) -> bool:
+        """Wait up to ``within`` seconds for every request in flight to end; True when none is."""
+        if not self._in_flight:
+            return True
+        self._idle = asyncio.Event()
+        try:
+            async with asyncio.timeout(within):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        finally:
+            self._idle = None
+        return True
 
     def _retire(self, generation: Generation) -> None:
         self._draining.remove(generation)
         live = [g for g in (self.current, *self._draining) if g is not None]
         self.pool._spawn(self.pool.release(generation.entries, live))
+
+    def interrupt_streams(self, reason: str) -> int:
+        """End every stream being relayed, on any generation, with an error event."""
+        streams = [s for g in (self.current, *self._draining) if g is not None
+                   for s in g.router.streams]
+        for stream in streams:
+            stream.interrupt(reason)
+        return len(streams)
 
     async def close(self) -> None:
         for generation in list(self._draining):

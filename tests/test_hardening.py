@@ -7,6 +7,7 @@ import gzip
 import zlib
 from typing import Any
 
+import aiohttp
 import openai
 import orjson
 import pytest
@@ -373,3 +374,114 @@ async def test_a_rejected_reload_never_echoes_a_secret(tmp_path, start_proxy, ca
         assert "sk-live" not in await resp.text()
     out = capsys.readouterr()
     assert "sk-live" not in out.out + out.err
+
+
+class TestClientConnections:
+    """A real process, as slowloris and floods meet it."""
+
+    @pytest.fixture
+    async def proxy_process(self, tmp_path):
+        import os
+        import subprocess
+        import sys
+
+        import yaml
+
+        from tests.test_cli import free_port, wait_ready
+
+        config = tmp_path / "c.yaml"
+        config.write_text(yaml.safe_dump({"models": [
+            {"name": "m", "provider": "mock"},
+            {"name": "slow", "provider": "mock",
+             "options": {"chunk_delay": 0.2, "reply": " ".join(["word"] * 60)}}]}))
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if k != "AUTH_TOKEN"}
+        env.update(AUTH_TOKEN=TOKEN, LOG_FORMAT="json", CLIENT_HEADER_TIMEOUT="0.5",
+                   CLIENT_BODY_TIMEOUT="0.5", CLIENT_MAX_CONNECTIONS="8", SHUTDOWN_GRACE="1")
+        proc = subprocess.Popen([sys.executable, "-m", "aiproxy", "--config", str(config),
+                                 "--addr", f"127.0.0.1:{port}"], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        await wait_ready(f"http://127.0.0.1:{port}", proc)
+        yield proc, port
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+    async def test_slow_and_missing_headers_are_cut(self, proxy_process):
+        proc, port = proxy_process
+        idle_r, idle_w = await asyncio.open_connection("127.0.0.1", port)
+        slow_r, slow_w = await asyncio.open_connection("127.0.0.1", port)
+        started = asyncio.get_running_loop().time()
+        for byte in b"GET /ping HTTP/1.1\r\nHost: x\r\n":  # never the blank line
+            slow_w.write(bytes([byte]))
+            await slow_w.drain()
+            if await _closed(slow_r, 0.02):
+                break
+        assert await _closed(idle_r, 2.0)
+        assert await _closed(slow_r, 2.0)
+        assert asyncio.get_running_loop().time() - started < 3.0
+        idle_w.close()
+        slow_w.close()
+
+    async def test_a_slow_body_gets_408(self, proxy_process):
+        proc, port = proxy_process
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                     + TOKEN.encode() + b"\r\nContent-Length: 100\r\n\r\n{\"model\"")
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(4096), 5)
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 408")
+        assert b'"request_timeout"' in answer
+
+    async def test_a_flood_of_connections_is_capped_and_passes(self, proxy_process):
+        proc, port = proxy_process
+        held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(40)]
+        await asyncio.sleep(0.2)
+        closed = [await _closed(r, 0.05) for r, _ in held]
+        assert sum(closed) >= 40 - 8  # past the cap, closed at once
+        await asyncio.sleep(1.5)  # the rest time out without headers
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{port}/ping") as resp:
+                assert resp.status == 200
+        for _, writer in held:
+            writer.close()
+        assert proc.poll() is None
+
+    async def test_shutdown_ends_open_streams_with_an_error_event_within_the_grace(
+            self, proxy_process):
+        import signal
+
+        proc, port = proxy_process
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"http://127.0.0.1:{port}/v1/chat/completions",
+                                    headers={"Authorization": f"Bearer {TOKEN}"},
+                                    json={"model": "slow", "stream": True,
+                                          "messages": MSG}) as resp:
+                await resp.content.readline()
+                started = asyncio.get_running_loop().time()
+                proc.send_signal(signal.SIGTERM)
+                body = await resp.read()
+        took = asyncio.get_running_loop().time() - started
+        assert proc.wait(timeout=10) == 0
+        assert b"[DONE]" not in body
+        last = orjson.loads(body.strip().split(b"\n\n")[-1][len(b"data: "):])
+        assert last["error"]["code"] == "proxy_shutdown"
+        assert "shutting down" in last["error"]["message"]
+        assert took < 1 + 2.0  # the grace, not twice it
+        logs = [orjson.loads(line) for line in proc.stdout.read().splitlines()
+                if line.startswith(b"{")]
+        [line] = [entry for entry in logs if entry.get("event") == "request"
+                  and entry.get("path") == "/v1/chat/completions"]
+        assert line["status"] == 200 and line["stream_error"] == "overloaded"
+        assert any(entry.get("event") == "grace_over" for entry in logs)
+
+
+async def _closed(reader: asyncio.StreamReader, within: float) -> bool:
+    try:
+        data = await asyncio.wait_for(reader.read(1024), within)
+    except TimeoutError:
+        return False
+    except ConnectionError:
+        return True
+    return data == b""

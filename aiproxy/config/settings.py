@@ -56,6 +56,13 @@ class Settings:
     max_body_size: int = 20 * 1024 * 1024
     shutdown_grace: float = 30.0
     metrics_token: str | None = attrs.field(default=None, repr=False)
+    # Client connections (see aiproxy/http/server.py): how long one may sit outside a request
+    # (new, or between keep-alive requests), idle keep-alive, the body of a request, and how
+    # many may be open at once (0: half the file descriptors the process may open).
+    client_header_timeout: float = 20.0
+    client_keepalive_timeout: float = 15.0
+    client_body_timeout: float = 60.0
+    client_max_connections: int = 0
     # The usage ledger: sqlite:///path, postgresql://..., or None (the CLI puts an SQLite file
     # next to the config; an app built without one keeps its ledger in memory).
     database_url: str | None = attrs.field(default=None, repr=False)
@@ -152,6 +159,11 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
         max_body_size=_int(env, "MAX_BODY_SIZE", 20 * 1024 * 1024, errors, 1024, 2**31),
         shutdown_grace=_float(env, "SHUTDOWN_GRACE", 30.0, errors, duration=True),
         metrics_token=env.get("METRICS_TOKEN", "").strip() or None,
+        client_header_timeout=_float(env, "CLIENT_HEADER_TIMEOUT", 20.0, errors, duration=True),
+        client_keepalive_timeout=_float(env, "CLIENT_KEEPALIVE_TIMEOUT", 15.0, errors,
+                                        duration=True),
+        client_body_timeout=_float(env, "CLIENT_BODY_TIMEOUT", 60.0, errors, duration=True),
+        client_max_connections=_int(env, "CLIENT_MAX_CONNECTIONS", 0, errors, 0, 1_000_000),
         database_url=env.get("DATABASE_URL", "").strip() or None,
         usage_buffer=_int(env, "USAGE_BUFFER", 100_000, errors, 0, 10_000_000),
         usage_flush_interval=_float(env, "USAGE_FLUSH_INTERVAL", 1.0, errors, duration=True),

@@ -16,6 +16,7 @@ from aiproxy.errors import ProxyError
 from aiproxy.generation import ConfigSource, ProviderPool, Runtime
 from aiproxy.http import admin, chat, media
 from aiproxy.http.auth import authenticate
+from aiproxy.http.body import BODY_TIMEOUT
 from aiproxy.http.errors import error_response
 from aiproxy.http.state import (
     LIMITER,
@@ -175,18 +176,13 @@ def make_app(config: Config, settings: Settings, *, registry: ProviderRegistry |
     app[RUNTIME] = Runtime(ProviderPool(registry or ProviderRegistry(), limiter), metrics,
                            source)
     app[OBSERVERS] = [request_metrics(metrics), access_log]
+    app[BODY_TIMEOUT] = settings.client_body_timeout
     app.on_response_prepare.append(_security_headers)
-    app.on_shutdown.append(_shutting_down)
     app.cleanup_ctx.append(_lifecycle)
     chat.add_routes(app)
     media.add_routes(app)
     admin.add_routes(app)
     return app
-
-
-async def _shutting_down(app: web.Application) -> None:
-    log.info("shutting_down", in_flight=app[RUNTIME].in_flight,
-             grace_s=app[SETTINGS].shutdown_grace)
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:

@@ -335,6 +335,7 @@ class Router:
         self.metrics = metrics
         self.clock = clock
         self.guards = guards
+        self.streams: set[RoutedStream] = set()  # being pumped now
 
     @property
     def config(self) -> Config:

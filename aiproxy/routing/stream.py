@@ -87,6 +87,8 @@ class RoutedStream:
         self._prompt_estimate = prompt_estimate
         self.lens = lens
         self.chunks = 0  # chunks given to the client
+        self._watchdog: asyncio.Timeout | None = None
+        self._interrupted: str | None = None
 
     @property
     def served(self) -> Served[None]:
@@ -103,8 +105,10 @@ class RoutedStream:
         deadline = None if total is None else loop.time() + total
         last = loop.time()
         handle: asyncio.TimerHandle | None = None
-        metrics = self._exchange.router.metrics
+        router = self._exchange.router
+        metrics = router.metrics
         metrics.streams.inc()
+        router.streams.add(self)
         chunk = self._first
 
         def due() -> float:
@@ -115,6 +119,7 @@ class RoutedStream:
                 # One watchdog timer per stream instead of one asyncio.timeout per chunk: a
                 # chunk only records when it came; the timer re-arms itself lazily.
                 async with asyncio.timeout(None) as watchdog:
+                    self._watchdog = watchdog
 
                     def check() -> None:
                         nonlocal handle
@@ -134,6 +139,9 @@ class RoutedStream:
                         except StopAsyncIteration:
                             break
             except TimeoutError:
+                if self._interrupted is not None:
+                    raise UpstreamError(ErrorKind.OVERLOADED, f"{self._interrupted}: the answer "
+                                        "is incomplete", code="proxy_shutdown") from None
                 if deadline is not None and loop.time() >= deadline:
                     message = f"the upstream stream ran past its total bound of {total:.1f}s"
                 else:
@@ -155,12 +163,21 @@ class RoutedStream:
             metrics.stream_errors.labels(route.name, err.kind.value).inc()
             log.warning("stream_failed", model=route.name, kind=err.kind.value,
                         request_id=record.request_id)
-            await self._end(Verdict.FAILED)
+            # An interruption by the proxy itself says nothing about the upstream's health.
+            await self._end(Verdict.NEUTRAL if self._interrupted else Verdict.FAILED)
             return err
         finally:
             metrics.streams.dec()
+            router.streams.discard(self)
         await self._end(Verdict.OK)
         return None
+
+    def interrupt(self, reason: str) -> None:
+        """End the stream now with an error event saying ``reason`` (shutdown's grace is
+        over); the upstream is closed and the stream settled as usual."""
+        self._interrupted = reason
+        if self._watchdog is not None:
+            self._watchdog.reschedule(asyncio.get_running_loop().time())
 
     def client_left(self) -> None:
         """The client went away after the stream ended (it missed the last write)."""
