@@ -14,7 +14,7 @@ from aiohttp import web
 from aiproxy.config import Config, Settings
 from aiproxy.errors import ProxyError
 from aiproxy.generation import ConfigSource, ProviderPool, Runtime
-from aiproxy.http import admin, chat, dashboard, media, usage
+from aiproxy.http import admin, chat, completions, dashboard, media, responses, usage
 from aiproxy.http.auth import authenticate
 from aiproxy.http.errors import error_response
 from aiproxy.http.state import (
@@ -192,6 +192,8 @@ def make_app(config: Config, settings: Settings, *, registry: ProviderRegistry |
     app.cleanup_ctx.append(usage.lifecycle)
     chat.add_routes(app)
     media.add_routes(app)
+    responses.add_routes(app, settings)
+    completions.add_routes(app)
     admin.add_routes(app)
     usage.add_routes(app)
     dashboard.add_routes(app)
