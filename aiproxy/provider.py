@@ -1,29 +1,84 @@
-"""The plugin contract: what a provider plugin implements and the values it exchanges with the core.
+"""The plugin contract: what a provider plugin implements, and the one module it imports.
 
-A plugin imports only this module (and aiohttp). Requests, responses and stream chunks are in
-the OpenAI Chat Completions shape; a provider that speaks another dialect translates both ways.
+- What a plugin **implements**: a :class:`Provider` subclass, its class attributes (what it
+  serves and takes) and its methods (``chat``, ``stream``, ... and ``error_from_response``).
+- The **values** it exchanges with the core: requests, responses, stream chunks in the OpenAI
+  Chat Completions shape, and :class:`UpstreamError` for every failure.
+- The **helpers** it may use: the translation kit (:mod:`aiproxy.kit`), re-exported here.
+- What only the **core** calls (``rate_limit_listener``, ``note_rate_limit``, ``redact``): a
+  plugin neither sets nor overrides them.
+
 Read ``docs/plugins.md`` for a walk-through; ``PLUGIN_API_VERSION`` changes when this does.
 """
 
 from __future__ import annotations
 
-import base64
-import email.utils
 import enum
-import struct
-import time
-import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextvars import ContextVar
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import aiohttp
 import attrs
 import orjson
 
 from aiproxy.config import ConfigError, ModelConfig, structure_options
+from aiproxy.kit import (
+    OPENAI_CHAT_PARAMETERS,
+    OPENAI_EMBEDDING_PARAMETERS,
+    ROLES,
+    DataURL,
+    ErrorKind,
+    ErrorRule,
+    ErrorTable,
+    Event,
+    FunctionTool,
+    Message,
+    Parameters,
+    Part,
+    RateLimitHint,
+    StreamAssembler,
+    StreamChunks,
+    ToolCall,
+    ToolChoice,
+    UpstreamError,
+    UpstreamFailure,
+    assistant_message,
+    bad_request,
+    chat_completion,
+    classify,
+    completion_id,
+    data_url,
+    embedding_base64,
+    embedding_encoding,
+    embedding_texts,
+    embeddings_answer,
+    end_response,
+    error_from_status,
+    error_json,
+    function_tools,
+    image_media_type,
+    is_default,
+    json_object,
+    max_tokens_of,
+    messages_of,
+    openai_finish_reason,
+    openai_tool_call,
+    openai_usage,
+    parse_rate_limit_headers,
+    parse_retry_after,
+    parts_of,
+    protocol_error,
+    read_body,
+    stop_of,
+    text_of,
+    token_count,
+    tool_call_id,
+    tool_choice_of,
+)
 from aiproxy.sse import SSEEvent, iter_sse
 
+# The contract: what a plugin implements and the values it exchanges.
 __all__ = [
     "PLUGIN_API_VERSION",
     "Capability",
@@ -38,27 +93,73 @@ __all__ = [
     "ModelConfig",
     "Provider",
     "RateLimitHint",
-    "SSEEvent",
-    "StreamChunks",
     "UpstreamError",
+]
+# The kit (aiproxy.kit): what a plugin may use.
+__all__ += [
+    "OPENAI_CHAT_PARAMETERS",
+    "OPENAI_EMBEDDING_PARAMETERS",
+    "ROLES",
+    "DataURL",
+    "ErrorRule",
+    "ErrorTable",
+    "Event",
+    "FunctionTool",
+    "Message",
+    "Parameters",
+    "Part",
+    "SSEEvent",
+    "StreamAssembler",
+    "StreamChunks",
+    "ToolCall",
+    "ToolChoice",
+    "UpstreamFailure",
+    "assistant_message",
+    "bad_request",
+    "chat_completion",
+    "classify",
     "completion_id",
+    "data_url",
     "embedding_base64",
+    "embedding_encoding",
+    "embedding_texts",
+    "embeddings_answer",
     "end_response",
     "error_from_status",
+    "error_json",
+    "function_tools",
     "image_media_type",
+    "is_default",
     "iter_sse",
+    "json_object",
+    "max_tokens_of",
+    "messages_of",
+    "openai_finish_reason",
+    "openai_tool_call",
+    "openai_usage",
     "parse_rate_limit_headers",
     "parse_retry_after",
+    "parts_of",
+    "protocol_error",
+    "read_body",
+    "stop_of",
+    "structure_options",
+    "text_of",
+    "token_count",
     "tool_call_id",
+    "tool_choice_of",
 ]
 
-# Bumped on any incompatible change to this module. A plugin may check it at import time.
-PLUGIN_API_VERSION = 1
+#: The version of this contract. A plugin declares the one it was written for
+#: (``Provider.plugin_api_version``); the registry refuses a plugin whose version is not in
+#: ``SUPPORTED_PLUGIN_API_VERSIONS``. Bumped on any incompatible change (CHANGELOG.md, "Plugin
+#: API", says what changed and what to do).
+PLUGIN_API_VERSION = 2
+#: The plugin API versions this core runs: a plugin written for another one is a config error.
+SUPPORTED_PLUGIN_API_VERSIONS = frozenset({2})
 
 #: Connect bound when a model sets none (seconds).
 DEFAULT_CONNECT_TIMEOUT = 10.0
-
-T = TypeVar("T")
 
 
 class Capability(enum.Enum):
@@ -67,208 +168,6 @@ class Capability(enum.Enum):
     CHAT = "chat"
     EMBEDDINGS = "embeddings"
     IMAGES = "images"
-
-
-class ErrorKind(enum.Enum):
-    """Why an upstream call failed: the one vocabulary routing decides on."""
-
-    RATE_LIMITED = "rate_limited"  # 429 or a quota: retry later / elsewhere
-    OVERLOADED = "overloaded"  # 5xx, 503, 529: retry / fall back
-    TIMEOUT = "timeout"  # connect, first token, idle or total bound passed
-    CONNECTION = "connection"  # refused, reset, TLS, DNS
-    PROTOCOL = "protocol"  # malformed answer, stream cut before its end
-    BAD_REQUEST = "bad_request"  # 400/404/413/422: the client's fault, never retried
-    AUTH = "auth"  # 401/403 from upstream: our credentials, never retried as-is
-    CONTENT_FILTER = "content_filter"  # refused by the provider's safety system
-    CONTEXT_LENGTH = "context_length"  # request too long for this model; a larger one may take it
-
-    @property
-    def retryable(self) -> bool:
-        """True where the same request may succeed on a retry or another candidate."""
-        return self in _RETRYABLE
-
-
-_RETRYABLE = frozenset(
-    {ErrorKind.RATE_LIMITED, ErrorKind.OVERLOADED, ErrorKind.TIMEOUT, ErrorKind.CONNECTION,
-     ErrorKind.PROTOCOL}
-)
-
-
-@attrs.frozen
-class RateLimitHint:
-    """What an upstream told us of its own limits: nothing left until ``reset_after`` seconds."""
-
-    remaining: int | None = None
-    reset_after: float | None = None
-
-
-class UpstreamError(Exception):
-    """An upstream call failed. Raised by providers; routing decides what the client sees.
-
-    ``status`` is the HTTP status the client gets if this error is final (upstream 4xx keep
-    theirs; 5xx, connection failures and timeouts become 502/504). ``message`` must never
-    contain a token or a URL with credentials.
-    """
-
-    def __init__(
-        self,
-        kind: ErrorKind,
-        message: str,
-        *,
-        status: int | None = None,
-        code: str | None = None,
-        param: str | None = None,
-        retry_after: float | None = None,
-        upstream_status: int | None = None,
-        provider_name: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.status = status if status is not None else _DEFAULT_STATUS[kind]
-        self.code = code
-        self.param = param
-        self.retry_after = retry_after
-        self.upstream_status = upstream_status
-        # Who failed behind an aggregator (OpenRouter's metadata.provider_name), for messages.
-        self.provider_name = provider_name
-
-    @property
-    def message(self) -> str:
-        return str(self.args[0]) if self.args else ""
-
-    @message.setter
-    def message(self, value: str) -> None:
-        # Kept in args too, so str(err) never shows what a redaction removed.
-        self.args = (value,)
-
-    def __repr__(self) -> str:
-        return f"UpstreamError({self.kind.value}, {self.status}, {self.message!r})"
-
-
-_DEFAULT_STATUS = {
-    ErrorKind.RATE_LIMITED: 429,
-    ErrorKind.OVERLOADED: 502,
-    ErrorKind.TIMEOUT: 504,
-    ErrorKind.CONNECTION: 502,
-    ErrorKind.PROTOCOL: 502,
-    ErrorKind.BAD_REQUEST: 400,
-    ErrorKind.AUTH: 502,  # our upstream credentials are wrong: not the client's fault
-    ErrorKind.CONTENT_FILTER: 400,
-    ErrorKind.CONTEXT_LENGTH: 400,
-}
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP date."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
-
-
-def _parse_duration(value: str) -> float | None:
-    """OpenAI/Groq reset durations: ``1s``, ``6m0s``, ``2m59.56s``, ``20ms``, or plain seconds."""
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    total, number, i = 0.0, "", 0
-    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
-    while i < len(value):
-        ch = value[i]
-        if ch.isdigit() or ch == ".":
-            number += ch
-            i += 1
-            continue
-        unit = "ms" if value.startswith("ms", i) else ch
-        if unit not in units or not number:
-            return None
-        total += float(number) * units[unit]
-        number = ""
-        i += len(unit)
-    return None if number else total
-
-
-def parse_rate_limit_headers(headers: Mapping[str, str]) -> RateLimitHint | None:
-    """Read ``x-ratelimit-remaining-*`` / ``x-ratelimit-reset-*`` (OpenAI, Groq, OpenRouter).
-
-    OpenRouter sends ``x-ratelimit-reset`` as a Unix time in milliseconds; OpenAI and Groq send
-    durations such as ``6m0s``. Only an exhausted budget (remaining 0) yields a reset.
-    """
-    remaining: int | None = None
-    reset: float | None = None
-    for kind in ("requests", "tokens", ""):
-        suffix = f"-{kind}" if kind else ""
-        raw = headers.get(f"x-ratelimit-remaining{suffix}")
-        if raw is None:
-            continue
-        try:
-            left = int(float(raw))
-        except ValueError:
-            continue
-        remaining = left if remaining is None else min(remaining, left)
-        if left > 0:
-            continue
-        raw_reset = headers.get(f"x-ratelimit-reset{suffix}")
-        if raw_reset is None:
-            continue
-        seconds = _parse_duration(raw_reset)
-        if seconds is not None and seconds > 1e11:  # epoch milliseconds
-            seconds = max(0.0, seconds / 1000 - time.time())
-        elif seconds is not None and seconds > 1e9:  # epoch seconds
-            seconds = max(0.0, seconds - time.time())
-        if seconds is not None:
-            reset = seconds if reset is None else max(reset, seconds)
-    if remaining is None:
-        return None
-    return RateLimitHint(remaining=remaining, reset_after=reset if remaining == 0 else None)
-
-
-def error_from_status(
-    status: int,
-    message: str,
-    *,
-    headers: Mapping[str, str] | None = None,
-    code: str | None = None,
-    param: str | None = None,
-    provider_name: str | None = None,
-) -> UpstreamError:
-    """The usual mapping of an upstream HTTP error status to an :class:`UpstreamError`."""
-    text = f"{message} {code or ''}".lower()
-    retry_after = parse_retry_after((headers or {}).get("retry-after"))
-    if "context_length" in text or "context length" in text or "too many tokens" in text \
-            or "maximum context" in text:
-        kind, out = ErrorKind.CONTEXT_LENGTH, 400
-        code = code or "context_length_exceeded"
-    elif "content_filter" in text or "content management policy" in text \
-            or "content_policy" in text:
-        kind, out = ErrorKind.CONTENT_FILTER, 400
-        code = code or "content_filter"
-    elif status == 429:
-        kind, out = ErrorKind.RATE_LIMITED, 429
-        if retry_after is None and headers:
-            hint = parse_rate_limit_headers(headers)
-            retry_after = hint.reset_after if hint else None
-    elif status in (401, 403):
-        kind, out = ErrorKind.AUTH, 502
-    elif status == 408:
-        kind, out = ErrorKind.TIMEOUT, 504
-    elif 400 <= status < 500:
-        kind, out = ErrorKind.BAD_REQUEST, status
-    else:
-        kind, out = ErrorKind.OVERLOADED, 502
-    return UpstreamError(kind, message, status=out, code=code, param=param,
-                         retry_after=retry_after, upstream_status=status,
-                         provider_name=provider_name)
 
 
 @attrs.frozen
@@ -339,13 +238,18 @@ class ImageResponse:
 class Provider:
     """Base class of every provider plugin: one instance per configured model.
 
-    Subclasses override what they support and list it in ``capabilities``. ``chat`` and
-    ``stream`` must raise :class:`UpstreamError` for every failure (the core treats anything
-    else as a bug and answers 502). The core enforces timeouts around these calls, cancels
-    them when the client goes away, and handles retries and fallback: a provider makes one
-    attempt per call.
+    A subclass declares itself in class attributes and implements what it serves (``chat``,
+    ``stream``, ``embeddings``, ``images``), each raising :class:`UpstreamError` for every
+    failure (the core treats anything else as a bug and answers 502). The core enforces
+    timeouts around these calls, cancels them when the client goes away, and handles retries
+    and fallback: a provider makes one attempt per call.
     """
 
+    # --- What a plugin declares ---------------------------------------------------------------
+
+    #: The ``PLUGIN_API_VERSION`` the plugin was written for: the registry refuses a plugin
+    #: whose version this core does not run (``SUPPORTED_PLUGIN_API_VERSIONS``), naming it.
+    plugin_api_version: ClassVar[int | None] = None
     #: What this provider can serve.
     capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.CHAT})
     #: Used when a model's config has no ``url:``; ``None`` makes ``url:`` required.
@@ -355,6 +259,12 @@ class Provider:
     requires_token: ClassVar[bool] = True
     #: An attrs class for the model's ``options:``; ``None`` refuses any option.
     options_type: ClassVar[type[Any] | None] = None
+    #: The OpenAI chat parameters it translates, drops or refuses (:class:`Parameters`); the
+    #: plugin calls ``chat_parameters.check(body)`` first. ``None``: it forwards the request
+    #: as sent (an OpenAI-compatible upstream judges it).
+    chat_parameters: ClassVar[Parameters | None] = None
+    #: The same for embeddings requests.
+    embedding_parameters: ClassVar[Parameters | None] = None
 
     def __init__(self, model: ModelConfig, session: aiohttp.ClientSession) -> None:
         self.model = model
@@ -377,6 +287,9 @@ class Provider:
             return None
         return structure_options(self.model.options, self.options_type,
                                  f"{self.model.name}: options")
+
+    # --- What a plugin uses ---------------------------------------------------------------------
+    # ``self.model`` (its ModelConfig), ``self.url``, ``self.options``, ``self.session``, and:
 
     @property
     def upstream_model(self) -> str:
@@ -442,6 +355,10 @@ class Provider:
         err.message = self.redact(err.message)
         raise err
 
+    # --- What only the core calls ---------------------------------------------------------------
+    # ``rate_limit_listener`` (set by the core when it builds the provider), ``redact`` and
+    # ``note_rate_limit`` (called by ``send``): a plugin neither sets nor overrides them.
+
     def redact(self, text: str) -> str:
         """``text`` without the model's token: upstreams like to quote a rejected key back."""
         token = self.model.token
@@ -461,13 +378,16 @@ class Provider:
         if hint is not None and hint.remaining == 0 and hint.reset_after:
             listener(hint)
 
+    # --- What a plugin implements ---------------------------------------------------------------
+
     def error_from_response(
         self, status: int, body: bytes, headers: Mapping[str, str]
     ) -> UpstreamError:
         """Map an upstream error answer to an :class:`UpstreamError`.
 
         The default reads the OpenAI envelope ``{"error": {"message", "code", "param"}}``;
-        plugins override it for their provider's own error shape.
+        plugins override it for their provider's own error shape: read the body into an
+        :class:`UpstreamFailure` and :func:`classify` it with the plugin's :class:`ErrorTable`.
         """
         message, code, param = "", None, None
         try:
@@ -488,6 +408,7 @@ class Provider:
         return error_from_status(status, message, headers=headers, code=code, param=param)
 
     async def chat(self, request: ChatRequest) -> ChatResponse:
+        """One plain chat completion: one upstream attempt, an OpenAI ``chat.completion``."""
         raise NotImplementedError  # pragma: no cover - every chat provider overrides it
 
     def stream(self, request: ChatRequest) -> AsyncIterator[dict[str, Any]]:
@@ -501,9 +422,11 @@ class Provider:
         raise NotImplementedError  # pragma: no cover
 
     async def embeddings(self, request: EmbeddingsRequest) -> EmbeddingsResponse:
+        """The embeddings of ``request``: if ``EMBEDDINGS`` is in ``capabilities``."""
         raise NotImplementedError  # pragma: no cover
 
     async def images(self, request: ImageRequest) -> ImageResponse:
+        """The images of ``request``, as bytes: if ``IMAGES`` is in ``capabilities``."""
         raise NotImplementedError  # pragma: no cover
 
     async def close(self) -> None:
@@ -554,100 +477,3 @@ async def _read_bounded(resp: aiohttp.ClientResponse, limit: int, name: str, *,
     body = b"".join(parts)
     resp._body = body  # what ClientResponse.read() returns once read
     return body
-
-
-# --- Building OpenAI answers ----------------------------------------------------------------
-# What every provider that translates another dialect needs in the same form.
-
-
-def completion_id() -> str:
-    """A new chat completion id in OpenAI's form: ``chatcmpl-`` and 32 hex digits."""
-    return f"chatcmpl-{uuid.uuid4().hex}"
-
-
-def tool_call_id() -> str:
-    """A new id for a tool call the upstream sent without one: ``call_`` and 24 hex digits.
-
-    The client needs one to answer the call with (the ``tool_call_id`` of its ``tool`` message).
-    """
-    return f"call_{uuid.uuid4().hex[:24]}"
-
-
-def _now() -> int:
-    return int(time.time())
-
-
-@attrs.frozen
-class StreamChunks:
-    """Builds the ``chat.completion.chunk`` objects of one streamed answer, all with the same
-    ``id``, ``created`` and ``model`` (``docs/plugins.md``, section 7).
-
-    Make one per answer once the upstream has answered: ``StreamChunks(self.model.name)``.
-    ``logprobs=True`` adds ``"logprobs": None`` to every choice, as OpenAI's own chunks have it.
-    """
-
-    model: str
-    id: str = attrs.field(factory=completion_id)
-    created: int = attrs.field(factory=_now)
-    logprobs: bool = False
-
-    def chunk(self, delta: dict[str, Any], finish_reason: str | None = None, *,
-              index: int = 0) -> dict[str, Any]:
-        """A chunk of one choice: ``delta`` (``{}`` beside the ``finish_reason``)."""
-        choice: dict[str, Any] = {"index": index, "delta": delta, "finish_reason": finish_reason}
-        if self.logprobs:
-            choice["logprobs"] = None
-        return {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                "model": self.model, "choices": [choice]}
-
-    def role(self, index: int = 0) -> dict[str, Any]:
-        """The opening chunk of a choice: ``{"role": "assistant", "content": ""}``."""
-        return self.chunk({"role": "assistant", "content": ""}, index=index)
-
-    def usage(self, usage: Mapping[str, Any]) -> dict[str, Any]:
-        """The usage chunk (``choices: []``): last, and only if ``request.include_usage``."""
-        return {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                "model": self.model, "choices": [], "usage": usage}
-
-    def end(self, finish_reason: str, usage: Mapping[str, Any] | None, *,
-            include_usage: bool, role_sent: bool = True) -> list[dict[str, Any]]:
-        """The chunks that close a one-choice answer: the opening chunk if none went out yet
-        (``role_sent`` false), the ``finish_reason`` chunk, then the usage chunk if the client
-        asked for it (``include_usage``) and ``usage`` is known."""
-        out = [] if role_sent else [self.role()]
-        out.append(self.chunk({}, finish_reason))
-        if include_usage and usage is not None:
-            out.append(self.usage(usage))
-        return out
-
-
-def end_response(resp: aiohttp.ClientResponse, *, complete: bool) -> None:
-    """Let go of a streamed upstream response: call it in the ``finally`` around reading it.
-
-    A ``complete`` body (read to its end) releases the connection to the pool for reuse; any
-    other end (``aclose()``, an error, a cut) closes it, so the upstream stops generating and no
-    half-read body goes back to the pool.
-    """
-    if complete:
-        resp.release()
-    else:
-        resp.close()
-
-
-def embedding_base64(vector: Sequence[float]) -> str:
-    """An embedding as OpenAI answers ``encoding_format: base64``: little-endian float32 bytes,
-    base64-encoded (the form its SDKs decode)."""
-    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
-
-
-def image_media_type(data: bytes) -> str | None:
-    """The media type of image bytes by their magic number (PNG, JPEG, WebP, GIF), else None."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if data.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    if data[:6] in (b"GIF87a", b"GIF89a"):
-        return "image/gif"
-    return None

@@ -28,6 +28,7 @@ __all__ = [
     "PriceConfig",
     "RetryConfig",
     "TimeoutConfig",
+    "UnknownModelsConfig",
     "got",
     "load_config",
     "parse_config",
@@ -198,6 +199,21 @@ class KeyConfig:
 
 
 @attrs.frozen
+class UnknownModelsConfig:
+    """Where a request for a model name that is neither a model nor a group goes.
+
+    Off by default (such a request is a 404). The old Go proxy sent any unknown name shorter
+    than 10 characters to ``SMALL``; ``{route_to: SMALL, shorter_than: 10}`` keeps that for
+    old clients that send names like ``gpt-4``.
+    """
+
+    # A model or group name; None = unknown names are a 404.
+    route_to: str | None = None
+    # Only names with fewer characters than this; 0 = a name of any length.
+    shorter_than: int = attrs.field(default=0, validator=_non_negative)
+
+
+@attrs.frozen
 class Config:
     """The whole ``provider-config.yaml``."""
 
@@ -205,6 +221,7 @@ class Config:
     # Named groups of models (names or other groups), beside the implicit model_size groups.
     groups: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict)
     keys: tuple[KeyConfig, ...] = ()
+    unknown_models: UnknownModelsConfig = UnknownModelsConfig()
 
     def model(self, name: str) -> ModelConfig | None:
         for model in self.models:
@@ -400,6 +417,9 @@ def _check_names(config: Config) -> list[str]:
             errors.append(f"groups.{group}: a group may not share its name with a model")
         if not members:
             errors.append(f"groups.{group}: must list at least one model")
+    target = config.unknown_models.route_to
+    if target is not None and target not in names:
+        errors.append(f"unknown_models.route_to: unknown model or group {target!r}")
     return errors
 
 

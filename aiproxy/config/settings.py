@@ -69,7 +69,7 @@ class Settings:
     usage_buffer: int = 100_000  # records held while the database is away; more are dropped
     usage_flush_interval: float = 1.0
     usage_retention_days: int = 0  # 0 = keep every record
-    otel_endpoint: str | None = None  # OTEL_EXPORTER_OTLP_ENDPOINT: traces when set
+    otel_endpoint: str | None = None  # the OTLP/HTTP traces URL: traces when set
     # Stored Responses API responses (store: true): kept this long after their last use (30
     # days, as OpenAI keeps them), and in memory (no REDIS_URL) at most this many bytes.
     responses_store_ttl: float = 30 * 86400.0
@@ -132,6 +132,16 @@ def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str,
     return raw
 
 
+def _traces_endpoint(env: Mapping[str, str]) -> str | None:
+    """Where OTLP/HTTP traces go: ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` as it is, else
+    ``OTEL_EXPORTER_OTLP_ENDPOINT`` + ``/v1/traces`` (the OpenTelemetry exporter spec)."""
+    traces = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
+    if traces:
+        return traces
+    base = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
+    return f"{base.rstrip('/')}/v1/traces" if base else None
+
+
 def settings_from_env(env: Mapping[str, str]) -> Settings:
     """Validate settings; :class:`ConfigError` lists every bad variable."""
     errors: list[str] = []
@@ -168,8 +178,7 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
         usage_buffer=_int(env, "USAGE_BUFFER", 100_000, errors, 0, 10_000_000),
         usage_flush_interval=_float(env, "USAGE_FLUSH_INTERVAL", 1.0, errors, duration=True),
         usage_retention_days=_int(env, "USAGE_RETENTION_DAYS", 0, errors, 0, 100_000),
-        otel_endpoint=(env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
-                       or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip() or None),
+        otel_endpoint=_traces_endpoint(env),
         responses_store_ttl=_float(env, "RESPONSES_STORE_TTL", 30 * 86400.0, errors,
                                    duration=True),
         responses_store_max_bytes=_int(env, "RESPONSES_STORE_MAX_BYTES", 256 * 1024 * 1024,

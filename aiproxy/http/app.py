@@ -14,7 +14,7 @@ from aiohttp import web
 from aiproxy.config import Config, Settings
 from aiproxy.errors import ProxyError
 from aiproxy.generation import ConfigSource, ProviderPool, Runtime
-from aiproxy.http import admin, chat, media
+from aiproxy.http import admin, chat, completions, dashboard, media, responses, usage
 from aiproxy.http.auth import authenticate
 from aiproxy.http.body import BODY_TIMEOUT
 from aiproxy.http.errors import error_response
@@ -41,6 +41,8 @@ from aiproxy.observability import (
 )
 from aiproxy.plugins import ProviderRegistry
 from aiproxy.record import Record
+from aiproxy.tracing import make_tracer
+from aiproxy.usage import Budgets, is_usage
 
 __all__ = ["access_log", "make_app", "request_metrics"]
 
@@ -134,8 +136,9 @@ def request_metrics(metrics: Metrics) -> Observer:
     return observe
 
 
-def access_log(record: Record) -> None:
-    """The observer that writes one access line per request."""
+def access_log(record: Record, cost: float | None = None) -> None:
+    """The observer that writes one access line per request (with its ``cost_usd`` at the
+    configured prices, when the usage ledger priced it)."""
     requested = record.requested
     if requested is not None and len(requested) > LOGGED_NAME_MAX:
         requested = requested[:LOGGED_NAME_MAX] + "…"
@@ -146,7 +149,7 @@ def access_log(record: Record) -> None:
         "key": record.key_name, "upstream_ms": record.upstream_ms,
         "tokens_in": record.tokens_in, "tokens_out": record.tokens_out,
         "error_kind": record.error_kind, "stream_error": record.stream_error,
-        "total_ms": record.total_ms})
+        "total_ms": record.total_ms, "cost_usd": cost})
 
 
 async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
@@ -173,15 +176,28 @@ def make_app(config: Config, settings: Settings, *, registry: ProviderRegistry |
     app[METRICS] = metrics = Metrics()
     app[LIMITER] = limiter = limiter or make_limiter(
         settings.redis_url, prefix=settings.redis_prefix, fail_mode=settings.redis_fail_mode)
+    # The usage ledger observes every request; budgets are its admission guard.
+    app[usage.LEDGER] = ledger = usage.make_ledger(settings, metrics, app)
     app[RUNTIME] = Runtime(ProviderPool(registry or ProviderRegistry(), limiter), metrics,
-                           source)
-    app[OBSERVERS] = [request_metrics(metrics), access_log]
+                           source, guards=(Budgets(ledger, metrics).guard,))
+    app[OBSERVERS] = [request_metrics(metrics), ledger.observe, lambda record: access_log(
+        record, ledger.cost(record) if is_usage(record) else None)]
     app[BODY_TIMEOUT] = settings.client_body_timeout
+    tracer = make_tracer(settings, ledger.cost)
+    if tracer is not None:
+        app[OBSERVERS].append(tracer.observe)
+        app.on_cleanup.append(tracer.close)
     app.on_response_prepare.append(_security_headers)
+    app.on_response_prepare.append(usage.budget_settled)
     app.cleanup_ctx.append(_lifecycle)
+    app.cleanup_ctx.append(usage.lifecycle)
     chat.add_routes(app)
     media.add_routes(app)
+    responses.add_routes(app, settings)
+    completions.add_routes(app)
     admin.add_routes(app)
+    usage.add_routes(app)
+    dashboard.add_routes(app)
     return app
 
 

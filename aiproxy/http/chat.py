@@ -7,6 +7,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from aiproxy.errors import ProxyError
 from aiproxy.http.body import parse_chat_request, read_json
 from aiproxy.http.relay import relay
 from aiproxy.http.state import STARTED, generation_of, trace_of
@@ -64,7 +65,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def models(request: web.Request) -> web.Response:
+def _visible_models(request: web.Request) -> list[dict[str, Any]]:
+    """The configured models and groups the request's key may use, as OpenAI model objects."""
     generation = generation_of(request)
     router = generation.router
     created = request.app[STARTED]
@@ -78,11 +80,27 @@ async def models(request: web.Request) -> web.Response:
                          "owned_by": model.provider})
     data += [{"id": group, "object": "model", "created": created, "owned_by": "aiproxy"}
              for group in router.groups if group not in router.routes and visible(group)]
-    return web.Response(body=orjson.dumps({"object": "list", "data": data}),
+    return data
+
+
+async def models(request: web.Request) -> web.Response:
+    return web.Response(body=orjson.dumps({"object": "list", "data": _visible_models(request)}),
                         headers=JSON_HEADERS)
+
+
+async def model(request: web.Request) -> web.Response:
+    """``GET /v1/models/{id}``: one model or group the key may see (ids may hold ``/``, sent
+    as is or percent-encoded), else 404 as OpenAI answers it."""
+    name = request.match_info["id"]
+    for entry in _visible_models(request):
+        if entry["id"] == name:
+            return web.Response(body=orjson.dumps(entry), headers=JSON_HEADERS)
+    raise ProxyError(404, f"The model {name!r} does not exist or you do not have access to it.",
+                     code="model_not_found", param="model")
 
 
 def add_routes(app: web.Application) -> None:
     for prefix in ("", "/v1"):
         app.router.add_post(f"{prefix}/chat/completions", chat_completions)
         app.router.add_get(f"{prefix}/models", models)
+        app.router.add_get(f"{prefix}/models/{{id:.+}}", model)

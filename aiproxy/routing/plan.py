@@ -111,6 +111,9 @@ class Planner:
         self.config = config
         self.routes = dict(routes)
         self.groups = _build_groups(config)
+        # unknown_models: where a name that is neither a model nor a group goes (None: 404).
+        self.unknown_to = config.unknown_models.route_to
+        self.unknown_shorter_than = config.unknown_models.shorter_than
 
     def _expand(self, name: str, seen: set[str]) -> list[Route]:
         if name in seen:
@@ -134,6 +137,10 @@ class Planner:
 
         ``allowed`` filters the candidates (a client key's permissions).
         """
+        if self.unknown_to is not None and name not in self.routes \
+                and name not in self.groups \
+                and (not self.unknown_shorter_than or len(name) < self.unknown_shorter_than):
+            name = self.unknown_to  # the old proxy's short names, as unknown_models: says
         route = self.routes.get(name)
         if route is not None and not route.model.fallbacks:
             plan = [route]  # the common case, without building sets and sorting

@@ -24,7 +24,6 @@ import attrs
 import orjson
 
 from aiproxy.provider import (
-    PLUGIN_API_VERSION,
     Capability,
     ChatRequest,
     ChatResponse,
@@ -37,13 +36,6 @@ from aiproxy.provider import (
 
 __all__ = ["OllamaOptions", "OllamaProvider"]
 __version__ = "0.1.0"
-
-# The plugin contract versions this code was written against. aiproxy bumps the number only on
-# an incompatible change, so refusing to load beats failing on the first request.
-SUPPORTED_PLUGIN_API = frozenset({1})
-if PLUGIN_API_VERSION not in SUPPORTED_PLUGIN_API:
-    raise ImportError(f"aiproxy-ollama-example supports plugin API {sorted(SUPPORTED_PLUGIN_API)}"
-                      f", this aiproxy has {PLUGIN_API_VERSION}: upgrade the plugin")
 
 # One NDJSON line may not grow past this: an upstream that never sends a newline must not eat
 # memory.
@@ -200,6 +192,8 @@ class OllamaProvider(Provider):
     or a server behind an authenticating reverse proxy).
     """
 
+    # The plugin API this code was written for: aiproxy refuses to load it if it runs another.
+    plugin_api_version = 2
     capabilities = frozenset({Capability.CHAT})
     default_url = "http://localhost:11434"
     options_type = OllamaOptions

@@ -29,7 +29,7 @@ def provider(url: str = "http://ollama:11434", **options: Any) -> OllamaProvider
 
 
 class TestRequest:
-    def test_sampling_fields_become_options(self):
+    def test_sampling_fields_become_options(self) -> None:
         body = provider(num_ctx=8192).build_request(chat_request(
             temperature=0.1, top_p=0.9, seed=42, max_completion_tokens=64, stop="END",
             presence_penalty=0.5), stream=False)
@@ -39,15 +39,15 @@ class TestRequest:
                                    "num_predict": 64, "stop": ["END"], "presence_penalty": 0.5,
                                    "num_ctx": 8192}
 
-    def test_no_options_object_when_nothing_is_set(self):
+    def test_no_options_object_when_nothing_is_set(self) -> None:
         assert "options" not in provider().build_request(chat_request(), stream=True)
 
     @pytest.mark.parametrize(("given", "sent"), [("10m", "10m"), ("300", 300), ("-1", -1)])
-    def test_keep_alive(self, given, sent):
+    def test_keep_alive(self, given: str, sent: str | int) -> None:
         assert provider(keep_alive=given).build_request(chat_request(),
                                                         stream=False)["keep_alive"] == sent
 
-    def test_response_format(self):
+    def test_response_format(self) -> None:
         p = provider()
         assert p.build_request(chat_request(response_format={"type": "json_object"}),
                                stream=False)["format"] == "json"
@@ -56,7 +56,7 @@ class TestRequest:
             "name": "x", "schema": schema}})
         assert p.build_request(request, stream=False)["format"] == schema
 
-    def test_images_travel_as_base64(self):
+    def test_images_travel_as_base64(self) -> None:
         request = chat_request(messages=[{"role": "user", "content": [
             {"type": "text", "text": "What is this?"},
             {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]}])
@@ -72,7 +72,7 @@ class TestRequest:
          "messages"),
         ({"response_format": {"type": "xml"}}, "response_format"),
     ])
-    def test_refuses_what_it_cannot_honour(self, fields, param):
+    def test_refuses_what_it_cannot_honour(self, fields: dict[str, Any], param: str) -> None:
         with pytest.raises(UpstreamError) as info:
             provider().build_request(chat_request(**fields), stream=False)
         assert info.value.kind is ErrorKind.BAD_REQUEST
@@ -80,28 +80,28 @@ class TestRequest:
 
     @pytest.mark.parametrize("url", ["http://h:1", "http://h:1/", "http://h:1/api",
                                      "http://h:1/api/chat"])
-    def test_url_forms(self, url):
+    def test_url_forms(self, url: str) -> None:
         assert provider(url).chat_url == "http://h:1/api/chat"
 
 
 class TestConfig:
-    def test_unknown_option_is_a_config_error(self):
+    def test_unknown_option_is_a_config_error(self) -> None:
         with pytest.raises(ConfigError, match="keepalive"):
             provider(keepalive="5m")
 
-    def test_num_ctx_must_be_positive(self):
+    def test_num_ctx_must_be_positive(self) -> None:
         with pytest.raises(ConfigError, match="num_ctx"):
             provider(num_ctx=0)
 
 
 class TestAnswers:
-    def test_model_not_pulled_is_a_404_the_router_moves_past(self):
+    def test_model_not_pulled_is_a_404_the_router_moves_past(self) -> None:
         err = provider().error_from_response(404, b'{"error": "model \'llama3.2\' not found"}',
                                              {})
         assert (err.kind, err.upstream_status) == (ErrorKind.BAD_REQUEST, 404)
         assert err.message == "model 'llama3.2' not found"
 
-    def test_final_line_may_carry_text_and_length(self):
+    def test_final_line_may_carry_text_and_length(self) -> None:
         # The last NDJSON object can hold the last piece of text as well as done_reason.
         lines = [{"message": {"role": "assistant", "content": "Hel"}, "done": False},
                  {"message": {"role": "assistant", "content": "lo"}, "done": True,
@@ -121,7 +121,7 @@ class TestAnswers:
         assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == "Hello"
         assert chunks[-1]["choices"][0]["finish_reason"] == "length"
 
-    def test_plain_answer_length(self):
+    def test_plain_answer_length(self) -> None:
         async def chat(request: web.Request) -> web.StreamResponse:
             return json_response({"message": {"role": "assistant", "content": "Hel"},
                                   "done": True, "done_reason": "length"})

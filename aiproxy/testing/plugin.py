@@ -1,0 +1,144 @@
+"""The pytest plugin of ``aiproxy.testing``, found through the ``pytest11`` entry point.
+
+Installing aiproxy is enough: ``pytest`` then has the fixtures below, and after a run that
+included a conformance suite (:func:`aiproxy.testing.conformance_tests`) a report of every
+provider's checks, with what was skipped and why. It is inert otherwise: no autouse fixture,
+no option, nothing collected. Disable it with ``-p no:aiproxy``.
+
+The fixtures are async (the fake upstream and a provider live on the test's event loop), so
+they need an asyncio plugin: pytest-asyncio (or pytest-aiohttp, which brings it). The
+conformance suite itself needs none.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+import pytest
+
+if TYPE_CHECKING:
+    import aiohttp
+
+    from aiproxy.provider import Provider
+    from aiproxy.testing.upstream import FakeUpstream
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+try:  # strict mode of pytest-asyncio wants its own decorator on async fixtures
+    import pytest_asyncio
+
+    _fixture: Any = pytest_asyncio.fixture
+except ImportError:  # pragma: no cover - pytest then says the async fixture needs a plugin
+    _fixture = pytest.fixture
+
+
+def _async_fixture(fn: F) -> F:
+    return cast(F, _fixture(fn))
+
+@_async_fixture
+async def aiproxy_upstream() -> AsyncIterator[FakeUpstream]:
+    """A running :class:`~aiproxy.testing.FakeUpstream` on 127.0.0.1; ``.url`` is its root."""
+    from aiproxy.testing.upstream import FakeUpstream
+
+    async with FakeUpstream() as fake:
+        yield fake
+
+
+@_async_fixture
+async def aiproxy_session() -> AsyncIterator[aiohttp.ClientSession]:
+    """An ``aiohttp.ClientSession``, as the core gives a provider."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@_async_fixture
+async def aiproxy_provider(aiproxy_upstream: FakeUpstream,
+                           aiproxy_session: aiohttp.ClientSession
+                           ) -> AsyncIterator[Callable[..., Provider]]:
+    """Build providers pointed at ``aiproxy_upstream``; each is closed after the test::
+
+        provider = aiproxy_provider(MyProvider, token="k", options={"region": "eu"})
+
+    The keywords are :class:`~aiproxy.config.ModelConfig` fields (``name`` defaults to
+    ``test/model``, ``url`` to the fake's root); or pass a whole ``model=``.
+    """
+    from aiproxy.config import ModelConfig
+
+    made: list[Provider] = []
+
+    def make(cls: type[Provider], model: ModelConfig | None = None, **fields: Any) -> Provider:
+        if model is None:
+            fields = {"name": "test/model", "provider": "test", "url": aiproxy_upstream.url,
+                      **fields}
+            model = ModelConfig(**fields)
+        provider = cls(model, aiproxy_session)
+        made.append(provider)
+        return provider
+
+    yield make
+    for provider in made:
+        await provider.close()
+
+
+class ConformanceReporter:
+    """Collects how each conformance test came out, and reports it at the end of the run."""
+
+    def __init__(self) -> None:
+        self.cases: dict[str, tuple[str, str]] = {}  # nodeid → (provider, check)
+        self.outcomes: dict[str, tuple[str, str]] = {}  # nodeid → (state, reason)
+
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        for item in items:
+            cls = getattr(item, "cls", None)
+            adapter = getattr(cls, "aiproxy_adapter", None)
+            callspec = getattr(item, "callspec", None)
+            if cls is None or adapter is None or callspec is None \
+                    or "check" not in callspec.params:
+                continue
+            # The name the class was bound under, as in the test ids.
+            holder = item.getparent(pytest.Class)
+            provider = (f"{adapter.provider.__qualname__} "
+                        f"({holder.name if holder else cls.__name__})")
+            self.cases[item.nodeid] = (provider, str(callspec.params["check"]))
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        case = self.cases.get(report.nodeid)
+        if case is None:
+            return
+        if hasattr(report, "wasxfail"):
+            self.outcomes[report.nodeid] = ("xfail", str(report.wasxfail))
+        elif report.skipped:
+            longrepr = report.longrepr
+            reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+            reason = reason.removeprefix("Skipped: ").removeprefix(f"{case[1]}: ")
+            self.outcomes[report.nodeid] = ("skipped", reason)
+        elif report.failed:
+            self.outcomes[report.nodeid] = ("failed", "")
+        elif report.when == "call":
+            self.outcomes[report.nodeid] = ("passed", "")
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        """One section: per provider, what passed, failed and was skipped (and why)."""
+        by_provider: dict[str, list[tuple[str, str, str]]] = {}
+        for nodeid, (state, reason) in self.outcomes.items():
+            provider, check = self.cases[nodeid]
+            by_provider.setdefault(provider, []).append((check, state, reason))
+        if not by_provider:
+            return
+        terminalreporter.write_sep("=", "aiproxy conformance")
+        for provider, results in by_provider.items():
+            counts = {s: sum(1 for _, state, _ in results if state == s)
+                      for s in ("passed", "failed", "skipped", "xfail")}
+            terminalreporter.write_line(f"{provider}: " + ", ".join(
+                f"{n} {state}" for state, n in counts.items() if n))
+            for check, state, reason in results:
+                if state != "passed":
+                    terminalreporter.write_line(f"  {state} {check}"
+                                                + (f": {reason}" if reason else ""))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(ConformanceReporter(), "aiproxy-conformance-report")

@@ -1,0 +1,157 @@
+"""The embedded ledger: one SQLite file in WAL mode (readers never wait for the writer), through
+aiosqlite so that no query runs on the event loop.
+
+Several processes on one machine (``--workers``) may share the file: writes take SQLite's
+write lock (``BEGIN IMMEDIATE``, waiting up to ``busy_timeout``), so budget counters stay exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from aiproxy.usage.store import (
+    INSERT_ROW,
+    MIGRATIONS,
+    PURGE_CELLS,
+    PURGE_RECORDS,
+    UPSERT_CELL,
+    Cell,
+    Row,
+    StoreUnavailable,
+    UsageStore,
+)
+
+__all__ = ["SQLiteStore"]
+
+_BUSY_MS = 5000
+
+
+class SQLiteStore(UsageStore):
+    dialect = "sqlite"
+
+    def __init__(self, path: str) -> None:
+        self.memory = path == ":memory:"
+        # An in-memory database is shared by this store's connections under a unique name.
+        self.path = f"file:aiproxy-{uuid.uuid4().hex}?mode=memory&cache=shared" \
+            if self.memory else path
+        self.location = ":memory:" if self.memory else str(Path(path).resolve())
+        self._db: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()  # one transaction at a time on the writing connection
+
+    async def _connect(self) -> aiosqlite.Connection:
+        db = await aiosqlite.connect(self.path, uri=self.memory, isolation_level=None,
+                                     timeout=_BUSY_MS / 1000)
+        await db.execute(f"PRAGMA busy_timeout = {_BUSY_MS}")
+        if not self.memory:
+            await db.execute("PRAGMA journal_mode = WAL")
+            await db.execute("PRAGMA synchronous = NORMAL")  # durable at each checkpoint
+        return db
+
+    async def open(self) -> None:
+        try:
+            if not self.memory:
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            self._db = await self._connect()
+            async with self._lock:
+                await self._migrate(self._db)
+            # Dashboard and /admin/usage queries read on their own connection (WAL: they see
+            # the last commit and never hold up the writer, nor the budget checks).
+            self._reader = self._db if self.memory else await self._connect()
+        except (OSError, sqlite3.Error) as exc:
+            await self.close()
+            raise StoreUnavailable(f"sqlite {self.location}: {exc}") from None
+
+    @staticmethod
+    async def _migrate(db: aiosqlite.Connection) -> None:
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            await db.execute("CREATE TABLE IF NOT EXISTS aiproxy_schema_migrations "
+                             "(version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)")
+            rows = await db.execute_fetchall("SELECT version FROM aiproxy_schema_migrations")
+            applied = {int(r[0]) for r in rows}
+            for version, statements in MIGRATIONS:
+                if version in applied:
+                    continue
+                for statement in statements:
+                    await db.execute(statement.format(serial="INTEGER PRIMARY KEY",
+                                                      real="REAL"))
+                await db.execute("INSERT INTO aiproxy_schema_migrations VALUES (?, ?)",
+                                 (version, time.time()))
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+
+    def _conn(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise StoreUnavailable("the usage database is not open")
+        return self._db
+
+    async def write(self, rows: Sequence[Row], cells: Mapping[Cell, tuple[float, int]]) -> None:
+        db = self._conn()
+        async with self._lock:
+            try:
+                await db.execute("BEGIN IMMEDIATE")
+                try:
+                    if rows:
+                        await db.executemany(INSERT_ROW, rows)
+                    if cells:
+                        await db.executemany(UPSERT_CELL, [(s, p, c, t) for (s, p), (c, t)
+                                                           in cells.items()])
+                    await db.execute("COMMIT")
+                except BaseException:
+                    await db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"sqlite {self.location}: {exc}") from None
+
+    async def spent(self, cells: Sequence[Cell]) -> dict[Cell, tuple[float, int]]:
+        if not cells:
+            return {}
+        where = " OR ".join("(scope = ? AND period = ?)" for _ in cells)
+        params = [v for cell in cells for v in cell]
+        try:
+            rows = await self._conn().execute_fetchall(
+                f"SELECT scope, period, cost, tokens FROM budget_spend WHERE {where}",  # noqa: S608 - placeholders only
+                params)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"sqlite {self.location}: {exc}") from None
+        return {(r[0], r[1]): (float(r[2]), int(r[3])) for r in rows}
+
+    async def fetch(self, sql: str, params: Sequence[Any]) -> list[Sequence[Any]]:
+        reader = self._reader
+        if reader is None:
+            raise StoreUnavailable("the usage database is not open")
+        try:
+            return list(await reader.execute_fetchall(sql, params))
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"sqlite {self.location}: {exc}") from None
+
+    async def purge(self, before: float, day: str, month: str) -> None:
+        db = self._conn()
+        async with self._lock:
+            try:
+                await db.execute(PURGE_RECORDS, (before,))
+                await db.execute(PURGE_CELLS, (day, month))
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"sqlite {self.location}: {exc}") from None
+
+    def bucket(self, seconds_param: str) -> str:
+        # CAST truncates toward zero, which is the floor for the positive times we store.
+        return f"(CAST(ts / {seconds_param} AS INTEGER) * {seconds_param})"
+
+    async def close(self) -> None:
+        for db in {id(c): c for c in (self._reader, self._db) if c is not None}.values():
+            with contextlib.suppress(sqlite3.Error):
+                await db.close()
+        self._db = self._reader = None

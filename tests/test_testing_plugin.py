@@ -1,0 +1,130 @@
+"""The pytest plugin of ``aiproxy.testing``, as a plugin author meets it: ``pytest`` in a fresh
+project that imports nothing but aiproxy gets the fixtures and the conformance report, skips
+reported with their reasons. Each test runs pytest in a subprocess, in an empty directory."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# A plugin author's test module: the OpenAI plugin as "their" provider, an adapter that
+# describes only chat (so the tool, embeddings and image checks are skipped, and say why),
+# and tests of their own on the plugin's fixtures.
+PROJECT_TEST = '''
+from __future__ import annotations
+
+import pytest
+from aiohttp import web
+
+from aiproxy.provider import ErrorKind
+from aiproxy.testing import RETRY_AFTER, ConformanceAdapter, conformance_tests, json_response
+from aiproxy_providers.openai import OpenAIProvider
+
+
+class Adapter(ConformanceAdapter):
+    provider = OpenAIProvider
+    chat_paths = ("/chat/completions",)
+
+    def answer_text(self, text, usage, request):
+        return {"id": "c1", "object": "chat.completion", "created": 1, "model": "m",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                             "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": usage.prompt_tokens,
+                          "completion_tokens": usage.completion_tokens,
+                          "total_tokens": usage.total_tokens}}
+
+    def stream_text(self, pieces, usage, request):
+        def chunk(delta, finish=None):
+            return {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        events = [chunk({"role": "assistant"}), *(chunk({"content": p}) for p in pieces),
+                  chunk({}, "stop")]
+        if (request.json.get("stream_options") or {}).get("include_usage"):
+            events.append({"id": "c1", "object": "chat.completion.chunk", "created": 1,
+                           "model": "m", "choices": [], "usage": {
+                               "prompt_tokens": usage.prompt_tokens,
+                               "completion_tokens": usage.completion_tokens,
+                               "total_tokens": usage.total_tokens}})
+        return [*events, b"[DONE]"]
+
+    def error(self, kind, message, request):
+        if kind is ErrorKind.RATE_LIMITED:
+            return json_response({"error": {"message": message}}, status=429,
+                                 headers={"Retry-After": str(int(RETRY_AFTER))})
+        return None
+
+
+TestMine = conformance_tests(Adapter())
+
+
+@pytest.mark.asyncio
+async def test_fixtures(aiproxy_upstream, aiproxy_provider):
+    async def chat(request):
+        body = await request.json()
+        return json_response({"id": "x", "object": "chat.completion", "created": 1,
+                              "model": body["model"], "choices": [{"index": 0, "message": {
+                                  "role": "assistant", "content": "hi"},
+                                  "finish_reason": "stop"}]})
+
+    aiproxy_upstream.route("POST", "/chat/completions", chat)
+    provider = aiproxy_provider(OpenAIProvider, token="k", upstream_model="gpt-x")
+    from aiproxy.testing import chat_request
+    answer = await provider.chat(chat_request())
+    assert answer.data["choices"][0]["message"]["content"] == "hi"
+    (seen,) = aiproxy_upstream.requests_to("/chat/completions")
+    assert seen.json["model"] == "gpt-x"
+    assert seen.headers["Authorization"] == "Bearer k"
+'''
+
+
+def _pytest(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args],
+        cwd=project, capture_output=True, text=True, timeout=180, check=False)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    (tmp_path / "test_plugin_conformance.py").write_text(PROJECT_TEST, encoding="utf-8")
+    return tmp_path
+
+
+def test_pytest_runs_the_suite_and_reports_what_it_skipped(project: Path) -> None:
+    out = _pytest(project)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+    text = out.stdout
+    assert "aiproxy conformance" in text
+    report = text[text.index("aiproxy conformance"):]
+    # One check passed that the adapter describes; every other one is a skip with its reason.
+    assert "OpenAIProvider (TestMine):" in report
+    assert "skipped tool_round_trip: the adapter's upstream makes no tool calls " \
+           "(answer_tool_call not overridden)" in report
+    assert "skipped embeddings: the adapter describes no embeddings answer" in report
+    assert "skipped error_auth: the adapter's upstream has no AUTH answer" in report
+    assert "error_rate_limited" not in report  # it ran and passed
+    # pytest's own counts: the fixtures test and the applicable checks pass, the rest skip.
+    assert " passed" in text and " skipped" in text and "failed" not in text
+
+
+def test_a_failing_check_fails_the_run_and_is_reported(project: Path) -> None:
+    test = project / "test_plugin_conformance.py"
+    # The upstream's usage no longer matches what the provider reports.
+    test.write_text(test.read_text(encoding="utf-8").replace(
+        '"prompt_tokens": usage.prompt_tokens,\n                          "completion',
+        '"prompt_tokens": 1,\n                          "completion', 1), encoding="utf-8")
+    out = _pytest(project, "-k", "TestMine")
+    assert out.returncode == 1, out.stdout[-4000:]
+    assert "FAILED" in out.stdout and "test_conformance[chat]" in out.stdout
+    assert "  failed chat" in out.stdout[out.stdout.index("aiproxy conformance"):]
+
+
+def test_the_plugin_is_the_entry_point_and_can_be_disabled(project: Path) -> None:
+    out = _pytest(project, "-p", "no:aiproxy", "-k", "TestMine")
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+    assert "aiproxy conformance" not in out.stdout
+    # Without the plugin the suite still runs; pytest keeps the skip reasons (-rs shows them).
+    out = _pytest(project, "-p", "no:aiproxy", "-k", "TestMine", "-rs")
+    assert "tool_round_trip: the adapter's upstream makes no tool calls" in out.stdout
