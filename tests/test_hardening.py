@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import zlib
 from typing import Any
@@ -485,3 +486,74 @@ async def _closed(reader: asyncio.StreamReader, within: float) -> bool:
     except ConnectionError:
         return True
     return data == b""
+
+
+class TestProtocolLevel:
+    async def _exchange(self, host: str, port: int, head: bytes,
+                        body: bytes | None = None) -> bytes:
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(head)
+        await writer.drain()
+        first = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        if body is not None and first.startswith(b"HTTP/1.1 100"):
+            writer.write(body)
+            await writer.drain()
+            first += await asyncio.wait_for(reader.read(65536), 5)
+        else:
+            with contextlib.suppress(TimeoutError):
+                first += await asyncio.wait_for(reader.read(65536), 1)
+        writer.close()
+        return first
+
+    async def test_100_continue_only_after_auth_and_size_checks(self, start_proxy,
+                                                                make_settings_):
+        proxy = await start_proxy({"models": [{"name": "m", "provider": "mock"}]},
+                                  settings=make_settings_(max_body_size=64 * 1024))
+        host, port = proxy.server.host, proxy.server.port
+        body = orjson.dumps({"model": "m", "messages": MSG})
+
+        def head(auth: bytes, length: int) -> bytes:
+            return (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n" + auth
+                    + b"Content-Type: application/json\r\nExpect: 100-continue\r\n"
+                    b"Content-Length: " + str(length).encode() + b"\r\n\r\n")
+
+        refused = await self._exchange(host, port, head(b"", len(body)), body)
+        assert refused.startswith(b"HTTP/1.1 401")
+        assert b'"missing_api_key"' in refused
+        auth = b"Authorization: Bearer " + TOKEN.encode() + b"\r\n"
+        too_big = await self._exchange(host, port, head(auth, 10 * 1024 * 1024), b"x")
+        assert too_big.startswith(b"HTTP/1.1 413")
+        granted = await self._exchange(host, port, head(auth, len(body)), body)
+        assert granted.startswith(b"HTTP/1.1 100 Continue")
+        assert b"HTTP/1.1 200" in granted
+
+    async def test_protocol_errors_in_the_envelope(self, tmp_path):
+        import os
+        import subprocess
+        import sys
+
+        from tests.test_cli import ROOT, free_port, wait_ready
+
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if k != "AUTH_TOKEN"}
+        env.update(AUTH_TOKEN=TOKEN, LOG_FORMAT="json")
+        proc = subprocess.Popen([sys.executable, "-m", "aiproxy", "--config",
+                                 str(ROOT / "config" / "demo.yaml"), "--addr",
+                                 f"127.0.0.1:{port}"], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        try:
+            await wait_ready(f"http://127.0.0.1:{port}", proc)
+            bad_line = await self._exchange("127.0.0.1", port, b"NOT HTTP AT ALL\r\n\r\n")
+            huge = await self._exchange("127.0.0.1", port, b"GET /ping HTTP/1.1\r\nHost: x\r\n"
+                                        b"X-Big: " + b"a" * 200_000 + b"\r\n\r\n")
+        finally:
+            proc.terminate()
+            proc.wait(30)
+        for answer in (bad_line, huge):
+            status = int(answer.split(b" ", 2)[1])
+            assert 400 <= status < 500, answer[:200]
+            assert b"application/json" in answer.split(b"\r\n\r\n")[0]
+            body = orjson.loads(answer.split(b"\r\n\r\n", 1)[1])
+            assert body["error"]["code"] == "bad_http_request"
+        assert proc.stderr is not None
+        assert b"Traceback" not in proc.stderr.read()

@@ -152,6 +152,29 @@ def access_log(record: Record, cost: float | None = None) -> None:
         "total_ms": record.total_ms, "cost_usd": cost})
 
 
+async def _expect_continue(request: web.Request) -> web.StreamResponse | None:
+    """``Expect: 100-continue``: the client waits before sending its body. Grant it only to a
+    request that would be let in (authenticated, a body within the size limit), so no one
+    streams a body the proxy would refuse; otherwise the refusal is the answer."""
+    if request.headers.get("Expect", "").lower() != "100-continue":
+        return error_response(ProxyError(417, "only 'Expect: 100-continue' is understood",
+                                         code="expectation_failed"))
+    trace = Trace(request_id=new_request_id())
+    trace.generation = request.app[RUNTIME].current
+    try:
+        authenticate(request, trace)
+    except ProxyError as exc:
+        return error_response(exc)
+    length = request.content_length
+    if length is not None and length > request.app[SETTINGS].max_body_size:
+        return error_response(ProxyError(413, "request body too large",
+                                         code="request_too_large"))
+    if request.version >= (1, 1):
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the answer proper has not started
+    return None
+
+
 async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
     response.headers["X-Content-Type-Options"] = "nosniff"
     request_id = trace_of(request).request_id
@@ -198,6 +221,10 @@ def make_app(config: Config, settings: Settings, *, registry: ProviderRegistry |
     admin.add_routes(app)
     usage.add_routes(app)
     dashboard.add_routes(app)
+    for route in app.router.routes():
+        if route.method == "POST":
+            # aiohttp's default grants 100-continue to anyone; ours checks first.
+            route._expect_handler = _expect_continue
     return app
 
 

@@ -27,10 +27,12 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from aiproxy.config import Settings
+from aiproxy.errors import ProxyError
+from aiproxy.http.errors import error_response
 from aiproxy.http.state import RUNTIME
 from aiproxy.observability import get_logger
 
-__all__ = ["ConnectionGuard", "connection_limit", "serve"]
+__all__ = ["ConnectionGuard", "connection_limit", "envelope_protocol_errors", "serve"]
 
 log = get_logger("aiproxy")
 
@@ -114,11 +116,44 @@ class ConnectionGuard:
                 transport.close()
 
 
+def envelope_protocol_errors() -> None:
+    """aiohttp answers a request it cannot parse (a bad request line, headers too large)
+    itself, in plain text, logging a traceback. The proxy answers every error in the OpenAI
+    envelope and logs garbage from a client in one line (a flood of it must not flood the
+    log with tracebacks). Applied once per serving process."""
+    if getattr(RequestHandler.handle_error, "aiproxy", False):
+        return
+
+    def handle_error(self: RequestHandler, request: web.BaseRequest, status: int = 500,
+                     exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if request.writer.output_size > 0:
+            raise ConnectionError("the answer is under way: no error answer can follow")
+        log.info("bad_http_request", status=status,
+                 error=type(exc).__name__ if exc is not None else None)
+        text = _PROTOCOL_MESSAGES.get(status, "the request could not be handled")
+        response = error_response(ProxyError(status, text, code="bad_http_request"))
+        response.force_close()
+        return response
+
+    handle_error.aiproxy = True  # type: ignore[attr-defined]
+    RequestHandler.handle_error = handle_error  # type: ignore[method-assign]
+
+
+_PROTOCOL_MESSAGES = {
+    400: "the request is not valid HTTP/1.1 (request line, headers or framing)",
+    413: "the request is too large",
+    431: "the request headers are too large",
+    500: "internal error",
+}
+
+
 async def serve(app: web.Application, settings: Settings, *, reuse_port: bool = False,
                 on_listening: Callable[[], None] = lambda: None,
                 stop_signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> None:
     """Run ``app`` until a stop signal, then shut down within ``settings.shutdown_grace``.
     An OSError from binding (a port in use) propagates before anything was started."""
+    envelope_protocol_errors()
     runner = web.AppRunner(
         app, handle_signals=False, access_log=None, handler_cancellation=True,
         keepalive_timeout=settings.client_keepalive_timeout, shutdown_timeout=1.0,
