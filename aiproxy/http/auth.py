@@ -8,6 +8,7 @@ import hmac
 from aiohttp import web
 
 from aiproxy.errors import ProxyError
+from aiproxy.http.session import DASHBOARD, dashboard_access
 from aiproxy.http.state import Trace
 
 __all__ = ["PUBLIC_PATHS", "authenticate", "bearer_token"]
@@ -28,6 +29,9 @@ def authenticate(request: web.Request, trace: Trace) -> None:
     """Let the request through, or raise the 401/403 it gets, against the settings and keys of
     the generation the request runs on. A client key's grant and name go on the trace."""
     if request.path in PUBLIC_PATHS:
+        return
+    if request.path == DASHBOARD or request.path.startswith(DASHBOARD + "/"):
+        dashboard_access(request, trace)  # a session cookie, never a token in a URL
         return
     token = bearer_token(request)
     if token is None:
