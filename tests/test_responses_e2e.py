@@ -393,6 +393,16 @@ class TestPassthrough:
         assert final.output_text == "native: again"
         assert (await proxy.client.responses.retrieve(final.id)).status == "completed"
 
+    async def test_an_upstream_error_event_ends_with_response_failed(self, native):
+        fake, proxy = native
+        fake.error_event = True
+        events = await raw_events(proxy, {"model": "openai/gpt-native", "input": "boom"})
+        kinds = [e["type"] for e in events]
+        assert kinds[-2:] == ["error", "response.failed"]
+        assert "response.completed" not in kinds
+        assert "The server had an error" in events[-1]["response"]["error"]["message"]
+        assert [e["sequence_number"] for e in events] == list(range(len(events)))
+
     async def test_previous_response_id_goes_through(self, native):
         fake, proxy = native
         first = await proxy.client.responses.create(model="openai/gpt-native", input="one")
