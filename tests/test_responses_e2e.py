@@ -287,6 +287,17 @@ class TestTranslated:
                 assert resp.status == 400
                 assert (await resp.json())["error"]["param"] == param
 
+    async def test_ids_that_cannot_be_ids_are_unknown(self, translated):
+        _, proxy = translated
+        for path in ("/v1/responses/item:x", "/v1/responses/a%20b/input_items"):
+            async with proxy.http.get(proxy.url(path), headers=proxy.auth) as resp:
+                assert resp.status == 404
+                assert (await resp.json())["error"]["code"] == "response_not_found"
+        with pytest.raises(openai.BadRequestError) as err:
+            await proxy.client.responses.create(model="openai/gpt-test", input="x",
+                                                previous_response_id="a:b")
+        assert err.value.code == "previous_response_not_found"
+
     async def test_unknown_model_is_404(self, translated):
         _, proxy = translated
         with pytest.raises(openai.NotFoundError):
