@@ -461,6 +461,10 @@ class TestPassthrough:
             {"role": "assistant", "content": "echo: from chat"},
             {"role": "user", "content": "to native"}]
         assert second.previous_response_id == first.id
+        events = await raw_events(proxy, {"model": "nat", "input": "streamed",
+                                          "previous_response_id": first.id})
+        assert {e["response"]["previous_response_id"] for e in events
+                if "response" in e} == {first.id}
         third = await client.responses.create(model="chatty", input="back",
                                               previous_response_id=second.id)
         assert [m["content"] for m in chat_fake.calls("/v1/chat/completions")[-1].body[

@@ -148,7 +148,7 @@ async def create(request: web.Request) -> web.StreamResponse:
             raise needs_native(route)
         return translate_stream(turn, _chat_chunks(route, turn), route.name)
 
-    lens = ResponseEvents()
+    lens = ResponseEvents(req.previous_id)
     stream = trace.open_stream = await router.open_stream(
         trace, trace.grant, req.model, Capability.CHAT, length, estimate, open_call, lens)
     response = web.StreamResponse(headers={**SSE_HEADERS, **route_headers(stream.served)})
