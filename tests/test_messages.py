@@ -370,6 +370,25 @@ class TestErrors:
             assert resp.status == 405
             assert (await resp.json())["error"]["type"] == "invalid_request_error"
 
+    async def test_a_client_key_and_its_models(self, start_proxy: StartProxy,
+                                               claude: FakeAnthropic, gpt: FakeChat) -> None:
+        key = "team-key-0123456789abcdef"
+        proxy = await start_proxy({"models": [claude.model(CLAUDE), gpt.model(GPT)],
+                                   "keys": [{"name": "team", "key": key, "models": [GPT],
+                                             "requests_per_minute": 1}]})
+        async with anthropic.AsyncAnthropic(base_url=proxy.url(""), api_key=key,
+                                            max_retries=0) as sdk:
+            with pytest.raises(anthropic.PermissionDeniedError) as denied:
+                await sdk.messages.create(model=CLAUDE, max_tokens=8, messages=HI)
+            with pytest.raises(anthropic.PermissionDeniedError):
+                await sdk.messages.count_tokens(model=CLAUDE, messages=HI)
+            assert (await sdk.messages.create(model=GPT, max_tokens=8, messages=HI)).model == GPT
+            with pytest.raises(anthropic.RateLimitError) as limited:  # the key's own limit
+                await sdk.messages.create(model=GPT, max_tokens=8, messages=HI)
+        assert denied.value.type == "permission_error"
+        assert limited.value.response.headers["retry-after"]
+        assert not claude.seen and len(gpt.seen) == 1
+
     async def test_unknown_model(self, client: anthropic.AsyncAnthropic) -> None:
         with pytest.raises(anthropic.NotFoundError) as info:
             await client.messages.create(model="nope", max_tokens=8, messages=HI)
