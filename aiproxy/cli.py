@@ -34,6 +34,7 @@ DEFAULT_ENV_FILES = (".env", "/config/.env")
 # Where a running proxy writes the address it bound, for ``health-check`` (the container sets
 # it, so the check follows --addr and PORT wherever they were given).
 ADDR_FILE_ENV = "AIPROXY_ADDR_FILE"
+USAGE_DB = "aiproxy-usage.db"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -78,6 +79,14 @@ def parse_addr(addr: str) -> tuple[str | None, int]:
     return (host or None), port
 
 
+def with_ledger_beside(settings: Settings, config_path: str) -> Settings:
+    """Without ``DATABASE_URL``, the usage ledger is an SQLite file next to the config."""
+    if settings.database_url:
+        return settings
+    path = Path(config_path).resolve().parent / USAGE_DB
+    return attrs.evolve(settings, database_url=f"sqlite:///{path}")
+
+
 def _find(explicit: str | None, defaults: Sequence[str]) -> str | None:
     if explicit:
         return explicit
@@ -114,7 +123,7 @@ def _read(args: argparse.Namespace, config_path: str,
     except ConfigError as exc:
         return None, None, exc.errors
     try:
-        settings = settings_from_env(env)
+        settings = with_ledger_beside(settings_from_env(env), config_path)
         if args.addr:
             host, port = parse_addr(args.addr)
             settings = attrs.evolve(settings, host=host or settings.host, port=port)
@@ -181,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def source() -> tuple[Config, Settings]:
         """Read the .env and the config again, for a reload."""
         env = load_env(env_path)
-        new = settings_from_env(env)
+        new = with_ledger_beside(settings_from_env(env), config_path)
         if args.addr:
             host, port = parse_addr(args.addr)
             new = attrs.evolve(new, host=host or new.host, port=port)

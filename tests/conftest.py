@@ -18,6 +18,11 @@ from aiproxy.http import make_app
 from aiproxy.limits.base import RateLimiter
 from aiproxy.plugins import ProviderRegistry
 from tests.fakes import FakeOpenAI
+from tests.postgres_fixture import (  # noqa: F401 - fixtures for every test module
+    own_postgres,
+    postgres_server,
+    postgres_url,
+)
 from tests.redis_fixture import redis_server  # noqa: F401 - a fixture for every test module
 
 TOKEN = "test-token"

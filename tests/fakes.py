@@ -1,7 +1,9 @@
 """A fault-injecting fake OpenAI-compatible upstream, served on 127.0.0.1 by the tests.
 
 Each model id may be given a script of faults, consumed one per request; when the script is
-empty the model answers normally (or with its ``default`` fault).
+empty the model answers normally (or with its ``default`` fault). It is built on the plugin
+kit's :class:`aiproxy.testing.FakeUpstream` (routing, recording, the application, the JSON
+and SSE framing); what it adds is the OpenAI dialect and the faults.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import Any
 import attrs
 import orjson
 from aiohttp import web
+
+from aiproxy.testing import FakeUpstream, RecordedRequest, encode_stream, json_response
 
 
 @attrs.define
@@ -39,6 +43,11 @@ class FakeOpenAI:
     """
 
     def __init__(self) -> None:
+        self.upstream = FakeUpstream()
+        for prefix in ("", "/v1"):
+            self.upstream.route("POST", prefix + "/chat/completions", self.chat)
+            self.upstream.route("POST", prefix + "/embeddings", self.embeddings)
+            self.upstream.route("POST", prefix + "/images/generations", self.images)
         self.seen: list[Seen] = []
         self.scripts: dict[str, deque[str]] = defaultdict(deque)
         self.defaults: dict[str, str] = {}
@@ -59,12 +68,8 @@ class FakeOpenAI:
         return [s for s in self.seen if s.model == model]
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
-        for prefix in ("", "/v1"):
-            app.router.add_post(prefix + "/chat/completions", self.chat)
-            app.router.add_post(prefix + "/embeddings", self.embeddings)
-            app.router.add_post(prefix + "/images/generations", self.images)
-        return app
+        """The kit's application, for ``aiohttp_server`` to serve."""
+        return self.upstream.app
 
     def _fault(self, model: str) -> str:
         script = self.scripts.get(model)
@@ -73,19 +78,18 @@ class FakeOpenAI:
         return self.defaults.get(model, "ok")
 
     async def _record(self, request: web.Request) -> tuple[dict[str, Any], str]:
-        raw = await request.read()
-        body = orjson.loads(raw)
+        record = await RecordedRequest.of(request)
+        body = record.json if record.json is not None else orjson.loads(record.raw)
         model = str(body.get("model"))
         self.seen.append(Seen(time.monotonic(), request.path, model, body,
-                              dict(request.headers), raw))
+                              dict(request.headers), record.raw))
         return body, model
 
     @staticmethod
     def _error(status: int, message: str, code: str | None = None, typ: str = "server_error",
                headers: dict[str, str] | None = None) -> web.Response:
         body = {"error": {"message": message, "type": typ, "param": None, "code": code}}
-        return web.Response(status=status, body=orjson.dumps(body),
-                            content_type="application/json", headers=headers)
+        return json_response(body, status=status, headers=headers)
 
     async def _pre_answer_fault(self, request: web.Request, fault: str) -> web.Response | None:
         if fault in ("429", "429_once"):
@@ -147,8 +151,7 @@ class FakeOpenAI:
                              "finish_reason": "stop", "logprobs": None}],
                 "usage": {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12},
             }
-            return web.Response(body=orjson.dumps(data), content_type="application/json",
-                                headers=self.extra_headers)
+            return json_response(data, headers=self.extra_headers)
         return await self._stream(request, body, model, fault, text)
 
     async def _stream(self, request: web.Request, body: dict[str, Any], model: str, fault: str,
@@ -170,7 +173,7 @@ class FakeOpenAI:
             first = {**base, "choices": [{"index": 0, "delta": {"role": "assistant",
                                                                 "content": ""},
                                           "finish_reason": None}]}
-            await response.write(b"data: " + orjson.dumps(first) + b"\n\n")
+            await response.write(encode_stream([first]))
             for i, piece in enumerate(pieces):
                 if self.chunk_delay:
                     await asyncio.sleep(self.chunk_delay)
@@ -185,24 +188,24 @@ class FakeOpenAI:
                     continue
                 if fault == "error_event" and i == 1:
                     err = {"error": {"message": "upstream exploded", "code": 502}}
-                    await response.write(b"data: " + orjson.dumps(err) + b"\n\n")
+                    await response.write(encode_stream([err]))
                     return response
                 delta: dict[str, Any] = {"content": piece}
                 if fault == "long_line" and i == 0:
                     delta = {"content": piece + " " + "x" * 300_000}
                 chunk = {**base, "choices": [{"index": 0, "delta": delta,
                                               "finish_reason": None}]}
-                await response.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+                await response.write(encode_stream([chunk]))
             final = {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
-            await response.write(b"data: " + orjson.dumps(final) + b"\n\n")
+            await response.write(encode_stream([final]))
             opts = body.get("stream_options") or {}
             if opts.get("include_usage"):
                 usage = {**base, "choices": [], "usage": {"prompt_tokens": 7,
                                                           "completion_tokens": 5,
                                                           "total_tokens": 12}}
-                await response.write(b"data: " + orjson.dumps(usage) + b"\n\n")
+                await response.write(encode_stream([usage]))
             if fault != "no_done":
-                await response.write(b"data: [DONE]\n\n")
+                await response.write(encode_stream([b"[DONE]"]))
             completed = True
         except (ConnectionError, asyncio.CancelledError):
             self.disconnects += 1
@@ -221,9 +224,9 @@ class FakeOpenAI:
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
         data = [{"object": "embedding", "index": i, "embedding": [0.1 * (i + 1), 0.2, 0.3]}
                 for i in range(len(inputs))]
-        return web.json_response({"object": "list", "data": data, "model": model,
-                                  "usage": {"prompt_tokens": self.embedding_tokens,
-                                            "total_tokens": self.embedding_tokens}})
+        return json_response({"object": "list", "data": data, "model": model,
+                              "usage": {"prompt_tokens": self.embedding_tokens,
+                                        "total_tokens": self.embedding_tokens}})
 
     async def images(self, request: web.Request) -> web.Response:
         import base64
@@ -237,4 +240,4 @@ class FakeOpenAI:
         n = body.get("n") or 1
         data = [{"b64_json": base64.b64encode(mock_png(seed=bytes([i]))).decode()}
                 for i in range(n)]
-        return web.json_response({"created": 1700000000, "data": data})
+        return json_response({"created": 1700000000, "data": data})

@@ -8,7 +8,8 @@ Each fake checks the credentials it is sent the way the real service does, recor
 request (:class:`Seen`), and answers either the next scripted reply (:meth:`FakeUpstream.then`),
 a sticky one (:meth:`FakeUpstream.always`), or a sensible default in the provider's documented
 shape. The shapes are those of the per-provider unit tests (``tests/test_provider_<name>.py``),
-which cite the documentation they follow.
+which cite the documentation they follow. Routing, recording and the application come from the
+plugin kit's :class:`aiproxy.testing.FakeUpstream`; these fakes add each provider's dialect.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import attrs
 import orjson
 from aiohttp import web
 from multidict import CIMultiDict
+
+from aiproxy import testing as kit
 
 __all__ = [
     "CF_ACCOUNT",
@@ -72,9 +75,7 @@ class Seen:
 
 def json_reply(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Reply:
     async def reply(request: web.Request, body: Any) -> web.StreamResponse:
-        raw = data if isinstance(data, bytes) else orjson.dumps(data)
-        return web.Response(body=raw, status=status, headers=headers,
-                            content_type="application/json")
+        return kit.json_response(data, status=status, headers=headers)
     return reply
 
 
@@ -114,15 +115,23 @@ class FakeUpstream:
         self._script: list[Reply] = []
         self._sticky: Reply | None = None
         self.server: Any = None
+        # The kit's fake: one editable router over aiohttp-style path patterns.
+        self.upstream = kit.FakeUpstream()
+        self.routes(self.upstream)
 
     @classmethod
     async def start(cls, aiohttp_server: Any) -> Self:
         fake = cls()
         fake.server = await aiohttp_server(fake.app())
+        fake.upstream.url = str(fake.server.make_url("")).rstrip("/")
         return fake
 
+    def routes(self, upstream: kit.FakeUpstream) -> None:
+        """Route this provider's endpoints on ``upstream`` (a subclass may instead build its
+        own :meth:`app`)."""
+
     def app(self) -> web.Application:
-        raise NotImplementedError
+        return self.upstream.app
 
     def url(self, path: str) -> str:
         return str(self.server.make_url(path))
@@ -140,7 +149,7 @@ class FakeUpstream:
         self._sticky = reply
 
     async def record(self, request: web.Request) -> tuple[Seen, Any]:
-        raw = await request.read()
+        raw = (await kit.RecordedRequest.of(request)).raw
         if request.content_type == "application/json":
             body: Any = orjson.loads(raw) if raw else None
         else:
@@ -239,10 +248,8 @@ class FakeGemini(FakeUpstream):
         return {"name": name, "provider": "gemini", "url": self.base_url, "token": self.KEY,
                 **extra}
 
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_post("/v1beta/models/{target}", self.handle)
-        return app
+    def routes(self, upstream: kit.FakeUpstream) -> None:
+        upstream.route("POST", "/v1beta/models/{target}", self.handle)
 
     def calls(self, method: str) -> list[Seen]:
         return [s for s in self.seen if s.path.endswith(f":{method}")]
@@ -378,11 +385,9 @@ class FakeCohere(FakeUpstream):
         return {"name": name, "provider": "cohere", "url": self.url("/"), "token": self.KEY,
                 **extra}
 
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_post("/v2/chat", self.handle)
-        app.router.add_post("/v2/embed", self.handle)
-        return app
+    def routes(self, upstream: kit.FakeUpstream) -> None:
+        upstream.route("POST", "/v2/chat", self.handle)
+        upstream.route("POST", "/v2/embed", self.handle)
 
     def calls(self, endpoint: str) -> list[Seen]:
         return [s for s in self.seen if s.path == f"/v2/{endpoint}"]
@@ -500,12 +505,10 @@ class FakeGigaChat(FakeUpstream):
                 "options": {"oauth_url": self.url("/api/v2/oauth"), "scope": self.SCOPE},
                 **extra}
 
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_post("/api/v2/oauth", self.oauth)
-        app.router.add_post("/api/v1/chat/completions", self.api)
-        app.router.add_post("/api/v1/embeddings", self.api)
-        return app
+    def routes(self, upstream: kit.FakeUpstream) -> None:
+        upstream.route("POST", "/api/v2/oauth", self.oauth)
+        upstream.route("POST", "/api/v1/chat/completions", self.api)
+        upstream.route("POST", "/api/v1/embeddings", self.api)
 
     def calls(self, endpoint: str) -> list[Seen]:
         return [s for s in self.seen if s.path == f"/api/v1/{endpoint}"]
@@ -614,10 +617,8 @@ class FakeCloudflare(FakeUpstream):
         return {"name": name, "provider": "cloudflare", "url": self.url("/client/v4"),
                 "token": self.TOKEN, "options": {"account_id": CF_ACCOUNT}, **extra}
 
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_post("/client/v4/accounts/{account}/ai/run/{model:.+}", self.handle)
-        return app
+    def routes(self, upstream: kit.FakeUpstream) -> None:
+        upstream.route("POST", "/client/v4/accounts/{account}/ai/run/{model:.+}", self.handle)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         _, body = await self.record(request)

@@ -46,6 +46,7 @@ class FakeOpenAIAPI:
         self.cut_stream = False  # chat streams break after their first text chunk
         self.context_limit: int | None = None  # chat refuses more messages than this
         self.fail_status: int | None = None  # every call answers this error status
+        self.error_event = False  # native streams send an error event after their first delta
         self.stored: dict[str, dict[str, Any]] = {}
         self.deleted: list[str] = []
         self._ids = itertools.count(1)
@@ -207,6 +208,12 @@ class FakeOpenAIAPI:
         for event in events:  # one write each, as a paced upstream sends them
             await resp.write(_sse([event], named=True))
             await asyncio.sleep(0)
+            if self.error_event and event["type"] == "response.output_text.delta":
+                await resp.write(_sse([{"type": "error", "code": "server_error",
+                                        "message": "The server had an error",
+                                        "sequence_number": event["sequence_number"] + 1}],
+                                      named=True))
+                return resp
         return resp
 
     async def delete(self, request: web.Request) -> web.Response:

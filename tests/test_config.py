@@ -17,8 +17,8 @@ from aiproxy.config import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE_VARS = ("OPENROUTER_API_KEY", "OPENAI_API_KEY", "GROQ_API_KEY", "HF_TOKEN",
-                "GEMINI_API_KEY", "COHERE_API_KEY", "GIGACHAT_CREDENTIALS",
+EXAMPLE_VARS = ("OPENROUTER_API_KEY", "OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GROQ_API_KEY",
+                "HF_TOKEN", "GEMINI_API_KEY", "COHERE_API_KEY", "GIGACHAT_CREDENTIALS",
                 "CLOUDFLARE_API_TOKEN", "CLOUDFLARE_ACCOUNT_ID")
 
 # The example from the old Go proxy's README, verbatim.
@@ -73,7 +73,7 @@ class TestLoad:
         config = load_config(ROOT / "config" / "provider-config.example.yaml", env)
         assert {m.provider for m in config.models} == {
             "openrouter", "openai", "groq", "huggingface", "gemini", "cohere", "gigachat",
-            "cloudflare"}
+            "cloudflare", "anthropic"}
 
     def test_provider_prefix_is_stripped_for_the_upstream(self):
         config = parse_config({"models": [

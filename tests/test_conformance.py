@@ -13,6 +13,7 @@ import importlib.util
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Sequence
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -58,17 +59,25 @@ from aiproxy.testing import (
     skipped_checks,
     stream_response,
 )
+from aiproxy_providers.anthropic import AnthropicProvider
 from aiproxy_providers.cloudflare import CloudflareProvider
 from aiproxy_providers.cohere import CohereProvider
 from aiproxy_providers.gemini import GeminiProvider
 from aiproxy_providers.gigachat import GigaChatProvider
 from aiproxy_providers.mock import MockProvider
 from aiproxy_providers.openai import (
+    AIMLAPIProvider,
+    AirforceProvider,
+    ArliAIProvider,
+    GitHubModelsProvider,
+    GlamaProvider,
     GroqProvider,
     HuggingFaceProvider,
     OpenAIProvider,
     OpenRouterProvider,
+    TogetherProvider,
 )
+from tests.anthropic_fakes import claude_events, claude_message, text_block, tool_block
 from tests.provider_fakes import (
     CF_ACCOUNT,
     COHERE_STREAM_ID,
@@ -715,6 +724,103 @@ class CloudflareAdapter(ConformanceAdapter):
         assert request.json == expected
 
 
+class AnthropicAdapter(ConformanceAdapter):
+    """Anthropic's Messages API (https://docs.anthropic.com/en/api/messages): named stream
+    events (https://docs.anthropic.com/en/api/messages-streaming) and ``{"type": "error",
+    "error": {"type", "message"}}`` errors (https://docs.anthropic.com/en/api/errors)."""
+
+    provider = AnthropicProvider
+    MODEL = "claude-sonnet-4-5"
+    chat_paths = ("/v1/messages",)
+
+    def model_config(self, base_url: str) -> ModelConfig:
+        return ModelConfig(name=f"anthropic/{self.MODEL}", provider="anthropic", url=base_url,
+                           token=self.token)
+
+    @staticmethod
+    def _usage(usage: Usage) -> dict[str, int]:
+        return {"input_tokens": usage.prompt_tokens, "output_tokens": usage.completion_tokens}
+
+    @staticmethod
+    def _events(events: list[dict[str, Any]]) -> list[StreamEvent]:
+        return [SSEEvent(orjson.dumps(e), event=e["type"]) for e in events]
+
+    def answer_text(self, text: str, usage: Usage, request: RecordedRequest) -> dict[str, Any]:
+        return claude_message(text_block(text), model=self.MODEL, **self._usage(usage))
+
+    def stream_text(self, pieces: Sequence[str], usage: Usage,
+                    request: RecordedRequest) -> list[StreamEvent]:
+        start = claude_message(model=self.MODEL, **self._usage(usage))
+        start.update(stop_reason=None, usage={**start["usage"], "output_tokens": 1})
+        return self._events([
+            {"type": "message_start", "message": start}, {"type": "ping"},
+            {"type": "content_block_start", "index": 0,
+             "content_block": {"type": "text", "text": ""}},
+            *({"type": "content_block_delta", "index": 0,
+               "delta": {"type": "text_delta", "text": piece}} for piece in pieces),
+            {"type": "content_block_stop", "index": 0},
+            {"type": "message_delta", "delta": {"stop_reason": "end_turn",
+                                                "stop_sequence": None},
+             "usage": {"output_tokens": usage.completion_tokens}},
+            {"type": "message_stop"}])
+
+    def answer_tool_call(self, call: ToolCall, usage: Usage,
+                         request: RecordedRequest) -> dict[str, Any]:
+        return claude_message(tool_block(call.name, dict(call.arguments), call.id),
+                              stop_reason="tool_use", model=self.MODEL, **self._usage(usage))
+
+    def stream_tool_call(self, call: ToolCall, usage: Usage,
+                         request: RecordedRequest) -> list[StreamEvent]:
+        # The input arrives as input_json_delta fragments of its JSON.
+        return self._events(claude_events(self.answer_tool_call(call, usage, request)))
+
+    def check_tool_result(self, request: RecordedRequest, call: ToolCall, result: str) -> None:
+        assistant, user = request.json["messages"][-2:]
+        assert assistant == {"role": "assistant", "content": [
+            {"type": "tool_use", "id": call.id, "name": call.name,
+             "input": dict(call.arguments)}]}
+        assert user == {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": call.id, "content": result}]}
+
+    def error(self, kind: ErrorKind, message: str,
+              request: RecordedRequest) -> web.StreamResponse | None:
+        def status(code: int, kind_name: str, text: str,
+                   headers: dict[str, str] | None = None) -> web.Response:
+            return json_response({"type": "error", "error": {"type": kind_name,
+                                                             "message": text}},
+                                 status=code, headers=headers)
+
+        if kind is ErrorKind.RATE_LIMITED:
+            return status(429, "rate_limit_error", message,
+                          {"retry-after": str(int(RETRY_AFTER))})
+        if kind is ErrorKind.OVERLOADED:
+            return status(529, "overloaded_error", message)
+        if kind is ErrorKind.BAD_REQUEST:
+            return status(400, "invalid_request_error", message)
+        if kind is ErrorKind.AUTH:
+            return status(401, "authentication_error", message)
+        if kind is ErrorKind.CONTEXT_LENGTH:
+            return status(400, "invalid_request_error",
+                          f"prompt is too long: 210000 tokens > 200000 maximum. {message}")
+        # CONTENT_FILTER: a refusal is a stop_reason of a 200 answer, not an error.
+        return None
+
+    def stream_error(self, message: str) -> StreamEvent | None:
+        return SSEEvent(orjson.dumps({"type": "error", "error": {
+            "type": "overloaded_error", "message": message}}), event="error")
+
+    def check_request(self, request: RecordedRequest, chat: ChatRequest) -> None:
+        assert request.headers["x-api-key"] == self.token
+        assert request.headers["anthropic-version"] == "2023-06-01"
+        system, user = _conversation(chat)
+        expected: dict[str, Any] = {"model": self.MODEL, "max_tokens": 32, "system": system,
+                                    "messages": [{"role": "user", "content": user}],
+                                    "temperature": 0.5}
+        if chat.stream:
+            expected["stream"] = True
+        assert request.json == expected
+
+
 def example_adapter() -> ConformanceAdapter:
     """The example plugin's own adapter, from its tests (the plugin need not be installed)."""
     if str(EXAMPLE) not in sys.path:
@@ -733,10 +839,18 @@ ADAPTERS: dict[str, ConformanceAdapter] = {
     "openrouter": OpenAIAdapter(OpenRouterProvider),
     "groq": OpenAIAdapter(GroqProvider),
     "huggingface": OpenAIAdapter(HuggingFaceProvider),
+    # The names the old proxy sent to its OpenAI client (google is the Gemini plugin's).
+    "glama": OpenAIAdapter(GlamaProvider),
+    "arliai": OpenAIAdapter(ArliAIProvider),
+    "github": OpenAIAdapter(GitHubModelsProvider),
+    "together": OpenAIAdapter(TogetherProvider),
+    "aimlapi": OpenAIAdapter(AIMLAPIProvider),
+    "airforce": OpenAIAdapter(AirforceProvider),
     "gemini": GeminiAdapter(),
     "cohere": CohereAdapter(),
     "gigachat": GigaChatAdapter(),
     "cloudflare": CloudflareAdapter(),
+    "anthropic": AnthropicAdapter(),
     "mock": MockAdapter(),
     "ollama-example": example_adapter(),
 }
@@ -756,10 +870,17 @@ TestConformanceOpenai = _suite("openai")
 TestConformanceOpenrouter = _suite("openrouter")
 TestConformanceGroq = _suite("groq")
 TestConformanceHuggingface = _suite("huggingface")
+TestConformanceGlama = _suite("glama")
+TestConformanceArliai = _suite("arliai")
+TestConformanceGithub = _suite("github")
+TestConformanceTogether = _suite("together")
+TestConformanceAimlapi = _suite("aimlapi")
+TestConformanceAirforce = _suite("airforce")
 TestConformanceGemini = _suite("gemini")
 TestConformanceCohere = _suite("cohere")
 TestConformanceGigachat = _suite("gigachat")
 TestConformanceCloudflare = _suite("cloudflare")
+TestConformanceAnthropic = _suite("anthropic")
 TestConformanceMock = _suite("mock")
 TestConformanceOllamaExample = _suite("ollama-example")
 
@@ -769,6 +890,23 @@ def test_every_adapter_has_its_suite() -> None:
              if name.startswith("TestConformance") and hasattr(value, "aiproxy_adapter")}
     assert {v.aiproxy_adapter for k, v in globals().items() if k in bound} \
         == set(ADAPTERS.values())
+
+
+# First-party plugins whose adapter is not written yet, with the reason; an entry point in
+# neither ADAPTERS nor here fails test_every_first_party_plugin_is_checked.
+PENDING_ADAPTERS: dict[str, str] = {}
+
+
+def test_every_first_party_plugin_is_checked() -> None:
+    first_party = {e.name: e.load() for e in entry_points(group="aiproxy.providers")
+                   if e.value.startswith("aiproxy_providers.")}
+    checked = {a.provider for a in ADAPTERS.values()}
+    missing = sorted(name for name, cls in first_party.items()
+                     if name not in PENDING_ADAPTERS and cls not in checked)
+    assert not missing, f"first-party plugins with no conformance adapter: {missing}"
+    stale = sorted(name for name in PENDING_ADAPTERS
+                   if name not in first_party or first_party[name] in checked)
+    assert not stale, f"PENDING_ADAPTERS entries to remove: {stale}"
 
 
 def test_every_known_gap_names_a_real_case() -> None:
@@ -1025,6 +1163,28 @@ class TestFakeUpstream:
             assert seen.headers["x-key"] == "k"  # case-insensitive, as HTTP headers are
             assert [r.path for r in fake.unrouted] == ["/nowhere"]
             assert fake.requests_to("/greet") == [seen]
+
+    async def test_path_patterns(self) -> None:
+        async def model(request: web.Request) -> web.StreamResponse:
+            return json_response(dict(request.match_info))
+
+        async def exact(request: web.Request) -> web.StreamResponse:
+            return json_response({"exact": True})
+
+        async with FakeUpstream() as fake, aiohttp.ClientSession() as http:
+            fake.route("POST", "/v1beta/models/{model}:{method}", model)
+            fake.route("POST", "/ai/run/{name:.+}", model)
+            fake.route("POST", "/v1beta/models/fixed:generateContent", exact)
+            async with http.post(fake.url_for("/v1beta/models/gemini-x:embedContent")) as resp:
+                assert await resp.json() == {"tail": "v1beta/models/gemini-x:embedContent",
+                                             "model": "gemini-x", "method": "embedContent"}
+            async with http.post(fake.url_for("/ai/run/@cf/meta/llama")) as resp:
+                assert (await resp.json())["name"] == "@cf/meta/llama"  # {name:regex} spans /
+            async with http.post(fake.url_for("/v1beta/models/fixed:generateContent")) as resp:
+                assert await resp.json() == {"exact": True}  # an exact path wins
+            async with http.get(fake.url_for("/ai/run/x")) as resp:
+                assert resp.status == 404  # the method is part of the route
+            assert [r.path for r in fake.unrouted] == ["/ai/run/x"]
 
     async def test_sse_ndjson_cut_and_hold(self) -> None:
         async def sse(request: web.Request) -> web.StreamResponse:

@@ -100,7 +100,7 @@ class TestParameters:
     @pytest.mark.parametrize(("kwargs", "words"), [
         ({"supported": {"temprature"}}, "temprature"),
         ({"supported": {"user"}, "ignored": {"user"}}, "both"),
-        ({"supported": {"n"}, "notes": {"n": "why"}}, "notes are for refused"),
+        ({"supported": {"n"}, "notes": {"n": "why"}}, "notes are for refused or ignored"),
         ({"supported": set(), "extensions": {"seed"}}, "extensions"),
     ])
     def test_a_wrong_declaration_fails_at_import(self, kwargs: dict[str, Any],
@@ -118,7 +118,7 @@ class TestParameters:
     def test_markdown_lists_every_parameter(self) -> None:
         table = GEMINI_LIKE.markdown()
         assert "| `temperature` | translated |" in table
-        assert "| `user` | ignored: changes nothing this provider does |" in table
+        assert "| `user` | dropped |" in table
         assert ("| `logit_bias` | refused with 400 `unsupported_parameter`: it has no logit "
                 "bias |") in table
         rows = [line for line in table.splitlines() if line.startswith("| `")]
@@ -502,7 +502,7 @@ class TestReading:
         assert deltas(chunks)[-1] == (0, {}, "stop")
 
     @pytest.mark.parametrize(("events", "cut", "words"), [
-        ([sse({"text": "a"})], False, "ended before the answer was complete"),
+        ([sse({"text": "a"})], False, "the stream ended before its end"),
         ([sse({"text": "a"})], True, "the stream broke"),
         ([sse({"text": "a"}), sse(b"{oops")], False, "not valid JSON"),
         ([sse([1, 2])], False, "not a JSON object"),

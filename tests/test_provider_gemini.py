@@ -331,15 +331,17 @@ def test_bad_options(make_provider: Callable[..., GeminiProvider],
         make_provider(options=options)
 
 
+# ``param`` is the path of the field at fault, as every provider on the kit names it.
 @pytest.mark.parametrize(("body", "param", "words"), [
     ({"messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": "http://example.com/cat.png"}}]}]},
-     "messages", "https:// URLs or data: URLs"),
+     "messages[0].content[0]", "https:// URLs or data: URLs"),
     ({"messages": [{"role": "user", "content": [{"type": "video_url", "video_url": {}}]}]},
-     "messages", "video_url"),
+     "messages[0].content[0]", "video_url"),
     ({"messages": [{"role": "tool", "tool_call_id": "call_x", "content": "1"}]},
-     "messages", "call_x"),
-    ({"messages": [{"role": "function", "name": "f", "content": "1"}]}, "messages", "role"),
+     "messages[0].tool_call_id", "call_x"),
+    ({"messages": [{"role": "function", "name": "f", "content": "1"}]}, "messages[0].role",
+     "role"),
     ({"messages": [{"role": "system", "content": "only a system prompt"}]}, "messages",
      "at least one"),
     ({**hello(), "top_logprobs": 3}, "top_logprobs", "requires logprobs"),
@@ -348,7 +350,7 @@ def test_bad_options(make_provider: Callable[..., GeminiProvider],
     ({**hello(), "logit_bias": {"42": 5}}, "logit_bias", "logit_bias"),
     ({**hello(), "functions": [{"name": "f"}]}, "functions", "tools"),
     ({**hello(), "modalities": ["text", "audio"]}, "modalities", "audio"),
-    ({**hello(), "tools": [{"type": "code_interpreter"}]}, "tools", "function tools"),
+    ({**hello(), "tools": [{"type": "code_interpreter"}]}, "tools[0]", "function tools"),
     ({**hello(), "tool_choice": "required"}, "tool_choice", "requires tools"),
     ({**hello(), "response_format": {"type": "xml"}}, "response_format", "xml"),
 ])

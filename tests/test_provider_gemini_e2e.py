@@ -103,7 +103,7 @@ class TestMediaUrls:
             await proxy.client.chat.completions.create(model=FLASH, messages=[
                 {"role": "user", "content": [
                     {"type": "image_url", "image_url": {"url": "http://example.com/a.png"}}]}])
-        assert info.value.body["param"] == "messages"
+        assert info.value.body["param"] == "messages[0].content[0]"
         assert "https://" in info.value.body["message"]
         assert gemini.seen == []
 

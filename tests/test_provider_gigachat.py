@@ -27,12 +27,8 @@ from aiproxy.provider import (
     ModelConfig,
     UpstreamError,
 )
-from aiproxy_providers.gigachat import (
-    GREEDY_TEMPERATURE,
-    GigaChatProvider,
-    _call_id,
-    _state_from_call_id,
-)
+from aiproxy_providers.gigachat import GREEDY_TEMPERATURE, GigaChatProvider
+from aiproxy_providers.gigachat.translate import call_id, state_of
 
 CLIENT_ID = "client-id-123"
 SECRET = "s3cr3t-value"
@@ -394,18 +390,18 @@ STATE = "77d3fb14-457a-46ba-937e-8d856156d003"
 @pytest.mark.parametrize("state", [STATE, STATE.upper(), "not-a-uuid/+=", "ё" * 30])
 def test_functions_state_id_round_trips_through_the_call_id(state: str) -> None:
     # post-chat: functions_state_id goes back on the assistant message (defect 20).
-    call_id = _call_id(state)
-    assert call_id.startswith("call_gs")
-    assert set(call_id) <= set(string.ascii_letters + string.digits + "_-")
-    assert _state_from_call_id(call_id) == state
+    made = call_id(state)
+    assert made.startswith("call_gs")
+    assert set(made) <= set(string.ascii_letters + string.digits + "_-")
+    assert state_of(made) == state
     if state == STATE:
-        assert len(call_id) == 40  # OpenAI's longest tool call id
+        assert len(made) == 40  # OpenAI's longest tool call id
 
 
 @pytest.mark.parametrize("call_id", ["call_Xk3yJ2mB9qLw0sVt8nRa4Zc1", "get_weather_1byjy32y4hvq",
                                      "call_gsuNOTHEX", "call_gsb%%%", "call_gsb_-4", None])
 def test_foreign_call_ids_carry_no_state(call_id: Any) -> None:
-    assert _state_from_call_id(call_id) is None
+    assert state_of(call_id) is None
 
 
 async def test_functions_state_id_both_directions(fake: FakeGigaChat,
@@ -562,9 +558,10 @@ async def test_stream_text(fake: FakeGigaChat, session: aiohttp.ClientSession) -
     assert fake.api_calls[0]["headers"]["Accept"] == "text/event-stream"
     assert len({(c["id"], c["created"], c["model"], c["object"]) for c in chunks}) == 1
     assert chunks[0]["model"] == "GigaChat" and chunks[0]["object"] == "chat.completion.chunk"
+    # The kit's framing, as OpenAI streams: the role in a chunk of its own, then the text.
     assert [c["choices"] for c in chunks] == [
-        [{"index": 0, "delta": {"role": "assistant", "content": "GigaChat"},
-          "finish_reason": None}],
+        [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
+        [{"index": 0, "delta": {"content": "GigaChat"}, "finish_reason": None}],
         [{"index": 0, "delta": {"content": " спешит"}, "finish_reason": None}],
         [{"index": 0, "delta": {"content": " на помощь"}, "finish_reason": None}],
         [{"index": 0, "delta": {}, "finish_reason": "stop"}],
@@ -580,7 +577,7 @@ async def test_stream_without_include_usage_has_no_usage_chunk(
                                   usage={"prompt_tokens": 1, "completion_tokens": 1,
                                          "total_tokens": 2})])
     chunks = await collect(provider(fake, session), chat_request(stream=True))
-    assert [c["choices"][0]["finish_reason"] for c in chunks] == [None, "length"]
+    assert [c["choices"][0]["finish_reason"] for c in chunks] == [None, None, "length"]
     assert all("usage" not in c for c in chunks)
 
 
@@ -590,12 +587,12 @@ async def test_stream_function_call(fake: FakeGigaChat, session: aiohttp.ClientS
                                                      "arguments": {"location": "Tver"}}},
                                   finish="function_call")])
     chunks = await collect(provider(fake, session), chat_request(stream=True, tools=[WEATHER]))
-    first = chunks[0]["choices"][0]["delta"]
-    [call] = first.pop("tool_calls")
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    [call] = chunks[1]["choices"][0]["delta"].pop("tool_calls")
     assert call.pop("id").startswith("call_")
     assert call == {"index": 0, "type": "function",
                     "function": {"name": "weather_forecast", "arguments": '{"location":"Tver"}'}}
-    assert first == {"role": "assistant", "content": ""}
+    assert chunks[1]["choices"][0]["delta"] == {}
     assert chunks[-1]["choices"] == [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]
 
 
@@ -612,7 +609,9 @@ async def test_stream_cut_or_malformed_is_protocol(fake: FakeGigaChat,
         async for chunk in provider(fake, session).stream(chat_request(stream=True)):
             chunks.append(chunk)
     assert exc.value.kind is ErrorKind.PROTOCOL
-    assert len(chunks) == 1  # what arrived before the fault was passed on
+    # What arrived before the fault was passed on: the opening chunk and "Hi".
+    assert [c["choices"][0]["delta"] for c in chunks] == [
+        {"role": "assistant", "content": ""}, {"content": "Hi"}]
 
 
 async def test_stream_refreshes_token_on_401(fake: FakeGigaChat,
@@ -622,7 +621,7 @@ async def test_stream_refreshes_token_on_401(fake: FakeGigaChat,
     fake.valid_tokens.clear()
     fake.reply = sse([delta_event({"content": "ok", "role": "assistant"}, finish="stop")])
     chunks = await collect(p, chat_request(stream=True))
-    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": "ok"}
+    assert chunks[1]["choices"][0]["delta"] == {"content": "ok"}
     assert len(fake.oauth_calls) == 2
 
 
@@ -645,6 +644,7 @@ async def test_stream_early_aclose_closes_the_connection(fake: FakeGigaChat) -> 
         p = provider(fake, session)
         fake.reply = endless
         stream = cast(AsyncGenerator[dict[str, Any], None], p.stream(chat_request(stream=True)))
+        assert (await anext(stream))["choices"][0]["delta"]["role"] == "assistant"
         assert (await anext(stream))["choices"][0]["delta"]["content"] == "la"
         await stream.aclose()
         await asyncio.wait_for(disconnected.wait(), 5)
@@ -672,6 +672,7 @@ async def test_embeddings(fake: FakeGigaChat, session: aiohttp.ClientSession) ->
                                    "embedding": [0.25, 2.0]}],
                          "usage": {"prompt_tokens": 7, "total_tokens": 7}}
 
+    fake.reply = {**fake.reply, "data": fake.reply["data"][:1]}  # one input, one vector
     body = {"model": "gigachat/Embeddings", "input": "one", "encoding_format": "base64"}
     resp = await p.embeddings(EmbeddingsRequest(body=body, raw=orjson.dumps(body)))
     assert fake.api_calls[1]["body"]["input"] == ["one"]

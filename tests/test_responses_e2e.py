@@ -287,6 +287,17 @@ class TestTranslated:
                 assert resp.status == 400
                 assert (await resp.json())["error"]["param"] == param
 
+    async def test_ids_that_cannot_be_ids_are_unknown(self, translated):
+        _, proxy = translated
+        for path in ("/v1/responses/item:x", "/v1/responses/a%20b/input_items"):
+            async with proxy.http.get(proxy.url(path), headers=proxy.auth) as resp:
+                assert resp.status == 404
+                assert (await resp.json())["error"]["code"] == "response_not_found"
+        with pytest.raises(openai.BadRequestError) as err:
+            await proxy.client.responses.create(model="openai/gpt-test", input="x",
+                                                previous_response_id="a:b")
+        assert err.value.code == "previous_response_not_found"
+
     async def test_unknown_model_is_404(self, translated):
         _, proxy = translated
         with pytest.raises(openai.NotFoundError):
@@ -393,6 +404,16 @@ class TestPassthrough:
         assert final.output_text == "native: again"
         assert (await proxy.client.responses.retrieve(final.id)).status == "completed"
 
+    async def test_an_upstream_error_event_ends_with_response_failed(self, native):
+        fake, proxy = native
+        fake.error_event = True
+        events = await raw_events(proxy, {"model": "openai/gpt-native", "input": "boom"})
+        kinds = [e["type"] for e in events]
+        assert kinds[-2:] == ["error", "response.failed"]
+        assert "response.completed" not in kinds
+        assert "The server had an error" in events[-1]["response"]["error"]["message"]
+        assert [e["sequence_number"] for e in events] == list(range(len(events)))
+
     async def test_previous_response_id_goes_through(self, native):
         fake, proxy = native
         first = await proxy.client.responses.create(model="openai/gpt-native", input="one")
@@ -440,6 +461,10 @@ class TestPassthrough:
             {"role": "assistant", "content": "echo: from chat"},
             {"role": "user", "content": "to native"}]
         assert second.previous_response_id == first.id
+        events = await raw_events(proxy, {"model": "nat", "input": "streamed",
+                                          "previous_response_id": first.id})
+        assert {e["response"]["previous_response_id"] for e in events
+                if "response" in e} == {first.id}
         third = await client.responses.create(model="chatty", input="back",
                                               previous_response_id=second.id)
         assert [m["content"] for m in chat_fake.calls("/v1/chat/completions")[-1].body[

@@ -128,3 +128,17 @@ def test_the_plugin_is_the_entry_point_and_can_be_disabled(project: Path) -> Non
     # Without the plugin the suite still runs; pytest keeps the skip reasons (-rs shows them).
     out = _pytest(project, "-p", "no:aiproxy", "-k", "TestMine", "-rs")
     assert "tool_round_trip: the adapter's upstream makes no tool calls" in out.stdout
+
+
+def test_every_public_name_of_the_old_module_still_imports() -> None:
+    """aiproxy.testing was one module; plugins import these names from it."""
+    import aiproxy.testing as kit
+
+    old = ["CHECKS", "CHECK_TIMEOUT", "ERROR_KINDS", "RETRY_AFTER", "TEXT", "TEXT_PIECES",
+           "USAGE", "Check", "CheckResult", "ConformanceAdapter", "ConformanceReport",
+           "FakeUpstream", "Handler", "RecordedRequest", "SSEEvent", "StreamEvent", "Usage",
+           "applicable_checks", "chat_request", "collect_stream", "conformance_tests",
+           "encode_stream", "json_response", "run_check", "run_conformance",
+           "stream_response"]
+    assert set(old) <= set(kit.__all__)
+    assert all(hasattr(kit, name) for name in kit.__all__)

@@ -14,7 +14,7 @@ from aiohttp import web
 from aiproxy.config import Config, Settings
 from aiproxy.errors import ProxyError
 from aiproxy.generation import ConfigSource, ProviderPool, Runtime
-from aiproxy.http import admin, chat, completions, dashboard, media, responses, usage
+from aiproxy.http import admin, chat, completions, dashboard, media, messages, responses, usage
 from aiproxy.http.auth import authenticate
 from aiproxy.http.body import BODY_TIMEOUT
 from aiproxy.http.errors import error_response
@@ -92,12 +92,13 @@ async def gateway(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 async def _answer(request: web.Request, handler: Handler, trace: Trace) -> web.StreamResponse:
     """Authenticate and run the handler; every error the proxy answers is the OpenAI
-    envelope, nothing internal leaks."""
+    envelope (Anthropic's on the Messages API paths), nothing internal leaks."""
+    envelope = messages.envelope_for(request) or error_response
     try:
         authenticate(request, trace)
         return await handler(request)
     except ProxyError as exc:
-        return error_response(exc)
+        return envelope(exc)
     except ConnectionError:
         trace.client_gone = True  # the client left; aiohttp drops the connection quietly
         raise
@@ -108,9 +109,9 @@ async def _answer(request: web.Request, handler: Handler, trace: Trace) -> web.S
                    405: f"method {request.method} is not allowed on {request.path}",
                    413: "request body too large"}.get(exc.status, exc.reason)
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-        return error_response(ProxyError(exc.status, message, headers=headers,
-                                         code={404: "not_found", 413: "request_too_large"}
-                                         .get(exc.status)))
+        return envelope(ProxyError(exc.status, message, headers=headers,
+                                   code={404: "not_found", 413: "request_too_large"}
+                                   .get(exc.status)))
     except Exception as exc:  # noqa: BLE001 - the last line of defence: log briefly, answer 500
         tb = exc.__traceback__
         while tb is not None and tb.tb_next is not None:
@@ -118,7 +119,7 @@ async def _answer(request: web.Request, handler: Handler, trace: Trace) -> web.S
         where = f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb else "?"
         log.error("internal_error", error=type(exc).__name__, where=where,
                   request_id=trace.request_id)
-        return error_response(ProxyError(500, "internal error", code="internal_error"))
+        return envelope(ProxyError(500, "internal error", code="internal_error"))
 
 
 def request_metrics(metrics: Metrics) -> Observer:
@@ -215,6 +216,7 @@ def make_app(config: Config, settings: Settings, *, registry: ProviderRegistry |
     app.cleanup_ctx.append(_lifecycle)
     app.cleanup_ctx.append(usage.lifecycle)
     chat.add_routes(app)
+    messages.add_routes(app)
     media.add_routes(app)
     responses.add_routes(app, settings)
     completions.add_routes(app)

@@ -1,5 +1,6 @@
-"""Bearer-token authentication: ``AUTH_TOKEN`` (compared in constant time), the config's client
-keys (by SHA-256), and ``METRICS_TOKEN`` for ``/metrics`` only."""
+"""Token authentication (``Authorization: Bearer``, or ``x-api-key`` as Anthropic's clients send
+it): ``AUTH_TOKEN`` (compared in constant time), the config's client keys (by SHA-256), and
+``METRICS_TOKEN`` for ``/metrics`` only."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import hmac
 from aiohttp import web
 
 from aiproxy.errors import ProxyError
+from aiproxy.http.session import DASHBOARD, dashboard_access
 from aiproxy.http.state import Trace
 
-__all__ = ["PUBLIC_PATHS", "authenticate", "bearer_token"]
+__all__ = ["PUBLIC_PATHS", "api_key", "authenticate", "bearer_token"]
 
 PUBLIC_PATHS = frozenset({"/ping", "/health/ready", "/openapi.json"})
 ADMIN_PREFIX = "/admin/"
@@ -24,15 +26,26 @@ def bearer_token(request: web.Request) -> str | None:
     return token.strip()
 
 
+def api_key(request: web.Request) -> str | None:
+    """The token of ``Authorization: Bearer`` or, as Anthropic's clients send it, ``x-api-key``."""
+    token = bearer_token(request)
+    if token is None:
+        token = request.headers.get("x-api-key", "").strip() or None
+    return token
+
+
 def authenticate(request: web.Request, trace: Trace) -> None:
     """Let the request through, or raise the 401/403 it gets, against the settings and keys of
     the generation the request runs on. A client key's grant and name go on the trace."""
     if request.path in PUBLIC_PATHS:
         return
-    token = bearer_token(request)
+    if request.path == DASHBOARD or request.path.startswith(DASHBOARD + "/"):
+        dashboard_access(request, trace)  # a session cookie, never a token in a URL
+        return
+    token = api_key(request)
     if token is None:
-        raise ProxyError(401, "missing bearer token: send 'Authorization: Bearer <token>'",
-                         code="missing_api_key")
+        raise ProxyError(401, "missing API key: send 'Authorization: Bearer <token>' or "
+                         "'x-api-key: <token>'", code="missing_api_key")
     generation = trace.generation
     if generation is None:
         raise ProxyError(503, "the proxy is not ready", code="not_ready")

@@ -34,6 +34,7 @@ from aiproxy.frontdoor.responses import (
 )
 from aiproxy.frontdoor.responses.convert import next_drop
 from aiproxy.frontdoor.responses.passthrough import native_body
+from aiproxy.frontdoor.responses.store import valid_id
 from aiproxy.generation import Generation
 from aiproxy.http.body import read_json
 from aiproxy.http.chat import JSON_HEADERS, SSE_HEADERS, route_headers
@@ -55,6 +56,14 @@ def owner_of(trace: Trace) -> str:
 
 def _store(request: web.Request) -> ResponseStore:
     return request.app[RESPONSE_STORE]
+
+
+def _response_id(request: web.Request) -> str:
+    """The path's response id; 404 for one that cannot be an id (it never reaches a key)."""
+    response_id = request.match_info["id"]
+    if not valid_id(response_id):
+        raise _not_found(response_id[:64])
+    return response_id
 
 
 def _not_found(response_id: str) -> ProxyError:
@@ -87,6 +96,8 @@ async def create(request: web.Request) -> web.StreamResponse:
     chain: list[Stored] = []
     if req.previous_id:
         try:
+            if not valid_id(req.previous_id):
+                raise BrokenChain(req.previous_id[:64])
             chain = await _stored(store.chain(owner, req.previous_id))
         except BrokenChain as exc:
             raise ProxyError(400, f"Previous response with id {exc.missing!r} not found.",
@@ -137,7 +148,7 @@ async def create(request: web.Request) -> web.StreamResponse:
             raise needs_native(route)
         return translate_stream(turn, _chat_chunks(route, turn), route.name)
 
-    lens = ResponseEvents()
+    lens = ResponseEvents(req.previous_id)
     stream = trace.open_stream = await router.open_stream(
         trace, trace.grant, req.model, Capability.CHAT, length, estimate, open_call, lens)
     response = web.StreamResponse(headers={**SSE_HEADERS, **route_headers(stream.served)})
@@ -277,7 +288,7 @@ async def _keep(store: ResponseStore, owner: str, turn: Turn, answer: dict[str, 
 
 
 async def retrieve(request: web.Request) -> web.Response:
-    response_id = request.match_info["id"]
+    response_id = _response_id(request)
     if request.query.get("stream") in ("true", "1"):
         raise ProxyError(400, "streaming a stored response again is not supported; retrieve it "
                          "whole", param="stream")
@@ -288,7 +299,7 @@ async def retrieve(request: web.Request) -> web.Response:
 
 
 async def delete(request: web.Request) -> web.Response:
-    response_id = request.match_info["id"]
+    response_id = _response_id(request)
     trace = trace_of(request)
     record = await _stored(_store(request).delete(owner_of(trace), response_id))
     if record is None:
@@ -323,7 +334,7 @@ async def _delete_upstream(request: web.Request, trace: Trace, origin: str,
 async def input_items(request: web.Request) -> web.Response:
     """A page of the response's own input items (``limit`` 1-100, default 20; ``order``
     ``desc`` by default; ``after`` an item id): the reference's list shape."""
-    response_id = request.match_info["id"]
+    response_id = _response_id(request)
     query = request.query
     try:
         limit = int(query.get("limit", "20"))

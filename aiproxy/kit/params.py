@@ -81,10 +81,11 @@ class Parameters:
 
     - ``supported``: translated or forwarded (``messages``, ``model``, ``stream`` and
       ``stream_options`` for chat, ``input`` and ``model`` for embeddings go without saying);
-    - ``ignored``: dropped, because the provider's documentation says they change nothing it
-      does (``user``, ``store``, ``metadata``...);
+    - ``ignored``: dropped, because they change nothing the provider does (``user``,
+      ``store``, ``metadata``...) or its documentation says it decides them itself;
     - every other OpenAI parameter is refused with a 400 (unless its value is OpenAI's default,
-      see :func:`is_default`), with ``notes[name]`` saying why or what to use instead;
+      see :func:`is_default`);
+    - ``notes[name]`` says why a parameter is refused or dropped, or what to use instead;
     - ``extensions``: fields beyond OpenAI's that the provider reads (Gemini's ``top_k``). Fields
       that are neither OpenAI's nor declared are left alone: a client's ``extra_body`` for
       another provider must not break a fallback to this one.
@@ -112,10 +113,10 @@ class Parameters:
         if both:
             raise ValueError(f"{self.provider}: both supported and ignored: "
                              f"{', '.join(sorted(both))}")
-        noted = frozenset(self.notes) & (self.supported | self.ignored | _ALWAYS[self.api])
+        noted = frozenset(self.notes) & (self.supported | _ALWAYS[self.api])
         if noted:
-            raise ValueError(f"{self.provider}: notes are for refused parameters, not "
-                             f"{', '.join(sorted(noted))}")
+            raise ValueError(f"{self.provider}: notes are for refused or ignored parameters, "
+                             f"not {', '.join(sorted(noted))}")
         if self.extensions & known:
             raise ValueError(f"{self.provider}: extensions: these are OpenAI parameters: "
                              f"{', '.join(sorted(self.extensions & known))}")
@@ -151,7 +152,8 @@ class Parameters:
             if name in self.taken:
                 what = "translated"
             elif name in self.ignored:
-                what = "ignored: changes nothing this provider does"
+                note = self.notes.get(name)
+                what = "dropped" + (f": {note}" if note else "")
             else:
                 note = self.notes.get(name)
                 what = "refused with 400 `unsupported_parameter`" + (f": {note}" if note else "")

@@ -95,6 +95,26 @@ class Event:
     name: str | None = None
 
 
+class _Reading(contextlib.AbstractAsyncContextManager[AsyncIterator[Event]]):
+    """What :meth:`StreamAssembler.read` returns. A class, not a generator-based context
+    manager: a stream dropped without ``aclose()`` is finalised by the event loop, which closes
+    every async generator on its own, and one more generator around the events would be closed
+    twice."""
+
+    def __init__(self, assembler: StreamAssembler, resp: aiohttp.ClientResponse,
+                 events: AsyncGenerator[Event, None]) -> None:
+        self.assembler, self.resp, self.events = assembler, resp, events
+
+    async def __aenter__(self) -> AsyncIterator[Event]:
+        return self.events
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        try:
+            await self.events.aclose()
+        finally:
+            end_response(self.resp, complete=self.assembler.complete)
+
+
 @attrs.define
 class _Choice:
     started: bool = False
@@ -116,7 +136,8 @@ class StreamAssembler:
         self.chunks = StreamChunks(model, id=id or completion_id(), logprobs=logprobs)
         self.include_usage = include_usage
         self.provider = provider
-        #: The answer's usage, as :func:`aiproxy.kit.usage` makes it: the last one set is sent.
+        #: The answer's usage (as :func:`aiproxy.kit.openai_usage` makes it): the last one set
+        #: goes out in the usage chunk.
         self.usage: dict[str, Any] | None = None
         self.ended = False  # end() was called
         self.upstream_done = False  # the upstream's own end marker ([DONE]) arrived
@@ -248,26 +269,26 @@ class StreamAssembler:
 
     # --- Reading the upstream -----------------------------------------------------------------
 
-    @contextlib.asynccontextmanager
-    async def read(self, resp: aiohttp.ClientResponse, *, done: bytes | None = b"[DONE]"
-                   ) -> AsyncGenerator[AsyncIterator[Event], None]:
+    def read(self, resp: aiohttp.ClientResponse, *, done: bytes | None = b"[DONE]",
+             end: str = "its end") -> contextlib.AbstractAsyncContextManager[AsyncIterator[Event]]:
         """The upstream's server-sent events as JSON objects, until ``done`` (its end marker,
-        ``None`` for an upstream without one) or the end of the body.
+        ``None`` for an upstream without one) or the end of the body::
+
+            async with out.read(resp) as events:
+                async for event in events:
+                    for chunk in translate(event):
+                        yield chunk
 
         A cut connection, an event that is not a JSON object, or a body that ends before the
-        answer is :attr:`complete` raise ``PROTOCOL``. Leaving the block releases the
+        answer is :attr:`complete` raise ``PROTOCOL`` (the message says it ended before
+        ``end``: what the upstream ends its answer with). Leaving the block releases the
         connection when the answer was read whole and closes it otherwise (an ``aclose()``, an
         error), so the upstream stops generating.
         """
-        events = self._events(resp.content, done)
-        try:
-            async with contextlib.aclosing(events):
-                yield events
-        finally:
-            end_response(resp, complete=self.complete)
+        return _Reading(self, resp, self._events(resp.content, done, end))
 
-    async def _events(self, content: aiohttp.StreamReader,
-                      done: bytes | None) -> AsyncGenerator[Event, None]:
+    async def _events(self, content: aiohttp.StreamReader, done: bytes | None,
+                      end: str) -> AsyncGenerator[Event, None]:
         try:
             async with contextlib.aclosing(iter_sse(content)) as sse:
                 async for event in sse:
@@ -291,5 +312,4 @@ class StreamAssembler:
             raise protocol_error(f"{self.provider}: the stream broke "
                                  f"({type(exc).__name__})") from None
         if not self.complete:
-            raise protocol_error(f"{self.provider}: the stream ended before the answer was "
-                                 "complete")
+            raise protocol_error(f"{self.provider}: the stream ended before {end}")

@@ -222,7 +222,7 @@ class Ledger:
                 raise StoreUnavailable(self.last_error or "the usage database is not open")
             async with asyncio.timeout(CHARGE_TIMEOUT):
                 await self.store.charge(cells)
-        except (StoreUnavailable, TimeoutError) as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever the driver raises, the request goes on
             # The writer retries it with the next batch; admissions here see it meanwhile.
             _add(self._cells, cells.items())
             self._failed("charge", exc)
@@ -245,7 +245,7 @@ class Ledger:
             try:
                 async with asyncio.timeout(CHARGE_TIMEOUT):
                     found = await self.store.spent(cells)
-            except (StoreUnavailable, TimeoutError) as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever the driver raises, the request goes on
                 self._failed("read", exc)
         totals: dict[Cell, list[float]] = {c: [v[0], v[1]] for c, v in found.items()}
         for local in (self._cells, self._writing, self._charging):
@@ -266,7 +266,7 @@ class Ledger:
         try:
             async with asyncio.timeout(WRITE_TIMEOUT):
                 await self.store.open()
-        except (StoreUnavailable, TimeoutError) as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever the driver raises, the request goes on
             self._failed("open", exc)
             return False
         self.open = True
@@ -314,7 +314,7 @@ class Ledger:
             try:
                 async with asyncio.timeout(WRITE_TIMEOUT):
                     await self.store.write(batch, _frozen(cells))
-            except (StoreUnavailable, TimeoutError) as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever the driver raises, the request goes on
                 _add(self._cells, _frozen(cells).items())
                 self._failed("write", exc)
                 return False
@@ -340,11 +340,13 @@ class Ledger:
         _, month = periods(now - 62 * 86400.0)  # month counters: this one and the last
         try:
             await self.store.purge(before, day, month)
-        except StoreUnavailable as exc:
+        except Exception as exc:  # noqa: BLE001 - purging waits for the next hour
             self._failed("purge", exc)
 
     def _failed(self, operation: str, exc: BaseException) -> None:
         reason = str(exc) or type(exc).__name__
+        if not isinstance(exc, StoreUnavailable | TimeoutError):
+            reason = f"{type(exc).__name__}: {reason}"  # a driver error no backend mapped
         if isinstance(exc, TimeoutError):
             reason = f"the usage database did not answer in time ({operation})"
             if operation in ("open", "write"):

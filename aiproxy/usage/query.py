@@ -18,7 +18,7 @@ from aiproxy.usage.ledger import latency_of_bin
 from aiproxy.usage.store import UsageStore
 
 __all__ = ["GROUPS", "UsageQuery", "iso", "parse_query", "percentiles", "recent", "summary",
-           "to_csv", "traffic"]
+           "to_csv", "traffic", "windows"]
 
 # What a client may group and filter by, and the column behind each (never client SQL).
 GROUPS = {"key": "key_name", "model": "model", "provider": "provider", "status": "status",
@@ -252,3 +252,17 @@ async def recent(store: UsageStore, limit: int) -> list[dict[str, Any]]:
         item["key"] = item.pop("key_name")
         out.append(item)
     return out
+
+
+async def windows(store: UsageStore, now: float) -> dict[str, dict[str, int]]:
+    """Per model: requests served and tokens in the last minute, hour and day."""
+    rows = await store.fetch(
+        "SELECT model, SUM(CASE WHEN ts >= ? THEN 1 ELSE 0 END), "
+        "SUM(CASE WHEN ts >= ? THEN 1 ELSE 0 END), COUNT(*), "
+        "SUM(CASE WHEN ts >= ? THEN COALESCE(tokens_in, 0) + COALESCE(tokens_out, 0) "
+        "ELSE 0 END), SUM(COALESCE(tokens_in, 0) + COALESCE(tokens_out, 0)) "
+        "FROM usage_records WHERE ts >= ? AND model IS NOT NULL GROUP BY model",
+        [now - 60.0, now - 3600.0, now - 60.0, now - 86400.0])
+    return {r[0]: {"requests_minute": int(r[1] or 0), "requests_hour": int(r[2] or 0),
+                   "requests_day": int(r[3] or 0), "tokens_minute": int(r[4] or 0),
+                   "tokens_day": int(r[5] or 0)} for r in rows}

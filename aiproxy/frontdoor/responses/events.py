@@ -245,9 +245,13 @@ class ResponseEvents:
     latest response snapshot and the finished items, so a broken stream still ends with a
     ``response.failed`` that holds what was done."""
 
-    __slots__ = ("done", "final", "relayed_chars", "sequence", "snapshot", "usage")
+    __slots__ = ("done", "final", "previous_id", "relayed_chars", "sequence", "snapshot",
+                 "usage")
 
-    def __init__(self) -> None:
+    def __init__(self, previous_id: str | None = None) -> None:
+        # The conversation's link, on responses an upstream made without it (it was sent the
+        # earlier turns as items).
+        self.previous_id = previous_id
         self.usage: Mapping[str, Any] | None = None
         self.relayed_chars = 0
         self.sequence = 0
@@ -262,6 +266,8 @@ class ResponseEvents:
         response = chunk.get("response")
         if isinstance(response, dict):
             response["model"] = model
+            if self.previous_id and not response.get("previous_response_id"):
+                response["previous_response_id"] = self.previous_id
             self.snapshot = response
             if kind in TERMINAL:
                 self.final = response

@@ -171,7 +171,7 @@ def _item(item: Any, where: str, natives: list[str]) -> dict[str, Any]:
 def _message(item: dict[str, Any], where: str,
              natives: list[str] | None = None) -> dict[str, Any]:
     role = item.get("role")
-    if role not in _ROLES:
+    if not isinstance(role, str) or role not in _ROLES:
         raise _bad(f"'{where}.role' must be one of user, assistant, system, developer; got "
                    f"{role!r}", f"{where}.role")
     assistant = role == "assistant"
@@ -237,7 +237,7 @@ def _check_tools(body: Mapping[str, Any], natives: list[str]) -> None:
                 raise _bad(f"'tools[{i}].parameters' must be a JSON schema object",
                            f"tools[{i}].parameters")
     choice = body.get("tool_choice")
-    if choice is None or choice in _TOOL_CHOICES:
+    if choice is None or (isinstance(choice, str) and choice in _TOOL_CHOICES):
         return
     if not isinstance(choice, dict) or not isinstance(choice.get("type"), str):
         raise _bad("'tool_choice' must be none, auto, required or an object", "tool_choice")
@@ -262,7 +262,8 @@ def _check_text(body: Mapping[str, Any]) -> None:
     fmt = text.get("format")
     if fmt is None:
         return
-    if not isinstance(fmt, dict) or fmt.get("type") not in _FORMATS:
+    if not isinstance(fmt, dict) or not isinstance(fmt.get("type"), str) or (
+            fmt["type"] not in _FORMATS):
         raise _bad("'text.format.type' must be text, json_object or json_schema",
                    "text.format")
     if fmt["type"] == "json_schema" and not (isinstance(fmt.get("name"), str)

@@ -10,6 +10,7 @@ recently used first out, with an expiry) by default; in Redis (:mod:`.redis_stor
 
 from __future__ import annotations
 
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -19,10 +20,17 @@ import attrs
 import orjson
 
 __all__ = ["MAX_CHAIN", "BrokenChain", "MemoryResponseStore", "ResponseStore", "StoreUnavailable",
-           "Stored", "make_store"]
+           "Stored", "make_store", "valid_id"]
 
 # The most responses one conversation is read back through (a guard, not a real bound).
 MAX_CHAIN = 10_000
+# What a response id may look like (ours and OpenAI's are resp_ and hex): anything else is
+# unknown without asking the store, and never becomes part of a Redis key.
+_ID = re.compile(r"[A-Za-z0-9_.-]{1,200}")
+
+
+def valid_id(response_id: str) -> bool:
+    return _ID.fullmatch(response_id) is not None
 
 
 class StoreUnavailable(Exception):
