@@ -37,7 +37,8 @@ ConfigSource = Callable[[], tuple[Config, Settings]]
 # Settings a running process cannot change: a reload keeps the old value and says so.
 RESTART_ONLY = ("host", "port", "redis_url", "redis_prefix", "redis_fail_mode", "max_body_size",
                 "shutdown_grace", "log_level", "log_format", "client_header_timeout",
-                "client_keepalive_timeout", "client_body_timeout", "client_max_connections")
+                "client_keepalive_timeout", "client_body_timeout", "client_max_connections",
+                "responses_store_ttl", "responses_store_max_bytes")
 
 log = get_logger("aiproxy.generation")
 

@@ -131,16 +131,22 @@ class Planner:
         """The models a model or group name stands for (fallbacks not included)."""
         return self._expand(name, set())
 
+    def resolve(self, name: str) -> str:
+        """The name a request is planned by: ``name``, or where ``unknown_models:`` sends a
+        name that is neither a model nor a group (the old proxy's short names)."""
+        if self.unknown_to is not None and name not in self.routes \
+                and name not in self.groups \
+                and (not self.unknown_shorter_than or len(name) < self.unknown_shorter_than):
+            return self.unknown_to
+        return name
+
     def plan(self, name: str, length: int, capability: Capability,
              allowed: Callable[[Route], bool] | None = None) -> list[Route]:
         """The ordered candidates for a request; :class:`ProxyError` when there are none.
 
         ``allowed`` filters the candidates (a client key's permissions).
         """
-        if self.unknown_to is not None and name not in self.routes \
-                and name not in self.groups \
-                and (not self.unknown_shorter_than or len(name) < self.unknown_shorter_than):
-            name = self.unknown_to  # the old proxy's short names, as unknown_models: says
+        name = self.resolve(name)
         route = self.routes.get(name)
         if route is not None and not route.model.fallbacks:
             plan = [route]  # the common case, without building sets and sorting

@@ -1,9 +1,10 @@
-"""The retry policy: exponential backoff with jitter, from the ``backoff`` module."""
+"""The retry policy: exponential backoff with jitter."""
 
 from __future__ import annotations
 
+import random
+
 import attrs
-import backoff
 
 from aiproxy.config import RetryConfig, Settings
 
@@ -42,10 +43,9 @@ class RetryPolicy:
 
     def delay(self, retry: int) -> float:
         """Seconds to wait before retry number ``retry`` (1-based)."""
-        gen = backoff.expo(base=2, factor=self.base_delay, max_value=self.max_delay)
-        gen.send(None)  # backoff's generators are primed with one send(None)
-        value = 0.0
-        for _ in range(retry):
-            value = float(next(gen))
+        # base, 2 base, 4 base, ... capped; the exponent is bounded so a huge retry count
+        # cannot overflow the float.
+        value = float(min(self.base_delay * 2 ** (min(max(retry, 1), 64) - 1), self.max_delay))
         jitter = min(max(self.jitter, 0.0), 1.0)
-        return value * (1 - jitter) + backoff.full_jitter(value * jitter)
+        # Jitter spreads retries of many clients; it needs no cryptographic randomness.
+        return value * (1 - jitter) + random.uniform(0, value * jitter)  # noqa: S311

@@ -387,7 +387,7 @@ class Router:
             plan = self.planner.plan_any(capability, allowed)
         else:
             if grant is not None:
-                grant.check(name)
+                grant.check(self.planner.resolve(name))
             plan = self.planner.plan(name, length, capability, allowed)
         if grant is not None:
             # A key's reservation never exceeds what the key itself may spend, so one
