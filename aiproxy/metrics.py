@@ -185,6 +185,15 @@ class Metrics:
         self.stream_errors = m("counter", "aiproxy_stream_errors_total",
                                "Streams ended with an error event, by model and kind.",
                                ["model", "kind"])
+        self.hedges = m("counter", "aiproxy_hedges_total",
+                        "Extra attempts started beside a slow first token or answer, by the "
+                        "slow model.", ["model"])
+        self.continuations = m("counter", "aiproxy_continuations_total",
+                               "Broken streams continued on another model, by the model that "
+                               "broke.", ["model"])
+        self.malformed = m("counter", "aiproxy_malformed_events_total",
+                           "Stream events that were not valid JSON, dropped, by model.",
+                           ["model"])
         # The usage ledger (aiproxy/usage): spend, and the health of its database.
         self.cost = m("counter", "aiproxy_cost_usd_total",
                       "Spend in USD at the configured prices, by model and client key "

@@ -181,6 +181,10 @@ class ChatRequest:
     body: Mapping[str, Any]
     raw: bytes
     stream: bool = False
+    #: True when the core continues a broken stream: the last message is an assistant turn
+    #: holding the text already relayed, to be continued (not answered) in the provider's
+    #: documented way (assistant prefill, ``continue_final_message``, prefix completion).
+    continuation: bool = False
 
     @property
     def include_usage(self) -> bool:
@@ -196,6 +200,12 @@ class ChatRequest:
         body["model"] = model_id
         body.update(overrides)
         return orjson.dumps(body)
+
+
+#: What a plugin yields from ``stream()`` in place of an event it could not parse (not valid
+#: JSON): the core drops it, counts it, and only repeated ones break the stream.
+#: It is compared by identity: a plugin yields this very object and never changes it.
+MALFORMED_EVENT: dict[str, Any] = {"object": "aiproxy.malformed_event"}
 
 
 @attrs.frozen
@@ -257,6 +267,7 @@ class Provider:
     #: Whether the upstream needs ``token:``; ``--check-config`` warns when it is empty (except
     #: for an upstream on this machine).
     requires_token: ClassVar[bool] = True
+
     #: An attrs class for the model's ``options:``; ``None`` refuses any option.
     options_type: ClassVar[type[Any] | None] = None
     #: The OpenAI chat parameters it translates, drops or refuses (:class:`Parameters`); the
@@ -354,6 +365,13 @@ class Provider:
         err = self.error_from_response(resp.status, body, resp.headers)
         err.message = self.redact(err.message)
         raise err
+
+    @property
+    def accepts_continuation(self) -> bool:
+        """Whether this provider's upstream continues a conversation that ends with an
+        assistant turn (see ``ChatRequest.continuation``), as its API documents; a model's
+        ``continuation:`` overrides it. A model not known to accept one is never sent one."""
+        return False
 
     # --- What only the core calls ---------------------------------------------------------------
     # ``rate_limit_listener`` (set by the core when it builds the provider), ``redact`` and

@@ -455,10 +455,15 @@ def _json_reply(body: Mapping[str, Any], text: str) -> str | None:
 class MockProvider(Provider):
     capabilities = frozenset({Capability.CHAT, Capability.EMBEDDINGS, Capability.IMAGES})
     requires_token = False  # offline: no upstream
+
+    @property
+    def accepts_continuation(self) -> bool:
+        return True  # it continues a trailing assistant turn
     default_url = "mock://local"
     options_type = MockOptions
 
-    def _answer(self, body: Mapping[str, Any], completion: str) -> _Answer:
+    def _answer(self, body: Mapping[str, Any], completion: str, *,
+                continuing: bool = False) -> _Answer:
         options: MockOptions = self.options
         n = _positive_int(body, "n", MAX_CHOICES) or 1
         limit = _positive_int(body, "max_tokens")
@@ -483,6 +488,11 @@ class MockProvider(Provider):
                          if isinstance(m, dict) and m.get("role") == "user"), "")
             text = f"You said: {last}"
         text = _json_reply(body, text) or text
+        if continuing:
+            # A continuation: the answer goes on from the trailing assistant turn, which holds
+            # the start of this very answer (what the client already has).
+            prefix = _text_of(messages[-1].get("content")) if messages else ""
+            text = text[len(prefix):] if text.startswith(prefix) else text
         # Words stand for tokens: an answer longer than the limit is cut, as upstreams do. The
         # answer never grows with the limit, so a huge one costs nothing.
         words, finish = text.split(" "), "stop"
@@ -524,7 +534,7 @@ class MockProvider(Provider):
     async def stream(self, request: ChatRequest) -> AsyncIterator[dict[str, Any]]:
         options: MockOptions = self.options
         completion_id = self._completion_id(request.body)
-        answer = self._answer(request.body, completion_id)
+        answer = self._answer(request.body, completion_id, continuing=request.continuation)
         if options.latency:
             await asyncio.sleep(options.latency)
         chunks = StreamChunks(self.model.name, id=completion_id)

@@ -19,6 +19,7 @@ import attrs
 import orjson
 
 from aiproxy.provider import (
+    MALFORMED_EVENT,
     Capability,
     ChatRequest,
     ChatResponse,
@@ -122,6 +123,11 @@ class OpenAIOptions:
     # api.openai.com, which are the only ones OpenAI serves there; vLLM and most local servers
     # serve it for every model: set it.
     completions_api: bool | None = None
+    # How this upstream continues an assistant turn (mid-stream continuation, when the model's
+    # `continuation: true`): `prefix` marks the last message as a prefix (DeepSeek's and
+    # Mistral's prefix completion), `continue_final_message` sets vLLM's flags of that name,
+    # `plain` sends the trailing assistant turn as it is (servers that continue one natively).
+    continuation: Literal["plain", "prefix", "continue_final_message"] = "plain"
 
 
 # The models OpenAI serves on the legacy completions endpoint:
@@ -202,7 +208,7 @@ class OpenAIProvider(Provider):
         return ChatResponse(data)
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[dict[str, Any]]:
-        body = request.upstream_body(self.upstream_model)
+        body = request.upstream_body(self.upstream_model, **self._continuation(request))
         resp = await self.send("POST", self.chat_url, data=body, headers=self.headers)
         finished = False
         try:
@@ -211,6 +217,9 @@ class OpenAIProvider(Provider):
                     if event.data == b"[DONE]":
                         return
                     chunk = self._parse_chunk(event.data)
+                    if chunk is MALFORMED_EVENT:
+                        yield chunk
+                        continue
                     for choice in chunk.get("choices") or ():
                         if isinstance(choice, dict) and choice.get("finish_reason"):
                             finished = True
@@ -225,12 +234,27 @@ class OpenAIProvider(Provider):
         finally:
             resp.close()
 
+    def _continuation(self, request: ChatRequest) -> dict[str, Any]:
+        """The body fields that make this upstream continue the trailing assistant turn of a
+        continuation request (none for a client's own request)."""
+        if not request.continuation:
+            return {}
+        style = self.options.continuation if self.options is not None else "plain"
+        if style == "continue_final_message":
+            # https://docs.vllm.ai/en/latest/serving/openai_compatible_server.html (chat extras)
+            return {"continue_final_message": True, "add_generation_prompt": False}
+        if style == "prefix":
+            # https://api-docs.deepseek.com/guides/chat_prefix_completion
+            messages = [dict(m) for m in request.body["messages"]]
+            messages[-1]["prefix"] = True
+            return {"messages": messages}
+        return {}
+
     def _parse_chunk(self, data: bytes) -> dict[str, Any]:
         try:
             chunk = orjson.loads(data)
         except orjson.JSONDecodeError:
-            raise UpstreamError(ErrorKind.PROTOCOL,
-                                "the upstream sent a malformed stream event") from None
+            return MALFORMED_EVENT  # dropped and counted by the core; repeated ones break it
         if not isinstance(chunk, dict):
             raise UpstreamError(ErrorKind.PROTOCOL, "the upstream sent a stream event that is "
                                 "not an object")
@@ -383,6 +407,9 @@ class OpenAIProvider(Provider):
                     if event.data == b"[DONE]":
                         return
                     chunk = self._parse_chunk(event.data)
+                    if chunk is MALFORMED_EVENT:
+                        yield chunk
+                        continue
                     finished = finished or any(isinstance(c, dict) and c.get("finish_reason")
                                                for c in chunk["choices"])
                     yield chunk

@@ -124,9 +124,14 @@ class TestStreamFailures:
                 "model": "openai/gpt-test", "stream": True,
                 "messages": [{"role": "user", "content": "1 2 3 4 5 6"}]}) as resp:
             body = await resp.read()
-        assert b"broken" not in body
-        assert b'"error"' in body
-        assert not body.endswith(b"data: [DONE]\n\n")
+        assert b"broken" not in body  # never forwarded...
+        # ...but one malformed event does not break an otherwise good stream: it is dropped
+        # (and counted), and the answer goes on to its end.
+        assert b'"error"' not in body
+        assert body.endswith(b"data: [DONE]\n\n")
+        async with proxy.http.get(proxy.url("/metrics"), headers=proxy.auth) as resp:
+            assert 'aiproxy_malformed_events_total{model="openai/gpt-test"} 1.0' in (
+                await resp.text())
 
     async def test_client_disconnect_closes_the_upstream_stream(self, start_proxy, fake_upstream):
         fake, url = fake_upstream

@@ -302,16 +302,18 @@ class TestOperations:
         assert started["groups"] == {"G": ["bad", "good"]}
         served, failed = [line for line in lines if line["event"] == "request"
                           and line["path"] == "/v1/chat/completions"]
-        assert served["model"] == "good" and served["tried"] == ["bad", "good"]
+        # A 5xx gets one quick retry on the same model, then the next candidate.
+        assert served["model"] == "good" and served["tried"] == ["bad", "bad", "good"]
         assert (served["tokens_in"], served["tokens_out"]) == (7, 5)
         assert failed["request_id"] == "failing-one"
         assert failed["status"] == 502
-        assert failed["tried"] == ["worse", "bad"]
-        assert failed["attempts"] == 2
+        # bad's third failure in a row opened its breaker: no quick retry of an open model.
+        assert failed["tried"] == ["worse", "worse", "bad"]
+        assert failed["attempts"] == 3
         assert failed["upstream_ms"] is not None and failed["upstream_ms"] > 0
         assert failed["error_kind"] == "overloaded"
         upstream_failed = [line for line in lines if line["event"] == "upstream_failed"]
-        assert len(upstream_failed) == 3
+        assert len(upstream_failed) == 5
         assert {line["request_id"] for line in upstream_failed} == {
             served["request_id"], "failing-one"}
         shutdown = lines[events.index("shutting_down")]

@@ -34,18 +34,19 @@ async def scrape(proxy, token: str | None = None) -> dict:
 async def test_counts_after_a_known_sequence(start_proxy, fake_upstream):
     fake, url = fake_upstream
     proxy = await start_proxy({"models": [
-        openai_model("m1", url, priority=1, model_size="G", requests_per_minute=3),
+        openai_model("m1", url, priority=1, model_size="G", requests_per_minute=4),
         openai_model("m2", url, priority=2, model_size="G")]})
     await proxy.client.chat.completions.create(model="m1", messages=MSG)  # m1 ok
-    fake.script("m1", "500")
-    await proxy.client.chat.completions.create(model="G", messages=MSG)  # m1 500 → m2 ok
+    fake.script("m1", "500", "500")
+    # m1 500, one quick retry on m1, 500 again → m2 ok
+    await proxy.client.chat.completions.create(model="G", messages=MSG)
     stream = await proxy.client.chat.completions.create(model="m2", messages=MSG, stream=True,
                                                         stream_options={"include_usage": True})
     async for _ in stream:
         pass
     with pytest.raises(openai.NotFoundError):
         await proxy.client.chat.completions.create(model="nope", messages=MSG)
-    await proxy.client.chat.completions.create(model="m1", messages=MSG)  # m1: 3rd of 3
+    await proxy.client.chat.completions.create(model="m1", messages=MSG)  # m1: 4th of 4
     await proxy.client.chat.completions.create(model="G", messages=MSG)  # m1 limited → m2
 
     for path in ("/v1/a", "/v1/b"):  # random paths must not mint label values
@@ -62,7 +63,7 @@ async def test_counts_after_a_known_sequence(start_proxy, fake_upstream):
                  status="200") == 3
     assert value(data, "aiproxy_requests_total", route=route, model="", provider="",
                  status="404") == 1
-    assert value(data, "aiproxy_upstream_errors_total", model="m1", kind="overloaded") == 1
+    assert value(data, "aiproxy_upstream_errors_total", model="m1", kind="overloaded") == 2
     assert value(data, "aiproxy_fallbacks_total") == 2
     assert value(data, "aiproxy_rate_limited_total", model="m1") == 1
     assert value(data, "aiproxy_retries_total") == 0

@@ -74,9 +74,11 @@ async def test_a_span_per_request_with_an_event_per_attempt(start_proxy, fake_up
     assert attributes["aiproxy.request_id"] == raw.headers["x-request-id"]
     assert attributes["http.response.status_code"] == 200
     assert attributes["aiproxy.cost_usd"] == pytest.approx((7 * 2.5 + 5 * 10.0) / 1e6)
-    assert list(attributes["aiproxy.tried"]) == ["openai/bad", "openai/gpt-4o"]
+    # A 5xx gets one quick retry on the same model, then the next candidate answers.
+    assert list(attributes["aiproxy.tried"]) == ["openai/bad", "openai/bad", "openai/gpt-4o"]
     assert [(e.name, e.attributes["gen_ai.request.model"], e.attributes["aiproxy.outcome"])
             for e in span.events] == [("gen_ai.attempt", "openai/bad", "failed"),
+                                      ("gen_ai.attempt", "openai/bad", "failed"),
                                       ("gen_ai.attempt", "openai/gpt-4o", "answered")]
     assert before - 5_000_000 <= span.start_time <= span.end_time <= time.time_ns()
     assert PROMPT not in str(attributes) and PROMPT not in str(span.events)

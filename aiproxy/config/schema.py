@@ -83,6 +83,9 @@ class TimeoutConfig:
     first_token: float | None = attrs.field(default=None, validator=_non_negative)
     idle: float | None = attrs.field(default=None, validator=_non_negative)
     total: float | None = attrs.field(default=None, validator=_non_negative)
+    # How long a first chunk (stream) or answer (non-stream) may take before the next
+    # candidate is started beside it; None: learned from this model's own times; 0: never.
+    hedge: float | None = attrs.field(default=None, validator=_non_negative)
 
 
 @attrs.frozen
@@ -93,6 +96,9 @@ class RetryConfig:
     base_delay: float | None = attrs.field(default=None, validator=_non_negative)
     max_delay: float | None = attrs.field(default=None, validator=_non_negative)
     jitter: float | None = attrs.field(default=None, validator=_non_negative)
+    # Quick retries of the same model after a 5xx or a connection reset, before the next
+    # candidate (default 1); a 429 whose Retry-After fits the budget is waited and retried.
+    same_model: int | None = attrs.field(default=None, validator=_non_negative)
 
 
 @attrs.frozen
@@ -100,8 +106,11 @@ class CircuitBreakerConfig:
     """When a model that keeps failing is taken out of rotation, and for how long."""
 
     failures: int = attrs.field(default=3, validator=_non_negative)  # consecutive; 0 = never
-    cooldown: float = attrs.field(default=10.0, validator=_non_negative)  # before a probe
-    max_cooldown: float = attrs.field(default=300.0, validator=_non_negative)
+    # Before a probe, doubling after each failed one up to max_cooldown. Short by default: a
+    # recovered primary carries traffic again within seconds, and one probe at a time means
+    # a dead one is never hammered.
+    cooldown: float = attrs.field(default=2.0, validator=_non_negative)
+    max_cooldown: float = attrs.field(default=4.0, validator=_non_negative)
 
 
 @attrs.frozen
@@ -157,6 +166,9 @@ class ModelConfig:
     timeouts: TimeoutConfig = TimeoutConfig()
     retry: RetryConfig = RetryConfig()
     circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
+    # Whether a broken stream may be continued on this model (the request plus an assistant
+    # message with the text already relayed); None: what its provider documents.
+    continuation: bool | None = None
     options: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
     # Not part of equality: a reload that only changes a price or a budget keeps the model's
     # provider, connections and breaker.

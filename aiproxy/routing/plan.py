@@ -7,6 +7,7 @@ unchanged.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Generic, TypeVar
 
@@ -24,7 +25,7 @@ __all__ = ["Planner", "Route", "RouteState", "Served", "Timeouts"]
 T = TypeVar("T")
 
 DEFAULT_FIRST_TOKEN = 60.0
-DEFAULT_IDLE = 60.0
+DEFAULT_IDLE = 20.0  # short enough to rescue a stalled stream while it still matters
 DEFAULT_TOTAL = 600.0
 
 
@@ -45,12 +46,24 @@ class Timeouts:
                    total=t.total or legacy or DEFAULT_TOTAL, stream_total=t.total)
 
 
+# Hedging: the delay is learned from a model's own recent times once it has this many, as
+# HEDGE_FACTOR times their 95th percentile, at least HEDGE_FLOOR; before that, streams hedge
+# after HEDGE_DEFAULT and non-streamed answers do not hedge.
+HEDGE_SAMPLES = 10
+HEDGE_FACTOR = 2.0
+HEDGE_FLOOR = 3.0
+HEDGE_DEFAULT = 10.0
+
+
 @attrs.define(eq=False, slots=True)
 class RouteState:
-    """What a model learns while it serves: its breaker and when it was last chosen."""
+    """What a model learns while it serves: its breaker, when it was last chosen, and its
+    recent times to a first chunk (streams) and to an answer (for hedging)."""
 
     breaker: CircuitBreaker
     last_used: float = 0.0
+    first_chunk_times: deque[float] = attrs.field(factory=lambda: deque(maxlen=100))
+    answer_times: deque[float] = attrs.field(factory=lambda: deque(maxlen=100))
 
     @classmethod
     def of(cls, model: ModelConfig) -> RouteState:
@@ -82,6 +95,28 @@ class Route:
     @property
     def breaker(self) -> CircuitBreaker:
         return self.state.breaker
+
+    @property
+    def accepts_continuation(self) -> bool:
+        """May a broken stream be continued here: the model's ``continuation:``, else what
+        its provider documents."""
+        configured = self.model.continuation
+        return self.provider.accepts_continuation if configured is None else configured
+
+    def hedge_delay(self, stream: bool) -> float | None:
+        """How long a first chunk (stream) or answer may take before the next candidate is
+        started beside it; ``None``: no hedge. Configured (``timeouts.hedge``, 0 = never), or
+        learned from this model's own recent times, bounded by its own time limit."""
+        ceiling = self.timeouts.first_token if stream else (self.timeouts.total or DEFAULT_TOTAL)
+        configured = self.model.timeouts.hedge
+        if configured is not None:
+            return min(configured, ceiling) if configured > 0 else None
+        times = self.state.first_chunk_times if stream else self.state.answer_times
+        if len(times) >= HEDGE_SAMPLES:
+            ordered = sorted(times)
+            p95 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))]
+            return min(max(p95 * HEDGE_FACTOR, HEDGE_FLOOR), ceiling)
+        return min(HEDGE_DEFAULT, ceiling) if stream else None
 
     def serves(self, capability: Capability) -> bool:
         if capability not in self.provider.capabilities:

@@ -26,6 +26,7 @@ class RetryPolicy:
     max_delay: float = 30.0
     jitter: float = 0.1
     max_time: float = 60.0
+    same_model: int = 1  # quick retries of one model after a 5xx or a reset
 
     @classmethod
     def of(cls, settings: Settings) -> RetryPolicy:
@@ -39,6 +40,7 @@ class RetryPolicy:
             base_delay=self.base_delay if override.base_delay is None else override.base_delay,
             max_delay=self.max_delay if override.max_delay is None else override.max_delay,
             jitter=self.jitter if override.jitter is None else override.jitter,
+            same_model=self.same_model if override.same_model is None else override.same_model,
         )
 
     def delay(self, retry: int) -> float:

@@ -9,6 +9,7 @@ request's record) all happen here. HTTP handlers parse, call one method, and wri
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
@@ -23,6 +24,7 @@ from aiproxy.limits.base import Decision, LimiterUnavailable, Limits, RateLimite
 from aiproxy.metrics import Metrics
 from aiproxy.observability import get_logger
 from aiproxy.provider import (
+    MALFORMED_EVENT,
     UPSTREAM_CALLED,
     Capability,
     ChatRequest,
@@ -44,9 +46,15 @@ __all__ = ["AdmissionGuard", "Router", "Served", "estimate_tokens", "usage_token
 T = TypeVar("T")
 log = get_logger("aiproxy.router")
 
+# A broken stream's continuation: the same request continuing the text on a route.
+Continuation = Callable[[Route, str], AsyncIterator[dict[str, Any]]]
+
 # Asked at admission, after the plan and before any attempt: raise a ProxyError (e.g. 429 for
 # a spent budget) to refuse the request. Given the record, the key's grant and the plan.
 AdmissionGuard = Callable[[Record, "Grant | None", "list[Route]"], Awaitable[None]]
+
+# Failures worth one quick retry on the same model: a 5xx or a reset before the headers.
+_SAME_MODEL_RETRYABLE = frozenset({ErrorKind.OVERLOADED, ErrorKind.CONNECTION})
 
 # What a failed attempt says about the model's health.
 _UNWELL = frozenset({ErrorKind.OVERLOADED, ErrorKind.TIMEOUT, ErrorKind.CONNECTION,
@@ -94,6 +102,7 @@ class Exchange:
     attempts: int = 0
     upstream: float = 0.0  # seconds spent in attempts
     settled: bool = False
+    streaming: bool = False  # the attempts yield a first chunk, not a whole answer
 
     async def admit_key(self) -> None:
         """Take one request (and the estimate) from the client key's own limits, or 429."""
@@ -144,9 +153,17 @@ class Exchange:
             await router.reconcile(self.key_reservation, self.grant.limits,
                                    tokens if attempt is not None else 0)
 
+    async def end_attempt(self, attempt: Attempt, verdict: Verdict, used: int | None) -> None:
+        """End one attempt that is not the answer (a hedge that lost, a stream continued
+        elsewhere): its breaker verdict, its model reservation settled at ``used``."""
+        attempt.probe.end(verdict)
+        await asyncio.shield(self.router.reconcile(attempt.decision.reservation,
+                                                   attempt.route.limits, used))
+
     async def run(self, call: Callable[[Route], Awaitable[T]]) -> tuple[Attempt, T]:
-        """Rounds over the plan until one candidate answers; the final error otherwise (and
-        then the request is settled: nothing served it)."""
+        """Candidates in order until one answers, under the retry policy (see
+        docs/routing.md): the final error otherwise (and then the request is settled:
+        nothing served it)."""
         tally = _Tally()
         try:
             attempt, result = await self._rounds(self.plan, call, tally)
@@ -164,51 +181,147 @@ class Exchange:
 
     async def _rounds(self, plan: list[Route], call: Callable[[Route], Awaitable[T]],
                       tally: _Tally) -> tuple[Attempt, T]:
+        """Rounds over ``plan``: each candidate once (with its same-model retries and a hedge
+        beside it when slow), then, while some failed retryably, another round after a
+        backoff; a round whose candidates are all open or parked past the wait is skipped
+        and the request answered at once."""
         router = self.router
         policy = plan[0].retry
         deadline = router.clock() + policy.max_time
+        fallbacks = self._fallbacks(plan)
         candidates = plan
         for round_no in range(policy.max_retries + 1):
             retry_next: list[Route] = []
-            ready_at: float | None = None  # when the earliest upstream-parked candidate frees
-            for index, route in enumerate(candidates):
-                outcome = await self._attempt(route, call, tally)
+            queue = list(candidates)
+            while queue:
+                route = queue.pop(0)
+                outcome = await self._try(route, call, tally, queue, deadline)
                 if isinstance(outcome, tuple):
                     return outcome
                 if outcome is None:
                     continue  # skipped: limited, parked or circuit open
                 err = outcome
+                if err.kind is ErrorKind.CONTEXT_LENGTH:
+                    # Every remaining candidate not known to be smaller (an unknown length
+                    # may be larger), and the configured fallbacks always.
+                    size = route.model.max_request_length
+                    queue = [r for r in queue if r.name in fallbacks or not size
+                             or not r.model.max_request_length
+                             or r.model.max_request_length > size]
+                    if queue:
+                        continue
+                    raise from_upstream(err, route.name)
                 if not err.kind.retryable:
-                    if err.kind is ErrorKind.CONTEXT_LENGTH:
-                        bigger = [r for r in candidates[index + 1:]
-                                  if route.model.max_request_length
-                                  and (not r.model.max_request_length
-                                       or r.model.max_request_length
-                                       > route.model.max_request_length)]
-                        if bigger:
-                            return await self._rounds(bigger, call, tally)
                     if err.kind is ErrorKind.AUTH or (err.kind is ErrorKind.BAD_REQUEST
                                                       and err.upstream_status == 404):
                         continue  # this model is misconfigured; another may serve the request
                     raise from_upstream(err, route.name)
-                if err.kind is ErrorKind.RATE_LIMITED and err.retry_after:
-                    ready = router.clock() + err.retry_after
-                    ready_at = ready if ready_at is None else min(ready_at, ready)
                 retry_next.append(route)
             if not retry_next or round_no == policy.max_retries:
                 break
             wait = policy.delay(round_no + 1)
-            if ready_at is not None:
-                # A hair past the park, so the limiter has surely released it.
-                wait = max(wait, ready_at - router.clock() + 0.01)
-            if wait > policy.max_delay or router.clock() + wait > deadline:
+            now = router.clock()
+            viable = [r for r in retry_next if r.breaker.retry_after() <= wait
+                      and tally.parked_until.get(r.name, 0.0) <= now + wait]
+            if not viable:
+                parked = [tally.parked_until.get(r.name, 0.0) - now for r in retry_next]
+                soonest = min(parked) if parked else 0.0
+                if soonest <= 0 or soonest > policy.max_delay or now + soonest > deadline:
+                    break  # nothing would be tried after the wait: answer now
+                wait = soonest + 0.01  # a hair past the park, so the limiter released it
+                viable = retry_next
+            if wait > policy.max_delay or now + wait > deadline:
                 break  # an upstream asks for longer than we hold a client: answer now
             log.debug("retry_wait", seconds=round(wait, 3), round=round_no + 1,
                       request_id=self.record.request_id)
             router.metrics.retries.inc()
             await asyncio.sleep(wait)
-            candidates = retry_next
+            candidates = viable
         raise tally.exhausted(plan)
+
+    def _fallbacks(self, plan: list[Route]) -> frozenset[str]:
+        planner = self.router.planner
+        return frozenset(r.name for name in plan[0].model.fallbacks
+                         for r in planner.expand(name))
+
+    async def _try(self, route: Route, call: Callable[[Route], Awaitable[T]], tally: _Tally,
+                   queue: list[Route], deadline: float
+                   ) -> tuple[Attempt, T] | UpstreamError | None:
+        """One candidate, retried on the same model when it is worth it: a 429 whose
+        Retry-After fits the budget is waited out once; a 5xx or a connection reset gets
+        ``retry.same_model`` quick retries (backoff with jitter). A timeout falls over at
+        once (a silent upstream stays silent), a client error is never retried."""
+        router = self.router
+        policy = route.retry
+        quick = policy.same_model
+        waited = False
+        while True:
+            outcome = await self._hedged(route, call, tally, queue)
+            if not isinstance(outcome, UpstreamError):
+                return outcome
+            err = outcome
+            left = deadline - router.clock()
+            if (err.kind is ErrorKind.RATE_LIMITED and err.retry_after and not waited
+                    and err.retry_after <= min(policy.max_delay, left)):
+                waited = True
+                await asyncio.sleep(err.retry_after + 0.01)  # past the park it set
+                continue
+            if err.kind in _SAME_MODEL_RETRYABLE and quick > 0 and err.code != _PLUGIN_FAILED:
+                quick -= 1
+                pause = min(policy.base_delay, 0.5) * random.uniform(0.5, 1.5)  # noqa: S311
+                if pause < left and route.breaker.retry_after() == 0:
+                    await asyncio.sleep(pause)
+                    continue
+            return err
+
+    async def _hedged(self, route: Route, call: Callable[[Route], Awaitable[T]],
+                      tally: _Tally, queue: list[Route]
+                      ) -> tuple[Attempt, T] | UpstreamError | None:
+        """An attempt of ``route``; when it has not answered after its hedge delay and
+        another candidate is queued, that one starts beside it and whichever answers first
+        wins (the other is cancelled and settled at once). At most one extra call."""
+        delay = route.hedge_delay(self.streaming)
+        if delay is None or not queue:
+            return await self._attempt(route, call, tally)
+        loop = asyncio.get_running_loop()
+        primary = loop.create_task(self._attempt(route, call, tally))
+        done, _ = await asyncio.wait({primary}, timeout=delay)
+        if done:
+            return primary.result()
+        partner = queue.pop(0)
+        self.record.hedges += 1
+        self.router.metrics.hedges.labels(route.name).inc()
+        log.info("hedge", model=route.name, partner=partner.name, after_s=round(delay, 3),
+                 request_id=self.record.request_id)
+        pending = {primary, loop.create_task(self._attempt(partner, call, tally))}
+        first_failure: UpstreamError | None = None
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                winner: tuple[Attempt, T] | None = None
+                for task in done:
+                    result = task.result()
+                    if isinstance(result, tuple) and winner is None:
+                        winner = result
+                    elif isinstance(result, tuple):
+                        await self._discard(*result)  # both answered at once: one is spare
+                    elif isinstance(result, UpstreamError) and first_failure is None:
+                        first_failure = result
+                if winner is not None:
+                    return winner
+            return first_failure
+        finally:
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _discard(self, attempt: Attempt, result: Any) -> None:
+        """A spare answer (a hedge that also answered): closed, its permit and reservation
+        given back."""
+        if isinstance(result, tuple) and len(result) == 2:
+            await _aclose(result[1])
+        await self.end_attempt(attempt, Verdict.NEUTRAL, 0)
 
     async def _attempt(self, route: Route, call: Callable[[Route], Awaitable[T]],
                        tally: _Tally) -> tuple[Attempt, T] | UpstreamError | None:
@@ -250,10 +363,33 @@ class Exchange:
                 return bug
             finally:
                 self.upstream += time.monotonic() - attempt.started
-            router.metrics.upstream.labels(route.name, route.model.provider).observe(
-                time.monotonic() - attempt.started)
+            took = time.monotonic() - attempt.started
+            router.metrics.upstream.labels(route.name, route.model.provider).observe(took)
+            times = route.state.first_chunk_times if self.streaming else route.state.answer_times
+            times.append(took)
             return attempt, result
         return None  # pragma: no cover - the with block always returns
+
+    async def continue_stream(
+        self, broken: Attempt, text: str,
+        call: Callable[[Route, str], AsyncIterator[dict[str, Any]]],
+    ) -> tuple[Attempt, dict[str, Any], AsyncIterator[dict[str, Any]]] | None:
+        """A stream broke after ``text`` reached the client: the next candidate after the
+        broken one that accepts a continuation, answering ``call(route, text)`` (the request
+        plus an assistant turn holding ``text``), with its first chunk in hand; ``None``
+        when none can (the client then gets the original failure, never this one's)."""
+        plan = self.plan
+        start = plan.index(broken.route) + 1 if broken.route in plan else 0
+        tally = _Tally()
+        for route in plan[start:]:
+            if route is broken.route or not route.accepts_continuation:
+                continue
+            outcome = await self._attempt(
+                route, lambda r: self.router.first_chunk(r, call(r, text), self.record), tally)
+            if isinstance(outcome, tuple):
+                attempt, (first, chunks) = outcome
+                return attempt, first, chunks
+        return None
 
     async def _failed(self, attempt: Attempt, err: UpstreamError, tally: _Tally) -> None:
         router, route = self.router, attempt.route
@@ -268,6 +404,7 @@ class Exchange:
         if err.kind is ErrorKind.RATE_LIMITED:
             attempt.probe.end(Verdict.NEUTRAL)
             if err.retry_after:
+                tally.parked_until[route.name] = router.clock() + err.retry_after
                 await router.park(route.name, err.retry_after)
             tally.limited(err.retry_after or 1.0)
             return
@@ -285,6 +422,7 @@ class _Tally:
     """What happened to the candidates of one request, for the final error."""
 
     tried: list[str] = attrs.field(factory=list)
+    parked_until: dict[str, float] = attrs.field(factory=dict)  # by a 429's Retry-After
     last_error: UpstreamError | None = None
     last_model: str = ""
     limited_until: float | None = None  # earliest moment a refused candidate frees up
@@ -454,10 +592,37 @@ class Router:
         def call(route: Route) -> AsyncIterator[dict[str, Any]]:
             return route.provider.stream(_with_usage(request, route, key_counts_tokens))
 
+        def continued(route: Route, text: str) -> AsyncIterator[dict[str, Any]]:
+            return route.provider.stream(_continuation(request, text))
+
         return await self.open_stream(
             record, grant, request.body["model"], Capability.CHAT, length,
             estimate_tokens(length, request.body), call,
-            ChatChunks(wants_usage=request.include_usage))
+            ChatChunks(wants_usage=request.include_usage), continued)
+
+    async def first_chunk(self, route: Route, stream: AsyncIterator[dict[str, Any]],
+                          record: Record) -> tuple[dict[str, Any], AsyncIterator[dict[str, Any]]]:
+        """The first chunk of ``stream`` within the route's first-token bound (events a
+        plugin could not parse are skipped), and the rest; the stream is closed on failure."""
+        chunks = aiter(stream)
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(route.timeouts.first_token):
+                first = await anext(chunks)
+                while first is MALFORMED_EVENT:
+                    self.metrics.malformed.labels(route.name).inc()
+                    first = await anext(chunks)
+            ttft = time.monotonic() - started
+            self.metrics.first_token.labels(route.name).observe(ttft)
+            record.ttft_ms = round(ttft * 1000, 2)
+        except StopAsyncIteration:
+            await _aclose(chunks)
+            raise UpstreamError(ErrorKind.PROTOCOL,
+                                "the upstream stream ended before its first chunk") from None
+        except BaseException:
+            await _aclose(chunks)
+            raise
+        return first, chunks
 
     # --- for front doors that speak another API (Messages, Responses) -----------------
 
@@ -479,33 +644,23 @@ class Router:
     async def open_stream(self, record: Record, grant: Grant | None, name: str,
                           capability: Capability, length: int, estimate: int,
                           call: Callable[[Route], AsyncIterator[dict[str, Any]]],
-                          lens: StreamLens) -> RoutedStream:
+                          lens: StreamLens,
+                          continue_with: Continuation | None = None) -> RoutedStream:
         """Try candidates until one yields its first chunk (nothing has reached the client
         yet, so a failure until then falls over invisibly, including a first chunk slower
         than the route's bound). ``lens`` reads and rewrites the chunks (usage, relayed text);
-        the stream settles when it ends, whichever way: see :class:`RoutedStream`."""
+        the stream settles when it ends, whichever way: see :class:`RoutedStream`.
+        ``continue_with(route, text)``: the same request continuing ``text`` on ``route``,
+        for a stream that breaks after text reached the client (None: never continued)."""
         exchange = await self._admit(record, grant, name, capability, length, estimate)
+        exchange.streaming = True
 
         async def first_of(route: Route) -> tuple[dict[str, Any], AsyncIterator[dict[str, Any]]]:
-            chunks = aiter(call(route))
-            started = time.monotonic()
-            try:
-                async with asyncio.timeout(route.timeouts.first_token):
-                    first = await anext(chunks)
-                ttft = time.monotonic() - started
-                self.metrics.first_token.labels(route.name).observe(ttft)
-                record.ttft_ms = round(ttft * 1000, 2)
-            except StopAsyncIteration:
-                raise UpstreamError(ErrorKind.PROTOCOL,
-                                    "the upstream stream ended before its first chunk") from None
-            except BaseException:
-                await _aclose(chunks)
-                raise
-            return first, chunks
+            return await self.first_chunk(route, call(route), record)
 
         attempt, (first, chunks) = await exchange.run(first_of)
         record.stream = True
-        return RoutedStream(exchange, attempt, first, chunks, length // 4, lens)
+        return RoutedStream(exchange, attempt, first, chunks, length // 4, lens, continue_with)
 
 
 _PLUGIN_FAILED = "provider_failed"
@@ -531,6 +686,16 @@ def _detail(usage: Mapping[str, Any], group: str, name: str) -> int | None:
     details = usage.get(group)
     value = details.get(name) if isinstance(details, Mapping) else None
     return value if isinstance(value, int) else None
+
+
+def _continuation(request: ChatRequest, text: str) -> ChatRequest:
+    """The request continuing ``text``: an assistant turn holding exactly what the client has,
+    marked so the plugin continues it the way its API documents. Usage is always asked for,
+    so the answer's usage adds up."""
+    body = dict(request.body)
+    body["messages"] = [*body["messages"], {"role": "assistant", "content": text}]
+    body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+    return ChatRequest(body=body, raw=orjson.dumps(body), stream=True, continuation=True)
 
 
 def _with_usage(request: ChatRequest, route: Route, need_usage: bool) -> ChatRequest:

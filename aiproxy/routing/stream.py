@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from aiproxy.errors import sanitize
 from aiproxy.observability import get_logger
-from aiproxy.provider import ErrorKind, UpstreamError
+from aiproxy.provider import MALFORMED_EVENT, ErrorKind, UpstreamError
 from aiproxy.routing.breaker import Verdict
 from aiproxy.routing.plan import Served
 
 if TYPE_CHECKING:
+    from aiproxy.routing.plan import Route
     from aiproxy.routing.router import Attempt, Exchange
 
 __all__ = ["ChatChunks", "ClientGone", "RoutedStream", "StreamLens"]
@@ -32,6 +33,16 @@ class ClientGone(Exception):
 
 
 Emit = Callable[[dict[str, Any]], Awaitable[None]]
+Continuation = Callable[["Route", str], AsyncIterator[dict[str, Any]]]
+
+# Malformed events dropped in one stream before it counts as broken.
+MAX_MALFORMED = 3
+
+
+async def _aclose(chunks: AsyncIterator[dict[str, Any]]) -> None:
+    close = getattr(chunks, "aclose", None)
+    if close is not None:
+        await close()
 
 
 class StreamLens(Protocol):
@@ -48,30 +59,72 @@ class StreamLens(Protocol):
 class ChatChunks:
     """The lens of OpenAI ``chat.completion.chunk`` streams."""
 
-    __slots__ = ("relayed_chars", "usage", "wants_usage")
+    __slots__ = ("_finished", "_identity", "_offset", "_text", "_tools", "model",
+                 "relayed_chars", "usage", "wants_usage")
 
     def __init__(self, *, wants_usage: bool) -> None:
         self.wants_usage = wants_usage
         self.usage: Mapping[str, Any] | None = None
         self.relayed_chars = 0
+        self.model: str | None = None  # the name the client sees, fixed by the first chunk
+        self._text: list[str] = []
+        self._tools = False
+        self._finished = False
+        self._identity: dict[str, Any] | None = None  # id and created of the first chunk
+        self._offset: int | None = None  # tokens relayed before a continuation
 
     def rewrite(self, chunk: dict[str, Any], model: str) -> bool:
         """Name the model that answers; keep usage we asked for only for our own counting
-        from a client that did not ask."""
-        chunk["model"] = model
+        from a client that did not ask. After a continuation, the chunks keep the first
+        one's id and model, the continuation's role delta is dropped and its usage made to
+        add up (the relayed text counts as completion, not as its prompt)."""
+        if self._identity is None:
+            self._identity = {k: chunk[k] for k in ("id", "created") if k in chunk}
+            self.model = model
+        elif self._offset is not None:
+            chunk.update(self._identity)
+        chunk["model"] = self.model or model
         usage = chunk.get("usage")
         if usage:
-            self.usage = usage
+            self.usage = usage = self._added_up(usage)
+            chunk["usage"] = usage
         for choice in chunk.get("choices") or ():
             delta = choice.get("delta") if isinstance(choice, dict) else None
             if isinstance(delta, dict):
+                if self._offset is not None:
+                    delta.pop("role", None)
                 content = delta.get("content")
                 if isinstance(content, str):
                     self.relayed_chars += len(content)
+                    self._text.append(content)
+                if delta.get("tool_calls"):
+                    self._tools = True
+            if isinstance(choice, dict) and choice.get("finish_reason"):
+                self._finished = True
         if not self.wants_usage and "usage" in chunk:
             del chunk["usage"]
             return bool(chunk.get("choices"))
         return True
+
+    def continuable(self) -> str | None:
+        if self._tools or self._finished or not self._text:
+            return None
+        return "".join(self._text)
+
+    def continue_from(self, relayed_tokens: int) -> None:
+        self._offset = relayed_tokens
+        self.usage = None
+
+    def _added_up(self, usage: Mapping[str, Any]) -> dict[str, Any]:
+        out = dict(usage)
+        if self._offset is None:
+            return out
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        if isinstance(prompt, int) and isinstance(completion, int):
+            out["prompt_tokens"] = max(0, prompt - self._offset)
+            out["completion_tokens"] = completion + self._offset
+            out["total_tokens"] = out["prompt_tokens"] + out["completion_tokens"]
+        return out
 
 
 class RoutedStream:
@@ -79,8 +132,10 @@ class RoutedStream:
 
     def __init__(self, exchange: Exchange, attempt: Attempt, first: dict[str, Any],
                  chunks: AsyncIterator[dict[str, Any]], prompt_estimate: int,
-                 lens: StreamLens) -> None:
+                 lens: StreamLens, continue_with: Continuation | None = None) -> None:
         self._exchange = exchange
+        self._continue_with = continue_with
+        self.malformed = 0
         self.attempt = attempt
         self._first = first
         self._chunks = chunks
@@ -97,80 +152,134 @@ class RoutedStream:
 
     async def pump(self, emit: Emit) -> UpstreamError | None:
         """Give every chunk to ``emit`` as it arrives; ``None`` when the answer is complete,
-        the error when the upstream broke it. :class:`ClientGone` from ``emit`` propagates.
-        The stream is settled and the upstream closed when this returns or raises."""
+        the error when the upstream broke it and no candidate could continue it.
+        :class:`ClientGone` from ``emit`` propagates. The stream is settled and the upstream
+        closed when this returns or raises."""
+        router = self._exchange.router
+        router.metrics.streams.inc()
+        router.streams.add(self)
+        try:
+            while True:
+                err = await self._segment(emit)
+                if err is None:
+                    await self._end(Verdict.OK)
+                    return None
+                route = self.attempt.route
+                sanitize(err, route.secrets)
+                record = self._exchange.record
+                router.metrics.stream_errors.labels(route.name, err.kind.value).inc()
+                log.warning("stream_failed", model=route.name, kind=err.kind.value,
+                            request_id=record.request_id)
+                if self._interrupted is None and await self._continued(err):
+                    continue
+                record.stream_error = err.kind.value
+                # An interruption by the proxy itself says nothing about the upstream.
+                await self._end(Verdict.NEUTRAL if self._interrupted else Verdict.FAILED)
+                return err
+        except (ClientGone, asyncio.CancelledError):
+            self._exchange.record.client_gone = True
+            await self._end(Verdict.NEUTRAL)
+            raise
+        finally:
+            router.metrics.streams.dec()
+            router.streams.discard(self)
+
+    async def _segment(self, emit: Emit) -> UpstreamError | None:
+        """Relay the current upstream to its end: ``None``, or the error that broke it."""
         route, lens = self.attempt.route, self.lens
         idle, total = route.timeouts.idle, route.timeouts.stream_total
         loop = asyncio.get_running_loop()
         deadline = None if total is None else loop.time() + total
         last = loop.time()
         handle: asyncio.TimerHandle | None = None
-        router = self._exchange.router
-        metrics = router.metrics
-        metrics.streams.inc()
-        router.streams.add(self)
+        metrics = self._exchange.router.metrics
         chunk = self._first
 
         def due() -> float:
             return last + idle if deadline is None else min(last + idle, deadline)
 
         try:
-            try:
-                # One watchdog timer per stream instead of one asyncio.timeout per chunk: a
-                # chunk only records when it came; the timer re-arms itself lazily.
-                async with asyncio.timeout(None) as watchdog:
-                    self._watchdog = watchdog
+            # One watchdog timer per stream instead of one asyncio.timeout per chunk: a
+            # chunk only records when it came; the timer re-arms itself lazily.
+            async with asyncio.timeout(None) as watchdog:
+                self._watchdog = watchdog
 
-                    def check() -> None:
-                        nonlocal handle
-                        if loop.time() >= due():
-                            watchdog.reschedule(loop.time())  # expire now
-                        else:
-                            handle = loop.call_at(due(), check)
+                def check() -> None:
+                    nonlocal handle
+                    if loop.time() >= due():
+                        watchdog.reschedule(loop.time())  # expire now
+                    else:
+                        handle = loop.call_at(due(), check)
 
-                    handle = loop.call_at(due(), check)
-                    while True:
-                        if lens.rewrite(chunk, route.name):
-                            await emit(chunk)
-                            self.chunks += 1
-                        last = loop.time()
-                        try:
-                            chunk = await anext(self._chunks)
-                        except StopAsyncIteration:
-                            break
-            except TimeoutError:
-                if self._interrupted is not None:
-                    raise UpstreamError(ErrorKind.OVERLOADED, f"{self._interrupted}: the answer "
-                                        "is incomplete", code="proxy_shutdown") from None
-                if deadline is not None and loop.time() >= deadline:
-                    message = f"the upstream stream ran past its total bound of {total:.1f}s"
-                else:
-                    message = f"the upstream stream stalled: no chunk within {idle:.1f}s"
-                raise UpstreamError(ErrorKind.TIMEOUT, message) from None
-            finally:
-                if handle is not None:
-                    handle.cancel()
+                handle = loop.call_at(due(), check)
+                while True:
+                    if chunk is MALFORMED_EVENT:
+                        self._malformed(route.name, metrics)
+                    elif lens.rewrite(chunk, route.name):
+                        await emit(chunk)
+                        self.chunks += 1
+                    last = loop.time()
+                    try:
+                        chunk = await anext(self._chunks)
+                    except StopAsyncIteration:
+                        return None
+        except TimeoutError:
+            if self._interrupted is not None:
+                return UpstreamError(ErrorKind.OVERLOADED, f"{self._interrupted}: the answer "
+                                     "is incomplete", code="proxy_shutdown")
+            if deadline is not None and loop.time() >= deadline:
+                message = f"the upstream stream ran past its total bound of {total:.1f}s"
+            else:
+                message = f"the upstream stream stalled: no chunk within {idle:.1f}s"
+            return UpstreamError(ErrorKind.TIMEOUT, message)
         except (ClientGone, asyncio.CancelledError):
-            self._exchange.record.client_gone = True
-            await self._end(Verdict.NEUTRAL)
             raise
         except Exception as exc:  # noqa: BLE001 - any failure reaches the client as an event
-            err = exc if isinstance(exc, UpstreamError) else UpstreamError(
+            return exc if isinstance(exc, UpstreamError) else UpstreamError(
                 ErrorKind.PROTOCOL, f"the provider failed ({type(exc).__name__})")
-            sanitize(err, route.secrets)
-            record = self._exchange.record
-            record.stream_error = err.kind.value
-            metrics.stream_errors.labels(route.name, err.kind.value).inc()
-            log.warning("stream_failed", model=route.name, kind=err.kind.value,
-                        request_id=record.request_id)
-            # An interruption by the proxy itself says nothing about the upstream's health.
-            await self._end(Verdict.NEUTRAL if self._interrupted else Verdict.FAILED)
-            return err
         finally:
-            metrics.streams.dec()
-            router.streams.discard(self)
-        await self._end(Verdict.OK)
-        return None
+            if handle is not None:
+                handle.cancel()
+            self._watchdog = None
+
+    def _malformed(self, model: str, metrics: Any) -> None:
+        """An event the plugin could not parse: dropped, counted, logged; only repeated ones
+        break the stream."""
+        self.malformed += 1
+        metrics.malformed.labels(model).inc()
+        log.warning("malformed_event", model=model, count=self.malformed,
+                    request_id=self._exchange.record.request_id)
+        if self.malformed >= MAX_MALFORMED:
+            raise UpstreamError(ErrorKind.PROTOCOL, f"the upstream sent {self.malformed} "
+                                "malformed stream events")
+
+    async def _continued(self, err: UpstreamError) -> bool:
+        """Continue the answer on the next candidate that accepts a continuation, when text
+        (and nothing else) has reached the client; True when the stream goes on there."""
+        lens = self.lens
+        if self._continue_with is None or not isinstance(lens, ChatChunks):
+            return False
+        text = lens.continuable()
+        if text is None:
+            return False
+        broken = self.attempt
+        await _aclose(self._chunks)
+        found = await self._exchange.continue_stream(broken, text, self._continue_with)
+        relayed = -(-len(text) // 4)
+        await self._exchange.end_attempt(broken, Verdict.FAILED,
+                                         self._prompt_estimate + relayed)
+        if found is None:
+            log.info("continuation_unavailable", model=broken.route.name,
+                     request_id=self._exchange.record.request_id)
+            return False
+        self.attempt, self._first, self._chunks = found
+        lens.continue_from(relayed)
+        record = self._exchange.record
+        record.continuations += 1
+        self._exchange.router.metrics.continuations.labels(broken.route.name).inc()
+        log.info("stream_continued", model=broken.route.name, to=self.attempt.route.name,
+                 kind=err.kind.value, relayed_chars=len(text), request_id=record.request_id)
+        return True
 
     def interrupt(self, reason: str) -> None:
         """End the stream now with an error event saying ``reason`` (shutdown's grace is
@@ -192,9 +301,7 @@ class RoutedStream:
 
     async def _end(self, verdict: Verdict) -> None:
         try:
-            close = getattr(self._chunks, "aclose", None)
-            if close is not None:
-                await close()
+            await _aclose(self._chunks)
         finally:
             # Without reported usage, what was relayed is what was used (never the max_tokens
             # bound the estimate reserved): nothing relayed, nothing used.
