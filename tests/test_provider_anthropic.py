@@ -300,12 +300,17 @@ class TestRequest:
         assert claude.calls()[-1].body["messages"][-1] == {"role": "assistant",
                                                            "content": "The sky is"}
         assert answer.data["choices"][0]["message"]["content"] == "blue, like the sea."
+        # Prefill and thinking do not go together: a continuation goes on without thinking.
+        await provider.chat(chat(reasoning_effort="high", messages=[
+            {"role": "user", "content": "Sky colour?"},
+            {"role": "assistant", "content": "The sky is"}]))
+        assert "thinking" not in claude.calls()[-1].body
         with pytest.raises(UpstreamError) as info:
             await make(claude, session, "claude-opus-4-6").chat(chat(messages=[
                 {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hel"}]))
         assert info.value.kind is ErrorKind.BAD_REQUEST
         assert info.value.code == "prefill_not_supported"
-        assert len(claude.calls()) == 1  # never sent
+        assert len(claude.calls()) == 2  # never sent
 
 
 class TestResponse:

@@ -242,6 +242,11 @@ def _thinking(body: Mapping[str, Any], settings: Settings, turns: list[dict[str,
         # A tool-use loop whose assistant turn lost its thinking blocks (a client that does
         # not keep thinking_blocks) would be refused with thinking on: answer without it.
         return False
+    if turns[-1]["role"] == "assistant":
+        # A prefill (a continuation) cannot be combined with thinking
+        # (https://docs.anthropic.com/en/docs/build-with-claude/prompt-engineering/prefill-claudes-response):
+        # the continuation goes on without it.
+        return False
     budget = settings.budgets.get(effort, THINKING_MIN)
     if settings.thinking == "adaptive":
         level = _EFFORTS[effort]
