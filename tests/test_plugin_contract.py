@@ -211,7 +211,9 @@ STREAM_ASSEMBLER: dict[str, Any] = {
     'complete': 'property',
     'read': (
         "(self, resp: 'aiohttp.ClientResponse', *, done: 'bytes | None' = b'[DONE]',"
-        " end: 'str' = 'its end') -> 'contextlib.AbstractAsyncContextManager[AsyncIterator[Event]]'"
+        ' end: \'str\' = \'its end\', framing: "Literal[\'sse\','
+        ' \'ndjson\']" = \'sse\') -> '
+        "'contextlib.AbstractAsyncContextManager[AsyncIterator[Event]]'"
     ),
     'id': 'property',
 }
