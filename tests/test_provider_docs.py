@@ -69,14 +69,9 @@ def test_the_page_prints_the_declaration(page: str, name: str, params: Parameter
 def test_every_declaring_provider_has_its_page() -> None:
     registry = ProviderRegistry()
     documented = {id(params) for tables in TABLES.values() for _, params in tables}
-    for name in registry.names():
-        try:
-            cls = registry.get(name)
-        except Exception:  # noqa: BLE001 - another helper's plugin may not load here
-            continue
-        if cls.__module__.split(".")[:2] not in (["aiproxy_providers", p] for p in (
-                "gemini", "cohere", "gigachat", "cloudflare", "openai")):
-            continue  # another page's business
+    for name in ("gemini", "google", "cohere", "gigachat", "cloudflare", "openai",
+                 "openrouter", "groq", "huggingface"):
+        cls = registry.get(name)
         for params in (cls.chat_parameters, cls.embedding_parameters):
             if params is not None:
                 assert id(params) in documented, f"{name}: its declaration has no page"
