@@ -421,7 +421,9 @@ class TestStreamAssembler:
     def test_upstream_id(self) -> None:
         out = StreamAssembler("m", include_usage=False, provider="X")
         out.id = "upstream-1"
+        assert not out.started
         assert out.start()[0]["id"] == "upstream-1"
+        assert out.started
         with pytest.raises(RuntimeError):
             out.id = "late"
 

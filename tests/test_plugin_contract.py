@@ -216,6 +216,7 @@ STREAM_ASSEMBLER: dict[str, Any] = {
         "'contextlib.AbstractAsyncContextManager[AsyncIterator[Event]]'"
     ),
     'id': 'property',
+    'started': 'property',
 }
 PARAMETERS: dict[str, Any] = {
     '__init__': (
