@@ -170,17 +170,17 @@ class StreamAssembler:
     def id(self) -> str:
         return self.chunks.id
 
-    @property
-    def started(self) -> bool:
-        """Whether a chunk went out: after it, the core can no longer fall over."""
-        return bool(self._choices)
-
     @id.setter
     def id(self, value: str) -> None:
         """Use the upstream's answer id (Cohere's ``message-start``): before the first chunk."""
         if self.started:
             raise RuntimeError("the id of a stream is set before its first chunk")
         self.chunks = attrs.evolve(self.chunks, id=value)
+
+    @property
+    def started(self) -> bool:
+        """Whether a chunk went out: after it, the core can no longer fall over."""
+        return bool(self._choices)
 
     def _choice(self, index: int) -> _Choice:
         return self._choices.setdefault(index, _Choice())
