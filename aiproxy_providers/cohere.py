@@ -449,7 +449,8 @@ class CohereProvider(Provider):
               event: dict[str, Any]) -> list[dict[str, Any]]:
         """The chunks for one v2 stream event (https://docs.cohere.com/reference/chat-stream)."""
         if kind == "message-start":
-            if isinstance(event.get("id"), str) and event["id"]:
+            # The answer's id, unless a chunk already went out (a repeated message-start).
+            if isinstance(event.get("id"), str) and event["id"] and not out.started:
                 out.id = event["id"]
             return out.start()
         if kind == "content-delta":

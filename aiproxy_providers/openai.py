@@ -156,8 +156,12 @@ def sends_image_response_format(option: str, *model_ids: str | None) -> bool:
 class OpenAIProvider(Provider):
     """Any upstream that speaks the OpenAI API. ``url:`` is the API base (``.../v1``), or, as in
     the old proxy's configs, a full endpoint such as ``.../chat/completions``; a query string
-    (Azure's ``?api-version=``) is kept on every endpoint."""
+    (Azure's ``?api-version=``) is kept on every endpoint.
 
+    It declares no ``chat_parameters``: the request goes on as the client sent it, and the
+    upstream, which speaks the same API, judges every parameter itself."""
+
+    plugin_api_version = 2
     capabilities = frozenset({Capability.CHAT, Capability.EMBEDDINGS, Capability.IMAGES})
     default_url = "https://api.openai.com/v1"
     options_type = OpenAIOptions

@@ -421,7 +421,9 @@ class TestStreamAssembler:
     def test_upstream_id(self) -> None:
         out = StreamAssembler("m", include_usage=False, provider="X")
         out.id = "upstream-1"
+        assert not out.started
         assert out.start()[0]["id"] == "upstream-1"
+        assert out.started
         with pytest.raises(RuntimeError):
             out.id = "late"
 
@@ -492,6 +494,23 @@ class TestReading:
                 {"role": "assistant", "content": ""}, {"content": "a"}, {"content": "b"}, {}]
             assert session.connector is not None
             assert len(session.connector._acquired) == 0  # type: ignore[attr-defined]
+
+    async def test_ndjson(self, upstream: tuple[Upstream, str]) -> None:
+        # One JSON object a line (Ollama's streams), a line split across writes, no marker.
+        fake, url = upstream
+        fake.events = [b'{"text": "a"}\n{"te', b'xt": "b", "end": true}\n\n']
+        async with aiohttp.ClientSession() as session:
+            resp = await session.post(url)
+            out = StreamAssembler("m", include_usage=False, provider="Up")
+            chunks: list[dict[str, Any]] = []
+            async with out.read(resp, done=None, framing="ndjson") as events:
+                async for event in events:
+                    chunks += out.text(event.data["text"])
+                    if event.data.get("end"):
+                        chunks += out.finish("length")
+        assert [d[1:] for d in deltas(chunks)] == [
+            ({"role": "assistant", "content": ""}, None), ({"content": "a"}, None),
+            ({"content": "b"}, None), ({}, "length")]
 
     async def test_finish_without_marker_is_complete(self,
                                                      upstream: tuple[Upstream, str]) -> None:

@@ -281,6 +281,22 @@ class TestTranslated:
             assert await resp.json() == {"input_tokens": 104}  # 400 chars / 4 + 4 framing
         assert not gpt.seen
 
+    async def test_upstream_errors_are_typed(self, client: anthropic.AsyncAnthropic,
+                                             gpt: FakeChat) -> None:
+        gpt.then(json_reply({"error": {"message": "Invalid 'messages[0]'", "type":
+                                       "invalid_request_error", "code": "invalid_value"}}, 400),
+                 json_reply({"error": {"message": "Rate limit reached", "type": "requests",
+                                       "code": "rate_limit_exceeded"}}, 429,
+                            {"Retry-After": "40"}))
+        with pytest.raises(anthropic.BadRequestError) as bad:
+            await client.messages.create(model=GPT, max_tokens=8, messages=HI)
+        assert "Invalid 'messages[0]'" in bad.value.message
+        with pytest.raises(anthropic.RateLimitError) as limited:
+            await client.messages.create(model=GPT, max_tokens=8, messages=HI)
+        assert limited.value.type == "rate_limit_error"
+        assert int(limited.value.response.headers["retry-after"]) >= 39
+        assert FakeChat.KEY not in str(bad.value.body) + str(limited.value.body)
+
     async def test_anthropic_only_features_are_a_clear_400(
             self, client: anthropic.AsyncAnthropic, gpt: FakeChat) -> None:
         with pytest.raises(anthropic.BadRequestError) as info:

@@ -3,9 +3,10 @@
 ``backoff`` and ``python-backoff`` both install the module ``backoff``; two of them in one
 environment overwrite each other's files, and uninstalling either leaves the other broken
 while ``pip check`` still passes. aiproxy depends on neither (its retry schedule is its own),
-so an environment with either stays whole. Each case builds a fresh venv offline (``--no-index --find-links``) from wheels made
-or fetched once per session, installs aiproxy with a package that depends on one of the two,
-and asserts ``pip check`` is clean and one distribution owns the module.
+so an environment with either stays whole. Each case builds a fresh venv offline
+(``--no-index --find-links``) from wheels made or fetched once per session, installs aiproxy
+with a package that depends on one of the two, and asserts ``pip check`` is clean and one
+distribution owns the module.
 """
 
 from __future__ import annotations

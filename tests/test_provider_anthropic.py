@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -17,6 +18,7 @@ from aiproxy.config import ConfigError, ModelConfig
 from aiproxy.provider import ChatRequest, ErrorKind, RateLimitHint, UpstreamError
 from aiproxy_providers.anthropic import AnthropicProvider
 from aiproxy_providers.anthropic.models import profile_of
+from aiproxy_providers.anthropic.request import CHAT_PARAMETERS
 from tests.anthropic_fakes import (
     FakeAnthropic,
     anthropic_error,
@@ -223,6 +225,7 @@ class TestRequest:
                 await provider.chat(chat(**params))
             assert info.value.kind is ErrorKind.BAD_REQUEST
             assert info.value.param == next(iter(params))
+            assert info.value.code == "unsupported_parameter"
         assert not claude.calls()
 
     async def test_cache_control_passes_through(self, claude: FakeAnthropic,
@@ -297,12 +300,17 @@ class TestRequest:
         assert claude.calls()[-1].body["messages"][-1] == {"role": "assistant",
                                                            "content": "The sky is"}
         assert answer.data["choices"][0]["message"]["content"] == "blue, like the sea."
+        # Prefill and thinking do not go together: a continuation goes on without thinking.
+        await provider.chat(chat(reasoning_effort="high", messages=[
+            {"role": "user", "content": "Sky colour?"},
+            {"role": "assistant", "content": "The sky is"}]))
+        assert "thinking" not in claude.calls()[-1].body
         with pytest.raises(UpstreamError) as info:
             await make(claude, session, "claude-opus-4-6").chat(chat(messages=[
                 {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hel"}]))
         assert info.value.kind is ErrorKind.BAD_REQUEST
         assert info.value.code == "prefill_not_supported"
-        assert len(claude.calls()) == 1  # never sent
+        assert len(claude.calls()) == 2  # never sent
 
 
 class TestResponse:
@@ -594,3 +602,8 @@ class TestNative:
         answer = await make(claude, session).count_tokens(body, orjson.dumps(body), {})
         assert answer == {"input_tokens": 42}
         assert claude.calls("messages/count_tokens")[-1].body["model"] == "claude-sonnet-4-5"
+
+
+def test_the_docs_print_the_parameter_declaration() -> None:
+    page = Path(__file__).resolve().parent.parent / "docs" / "providers" / "anthropic.md"
+    assert CHAT_PARAMETERS.markdown() in page.read_text()

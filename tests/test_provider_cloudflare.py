@@ -368,8 +368,10 @@ async def test_stream_text(fake: FakeWorkersAI, session: aiohttp.ClientSession) 
     assert len({(c["id"], c["created"], c["model"], c["object"]) for c in chunks}) == 1
     assert chunks[0]["model"] == f"cloudflare/{LLAMA}"
     assert chunks[0]["object"] == "chat.completion.chunk"
+    # The kit's framing, as OpenAI streams: the role in a chunk of its own, then the text.
     assert [c["choices"] for c in chunks] == [
-        [{"index": 0, "delta": {"role": "assistant", "content": "New"}, "finish_reason": None}],
+        [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
+        [{"index": 0, "delta": {"content": "New"}, "finish_reason": None}],
         [{"index": 0, "delta": {"content": " York"}, "finish_reason": None}],
         [{"index": 0, "delta": {}, "finish_reason": "stop"}],
         [],
@@ -383,7 +385,7 @@ async def test_stream_without_include_usage(fake: FakeWorkersAI,
     fake.reply = sse([{"response": "Hi"}, {"response": "", "usage": {
         "prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}])
     chunks = await collect(provider(fake, session), chat_request(stream=True))
-    assert [c["choices"][0]["finish_reason"] for c in chunks] == [None, "stop"]
+    assert [c["choices"][0]["finish_reason"] for c in chunks] == [None, None, "stop"]
     assert all("usage" not in c for c in chunks)
 
 
@@ -391,12 +393,13 @@ async def test_stream_tool_calls(fake: FakeWorkersAI, session: aiohttp.ClientSes
     fake.reply = sse([{"response": "", "tool_calls": [
         {"name": "get_weather", "arguments": {"location": "Tver"}}]}])
     chunks = await collect(provider(fake, session), chat_request(stream=True, tools=[WEATHER]))
-    delta = chunks[0]["choices"][0]["delta"]
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    delta = chunks[1]["choices"][0]["delta"]
     [call] = delta.pop("tool_calls")
     assert call.pop("id").startswith("call_")
     assert call == {"index": 0, "type": "function",
                     "function": {"name": "get_weather", "arguments": '{"location":"Tver"}'}}
-    assert delta == {"role": "assistant", "content": ""}
+    assert delta == {}
     assert chunks[-1]["choices"] == [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]
 
 
@@ -406,8 +409,8 @@ async def test_stream_answered_whole(fake: FakeWorkersAI, session: aiohttp.Clien
     chunks = await collect(provider(fake, session),
                            chat_request(stream=True, stream_options={"include_usage": True}))
     assert [c["choices"] for c in chunks] == [
-        [{"index": 0, "delta": {"role": "assistant", "content": "Whole."},
-          "finish_reason": None}],
+        [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
+        [{"index": 0, "delta": {"content": "Whole."}, "finish_reason": None}],
         [{"index": 0, "delta": {}, "finish_reason": "stop"}],
         [],
     ]
@@ -427,7 +430,9 @@ async def test_stream_cut_or_malformed(fake: FakeWorkersAI, session: aiohttp.Cli
         async for chunk in provider(fake, session).stream(chat_request(stream=True)):
             chunks.append(chunk)
     assert exc.value.kind in (ErrorKind.PROTOCOL, ErrorKind.RATE_LIMITED)
-    assert len(chunks) == 1
+    # What arrived before the fault was passed on: the opening chunk and "Hel".
+    assert [c["choices"][0]["delta"] for c in chunks] == [
+        {"role": "assistant", "content": ""}, {"content": "Hel"}]
 
 
 async def test_stream_early_aclose_releases_the_connection(
@@ -449,8 +454,9 @@ async def test_stream_early_aclose_releases_the_connection(
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as session:
         p = provider(fake, session)
         stream = cast(AsyncGenerator[dict[str, Any], None], p.stream(chat_request(stream=True)))
-        first = await anext(stream)
-        assert first["choices"][0]["delta"] == {"role": "assistant", "content": "la"}
+        assert (await anext(stream))["choices"][0]["delta"] == {"role": "assistant",
+                                                                "content": ""}
+        assert (await anext(stream))["choices"][0]["delta"] == {"content": "la"}
         await stream.aclose()
         await asyncio.wait_for(fake.disconnected.wait(), 5)
         fake.reply = envelope({"response": "next"})
@@ -537,8 +543,10 @@ async def test_stream_with_n_keeps_choices_apart(fake: FakeWorkersAI,
     chunks = await collect(p, chat_request(stream=True, n=2))
     assert fake.calls[0]["body"]["n"] == 2
     assert [c["choices"] for c in chunks] == [
-        [{"index": 0, "delta": {"role": "assistant", "content": "A"}, "finish_reason": None}],
-        [{"index": 1, "delta": {"role": "assistant", "content": "B"}, "finish_reason": None}],
+        [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
+        [{"index": 0, "delta": {"content": "A"}, "finish_reason": None}],
+        [{"index": 1, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
+        [{"index": 1, "delta": {"content": "B"}, "finish_reason": None}],
         [{"index": 0, "delta": {}, "finish_reason": "stop"}],
         [{"index": 1, "delta": {}, "finish_reason": "length"}],
     ]
@@ -585,7 +593,7 @@ async def test_vision_text_only_and_limits(fake: FakeWorkersAI,
     with pytest.raises(UpstreamError) as exc:
         await p.chat(chat_request(messages=[{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": "data:image/png;base64,@@@"}}]}]))
-    assert exc.value.param == "messages" and "base64" in exc.value.message
+    assert exc.value.param == "messages[0].content[0]" and "base64" in exc.value.message
 
 
 async def test_an_unknown_image_model_gets_what_was_sent(fake: FakeWorkersAI,
@@ -641,4 +649,4 @@ async def test_streamed_logprobs(fake: FakeWorkersAI, session: aiohttp.ClientSes
     chunks = await collect(provider(fake, session, name=GLM),
                            chat_request(stream=True, logprobs=True, top_logprobs=1))
     assert fake.calls[0]["body"]["top_logprobs"] == 1
-    assert [c["choices"][0]["logprobs"] for c in chunks] == [lp, None]
+    assert [c["choices"][0]["logprobs"] for c in chunks] == [None, lp, None]

@@ -60,7 +60,7 @@ def authenticate(request: web.Request, trace: Trace) -> None:
         return
     grant = generation.keys.find(sent)
     if grant is None:
-        raise ProxyError(401, "invalid bearer token", code="invalid_api_key")
+        raise ProxyError(401, "invalid API key", code="invalid_api_key")
     if request.path.startswith(ADMIN_PREFIX) or request.path == "/metrics":
         raise ProxyError(403, f"key {grant.key.name!r} may not use {request.path}",
                          code="forbidden")

@@ -13,6 +13,7 @@ from aiproxy.config import Config, Settings
 from aiproxy.errors import ProxyError
 from aiproxy.http.state import RUNTIME, TRACE
 from aiproxy.metrics import Metrics
+from aiproxy.observability import get_logger
 from aiproxy.usage.ledger import Ledger
 from aiproxy.usage.query import parse_query, summary, to_csv
 from aiproxy.usage.store import StoreUnavailable, make_store
@@ -20,6 +21,7 @@ from aiproxy.usage.store import StoreUnavailable, make_store
 __all__ = ["LEDGER", "add_routes", "budget_settled", "lifecycle", "make_ledger", "usage"]
 
 LEDGER = web.AppKey("ledger", Ledger)
+log = get_logger("aiproxy.usage")
 _JSON = {"Content-Type": "application/json", "Cache-Control": "no-store"}
 
 
@@ -40,10 +42,23 @@ async def lifecycle(app: web.Application) -> AsyncIterator[None]:
     last request was observed."""
     ledger = app[LEDGER]
     await ledger.start()
+    generation = app[RUNTIME].current
+    if (generation is not None and generation.settings.redis_url
+            and ledger.store.dialect == "sqlite" and _has_budgets(generation.config)):
+        # Redis suggests replicas on several machines: each would keep its own SQLite file.
+        log.warning("budgets_per_machine", reason="budgets are configured and REDIS_URL is "
+                    "set, but the usage ledger is SQLite: each machine counts its own spend; "
+                    "set DATABASE_URL=postgresql://... to share it")
     try:
         yield
     finally:
         await ledger.close()
+
+
+def _has_budgets(config: Config) -> bool:
+    return any(not m.budget.unlimited for m in config.models) or any(
+        not k.budget.unlimited or any(not b.unlimited for b in k.model_budgets.values())
+        for k in config.keys)
 
 
 async def budget_settled(request: web.Request, response: web.StreamResponse) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 import attrs
@@ -21,7 +21,7 @@ import orjson
 
 from aiproxy.kit.answers import completion_id, tool_call_id
 from aiproxy.kit.errors import protocol_error
-from aiproxy.sse import iter_sse
+from aiproxy.sse import SSEEvent, iter_sse
 
 __all__ = ["Event", "StreamAssembler", "StreamChunks", "end_response"]
 
@@ -72,6 +72,29 @@ class StreamChunks:
         if include_usage and usage is not None:
             out.append(self.usage(usage))
         return out
+
+
+#: One NDJSON line may not grow past this: an upstream that never sends a newline must not eat
+#: memory (SSE events have aiproxy.sse's own bound).
+MAX_LINE_BYTES = 16 * 1024 * 1024
+
+
+async def _ndjson(content: aiohttp.StreamReader) -> AsyncGenerator[SSEEvent, None]:
+    """Each non-empty line of an NDJSON body as soon as it has arrived, as an event's data.
+
+    aiohttp's ``readline()`` refuses lines longer than its buffer, so raw chunks are split here,
+    as :func:`aiproxy.sse.iter_sse` does for SSE.
+    """
+    buffer = b""
+    async for piece in content.iter_any():
+        *lines, buffer = (buffer + piece).split(b"\n")
+        if len(buffer) > MAX_LINE_BYTES:
+            raise ValueError("an NDJSON line longer than 16 MiB")
+        for line in lines:
+            if line.strip():
+                yield SSEEvent(line)
+    if buffer.strip():
+        yield SSEEvent(buffer)
 
 
 def end_response(resp: aiohttp.ClientResponse, *, complete: bool) -> None:
@@ -150,9 +173,14 @@ class StreamAssembler:
     @id.setter
     def id(self, value: str) -> None:
         """Use the upstream's answer id (Cohere's ``message-start``): before the first chunk."""
-        if self._choices:
+        if self.started:
             raise RuntimeError("the id of a stream is set before its first chunk")
         self.chunks = attrs.evolve(self.chunks, id=value)
+
+    @property
+    def started(self) -> bool:
+        """Whether a chunk went out: after it, the core can no longer fall over."""
+        return bool(self._choices)
 
     def _choice(self, index: int) -> _Choice:
         return self._choices.setdefault(index, _Choice())
@@ -270,9 +298,11 @@ class StreamAssembler:
     # --- Reading the upstream -----------------------------------------------------------------
 
     def read(self, resp: aiohttp.ClientResponse, *, done: bytes | None = b"[DONE]",
-             end: str = "its end") -> contextlib.AbstractAsyncContextManager[AsyncIterator[Event]]:
-        """The upstream's server-sent events as JSON objects, until ``done`` (its end marker,
-        ``None`` for an upstream without one) or the end of the body::
+             end: str = "its end", framing: Literal["sse", "ndjson"] = "sse",
+             ) -> contextlib.AbstractAsyncContextManager[AsyncIterator[Event]]:
+        """The upstream's events as JSON objects, until ``done`` (its end marker, ``None`` for
+        an upstream without one) or the end of the body. ``framing``: server-sent events, or
+        newline-delimited JSON (one object a line, as Ollama streams)::
 
             async with out.read(resp) as events:
                 async for event in events:
@@ -285,12 +315,13 @@ class StreamAssembler:
         connection when the answer was read whole and closes it otherwise (an ``aclose()``, an
         error), so the upstream stops generating.
         """
-        return _Reading(self, resp, self._events(resp.content, done, end))
+        source = iter_sse(resp.content) if framing == "sse" else _ndjson(resp.content)
+        return _Reading(self, resp, self._events(source, done, end))
 
-    async def _events(self, content: aiohttp.StreamReader, done: bytes | None,
+    async def _events(self, source: AsyncGenerator[SSEEvent, None], done: bytes | None,
                       end: str) -> AsyncGenerator[Event, None]:
         try:
-            async with contextlib.aclosing(iter_sse(content)) as sse:
+            async with contextlib.aclosing(source) as sse:
                 async for event in sse:
                     data = event.data.strip()
                     if not data:

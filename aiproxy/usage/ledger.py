@@ -69,6 +69,11 @@ def periods(now: float) -> tuple[str, str]:
     return f"d:{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}", f"m:{t.tm_year:04d}-{t.tm_mon:02d}"
 
 
+def resets_at(now: float) -> float:
+    """When the UTC day of ``now`` ends (epoch seconds)."""
+    return (now // 86400.0 + 1) * 86400.0
+
+
 def _scopes(record: Record) -> list[str]:
     scopes = []
     if record.key_name is not None:
@@ -143,6 +148,8 @@ class Ledger:
         self._closing = False
         self._warned = 0.0
         self._purged = 0.0
+        self._periods = ("", "")
+        self._periods_until = 0.0
 
     # --- on the request's path: price, count, queue (no I/O) ---------------------------
 
@@ -179,16 +186,28 @@ class Ledger:
         budgeted = self._budgeted
         if config is not None and (budgeted is None or budgeted.config is not config):
             budgeted = self._budgeted = _Budgeted(config)
-        day, month = periods(self.clock())
-        now: list[tuple[Cell, tuple[float, int]]] = []
-        later: list[tuple[Cell, tuple[float, int]]] = []
+        now = self.clock()
+        if now >= self._periods_until:  # once a day: the UTC day and month of now
+            self._periods = periods(now)
+            self._periods_until = resets_at(now)
+        day, month = self._periods
+        charge: dict[Cell, tuple[float, int]] | None = None
+        later = self._cells
         for scope in _scopes(record):
-            target = now if budgeted is not None and scope in budgeted.scopes else later
-            target += [((scope, day), (cost, tokens)), ((scope, month), (cost, tokens))]
-        _add(self._cells, later)
-        if now:
-            charge = dict(now)
-            _add(self._charging, now)
+            if budgeted is not None and scope in budgeted.scopes:
+                if charge is None:
+                    charge = {}
+                charge[(scope, day)] = charge[(scope, month)] = (cost, tokens)
+                continue
+            for cell in ((scope, day), (scope, month)):
+                have = later.get(cell)
+                if have is None:
+                    later[cell] = [cost, tokens]
+                else:
+                    have[0] += cost
+                    have[1] += tokens
+        if charge is not None:
+            _add(self._charging, charge.items())
             task = asyncio.get_running_loop().create_task(self._charge(charge))
             key = id(record)
             self._pending[key] = (record, task)

@@ -2,8 +2,8 @@
 Messages API passed through natively for the ``/v1/messages`` front door.
 
 See ``docs/providers/anthropic.md``. The package: ``models.py`` (what each model id accepts),
-``request.py`` (OpenAI → Messages), ``response.py`` (Messages → OpenAI), ``errors.py``
-(errors and rate-limit headers), ``provider.py`` (the plugin).
+``request.py`` (OpenAI → Messages; ``content.py`` its content blocks), ``response.py``
+(Messages → OpenAI), ``errors.py`` (errors and rate-limit headers), ``provider.py`` (the plugin).
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ from aiproxy.provider import (
 
 from .errors import error_from_event, error_from_response, rate_limit_hint
 from .models import profile_of
-from .request import THINKING_MIN, Plan, Settings, messages_body
+from .request import CHAT_PARAMETERS, THINKING_MIN, Plan, Settings, messages_body
 from .response import ChunkTranslator, chat_completion
 
 __all__ = ["DEFAULT_MAX_TOKENS", "DEFAULT_VERSION", "AnthropicOptions", "AnthropicProvider"]
@@ -94,6 +94,7 @@ class AnthropicProvider(Provider):
     capabilities = frozenset({Capability.CHAT})
     default_url = "https://api.anthropic.com"
     options_type = AnthropicOptions
+    chat_parameters = CHAT_PARAMETERS
 
     def __init__(self, model: ModelConfig, session: aiohttp.ClientSession) -> None:
         super().__init__(model, session)

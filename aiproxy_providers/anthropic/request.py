@@ -26,22 +26,26 @@ from collections.abc import Mapping
 from typing import Any
 
 import attrs
-import orjson
 
-from aiproxy.provider import ErrorKind, UpstreamError
+from aiproxy.provider import ErrorKind, Parameters, UpstreamError
 
-__all__ = ["THINKING_MIN", "Plan", "Settings", "messages_body"]
+from .content import (
+    assistant_blocks,
+    bad_request,
+    cached,
+    message_cache,
+    text_blocks,
+    tool_result,
+    user_blocks,
+)
+
+__all__ = ["CHAT_PARAMETERS", "THINKING_MIN", "Plan", "Settings", "messages_body"]
 
 #: The smallest thinking budget Anthropic accepts.
 THINKING_MIN = 1024
 # The effort names of adaptive thinking for OpenAI's reasoning_effort values.
 _EFFORTS = {"minimal": "low", "low": "low", "medium": "medium", "high": "high",
             "xhigh": "xhigh"}
-
-
-def bad_request(message: str, param: str | None = None) -> UpstreamError:
-    return UpstreamError(ErrorKind.BAD_REQUEST, message, status=400, param=param,
-                         code="invalid_request")
 
 
 @attrs.frozen
@@ -68,145 +72,6 @@ class Plan:
     trimmed_prefill: bool = False  # the prefill lost trailing whitespace: trim the answer's
 
 
-# ----------------------------------------------------------------------------- content
-
-
-def _cache(part: Mapping[str, Any], block: dict[str, Any]) -> dict[str, Any]:
-    control = part.get("cache_control")
-    if isinstance(control, dict):
-        block["cache_control"] = control
-    return block
-
-
-def _data_url(url: str, where: str) -> tuple[str, str]:
-    """``(media_type, base64 data)`` of a ``data:<type>;base64,<data>`` URL."""
-    head, sep, data = url.partition(",")
-    if not sep or not head.endswith(";base64"):
-        raise bad_request(f"{where}: a data: URL must be base64-encoded", where)
-    return head[5:-7], data
-
-
-def _image(part: Mapping[str, Any], where: str) -> dict[str, Any]:
-    spec = part.get("image_url")
-    url = spec.get("url") if isinstance(spec, dict) else spec
-    if not isinstance(url, str) or not url:
-        raise bad_request(f"{where}.image_url.url must be a string", where)
-    if url.startswith("data:"):
-        media_type, data = _data_url(url, where)
-        source: dict[str, Any] = {"type": "base64", "media_type": media_type, "data": data}
-    else:
-        source = {"type": "url", "url": url}
-    return _cache(part, {"type": "image", "source": source})
-
-
-def _file(part: Mapping[str, Any], where: str) -> dict[str, Any]:
-    spec = part.get("file")
-    data = spec.get("file_data") if isinstance(spec, dict) else None
-    if not isinstance(data, str) or not data.startswith("data:"):
-        raise bad_request(f"{where}: Anthropic takes files as file_data data: URLs "
-                          "(an OpenAI file_id means nothing to it)", where)
-    media_type, encoded = _data_url(data, where)
-    block: dict[str, Any] = {"type": "document", "source": {
-        "type": "base64", "media_type": media_type, "data": encoded}}
-    if isinstance(spec, dict) and isinstance(spec.get("filename"), str):
-        block["title"] = spec["filename"]
-    return _cache(part, block)
-
-
-def _user_blocks(content: Any, where: str) -> list[dict[str, Any]]:
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}] if content else []
-    if not isinstance(content, list):
-        raise bad_request(f"{where}.content must be a string or a list of parts",
-                          f"{where}.content")
-    blocks: list[dict[str, Any]] = []
-    for j, part in enumerate(content):
-        at = f"{where}.content[{j}]"
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind == "text" and isinstance(part.get("text"), str):
-            if part["text"]:
-                blocks.append(_cache(part, {"type": "text", "text": part["text"]}))
-        elif kind == "image_url":
-            blocks.append(_image(part, at))
-        elif kind == "file":
-            blocks.append(_file(part, at))
-        else:
-            raise bad_request(f"{at}: part type {kind!r} is not supported by Anthropic "
-                              "(text, image_url and file are)", at)
-    return blocks
-
-
-def _text_of(content: Any, where: str) -> list[dict[str, Any]]:
-    """System, assistant and tool content as text blocks (``refusal`` parts are text too)."""
-    if content is None:
-        return []
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}] if content else []
-    if not isinstance(content, list):
-        raise bad_request(f"{where}.content must be a string or a list of parts",
-                          f"{where}.content")
-    blocks = []
-    for j, part in enumerate(content):
-        kind = part.get("type") if isinstance(part, dict) else None
-        text = part.get(kind) if kind in ("text", "refusal") else None
-        if not isinstance(text, str):
-            raise bad_request(f"{where}.content[{j}] must be a text part",
-                              f"{where}.content[{j}]")
-        if text:
-            blocks.append(_cache(part, {"type": "text", "text": text}))
-    return blocks
-
-
-def _tool_use(call: Any, where: str) -> dict[str, Any]:
-    function = call.get("function") if isinstance(call, dict) else None
-    if not isinstance(function, dict) or not isinstance(function.get("name"), str) \
-            or not isinstance(call.get("id"), str):
-        raise bad_request(f"{where} must be a function call with an id and a name", where)
-    name = function["name"]
-    args = function.get("arguments")
-    if isinstance(args, str):
-        try:
-            args = orjson.loads(args) if args.strip() else {}
-        except orjson.JSONDecodeError:
-            raise bad_request(f"{where}.function.arguments is not valid JSON", where) from None
-    if not isinstance(args, dict):
-        raise bad_request(f"{where}.function.arguments must be a JSON object", where)
-    return _cache(call, {"type": "tool_use", "id": call["id"], "name": name, "input": args})
-
-
-def _assistant_blocks(message: Mapping[str, Any], where: str) -> list[dict[str, Any]]:
-    blocks: list[dict[str, Any]] = []
-    # Thinking blocks an earlier Claude answer carried (thinking_blocks, with signatures) go
-    # back first and unchanged: a tool-use loop with thinking needs them.
-    for block in message.get("thinking_blocks") or ():
-        if isinstance(block, dict) and block.get("type") in ("thinking", "redacted_thinking"):
-            blocks.append(dict(block))
-    blocks += _text_of(message.get("content"), where)
-    for k, call in enumerate(message.get("tool_calls") or ()):
-        blocks.append(_tool_use(call, f"{where}.tool_calls[{k}]"))
-    return blocks
-
-
-def _tool_result(message: Mapping[str, Any], where: str) -> dict[str, Any]:
-    call_id = message.get("tool_call_id")
-    if not isinstance(call_id, str) or not call_id:
-        raise bad_request(f"{where}.tool_call_id is required", f"{where}.tool_call_id")
-    content = message.get("content")
-    block: dict[str, Any] = {"type": "tool_result", "tool_use_id": call_id}
-    if isinstance(content, str):
-        block["content"] = content
-    else:
-        block["content"] = _user_blocks(content, where)  # text and images are allowed here
-    return _cache(message, block)
-
-
-def _with_message_cache(message: Mapping[str, Any], blocks: list[dict[str, Any]]) -> None:
-    """A ``cache_control`` on the message itself marks its last block (a cache breakpoint)."""
-    control = message.get("cache_control")
-    if isinstance(control, dict) and blocks:
-        blocks[-1]["cache_control"] = control
-
-
 # ---------------------------------------------------------------------------- messages
 
 
@@ -219,21 +84,21 @@ def _conversation(messages: list[Any]) -> tuple[list[dict[str, Any]], list[dict[
         where = f"messages[{i}]"
         role = message.get("role")
         if role in ("system", "developer"):
-            blocks = _text_of(message.get("content"), where)
-            _with_message_cache(message, blocks)
+            blocks = text_blocks(message.get("content"), where)
+            message_cache(message, blocks)
             system += blocks
             continue
         if role == "user":
-            blocks = _user_blocks(message.get("content"), where)
+            blocks = user_blocks(message.get("content"), where)
         elif role == "assistant":
-            blocks = _assistant_blocks(message, where)
+            blocks = assistant_blocks(message, where)
         elif role == "tool":
-            blocks = [_tool_result(message, where)]
+            blocks = [tool_result(message, where)]
             role = "user"
         else:
             raise bad_request(f"{where}.role {role!r} is not supported by Anthropic (use tools "
                               "instead of the deprecated functions)", f"{where}.role")
-        _with_message_cache(message, blocks)
+        message_cache(message, blocks)
         if not blocks:
             continue  # Anthropic refuses empty content; an empty message says nothing
         if turns and turns[-1]["role"] == role:
@@ -301,7 +166,7 @@ def _tools(tools: Any, settings: Settings) -> list[dict[str, Any]]:
             spec["description"] = function["description"]
         if function.get("strict") and settings.structured == "native":
             spec["strict"] = True  # strict tool use comes with structured outputs
-        out.append(_cache(tool, spec))
+        out.append(cached(tool, spec))
     return out
 
 
@@ -327,36 +192,36 @@ def _tool_choice(choice: Any, parallel: Any) -> dict[str, Any] | None:
 
 # ------------------------------------------------------------------------------ params
 
-# OpenAI parameters Anthropic cannot honour; refused when they would change the answer.
-_REFUSED_UNLESS_DEFAULT: dict[str, tuple[Any, str]] = {
-    "n": (1, "Anthropic answers one choice; n must be 1"),
-    "logprobs": (False, "Anthropic returns no log probabilities"),
-    "top_logprobs": (0, "Anthropic returns no log probabilities"),
-    "presence_penalty": (0, "Anthropic has no presence penalty"),
-    "frequency_penalty": (0, "Anthropic has no frequency penalty"),
-}
-_REFUSED = {
-    "logit_bias": "Anthropic has no logit bias",
-    "audio": "Anthropic answers in text only",
-    "functions": "use tools instead of the deprecated functions",
-    "function_call": "use tool_choice instead of the deprecated function_call",
-    "web_search_options": "not translated to Anthropic (use the Messages API's web search "
-                          "tool on /v1/messages)",
-    "prediction": "Anthropic has no predicted outputs",
-}
-
-
-def _check_params(body: Mapping[str, Any]) -> None:
-    for name, (default, why) in _REFUSED_UNLESS_DEFAULT.items():
-        value = body.get(name)
-        if value is not None and value != default:
-            raise bad_request(f"{name}: {why}", name)
-    for name, why in _REFUSED.items():
-        if body.get(name):
-            raise bad_request(f"{name}: {why}", name)
-    modalities = body.get("modalities")
-    if isinstance(modalities, list) and any(m != "text" for m in modalities):
-        raise bad_request("modalities: Anthropic answers in text only", "modalities")
+#: What happens to each OpenAI parameter (the kit's one declaration, printed in
+#: docs/providers/anthropic.md): translated, dropped, or refused with 400 unsupported_parameter.
+CHAT_PARAMETERS = Parameters(
+    "Anthropic",
+    supported={"temperature", "top_p", "max_completion_tokens", "max_tokens", "stop",
+               "response_format", "tools", "tool_choice", "parallel_tool_calls",
+               "reasoning_effort", "user"},
+    ignored={"metadata", "store", "seed", "service_tier", "safety_identifier",
+             "prompt_cache_key", "prompt_cache_options", "prompt_cache_retention"},
+    notes={
+        "metadata": "OpenAI's stored-completion tags; user goes to metadata.user_id",
+        "seed": "Anthropic has no seed",
+        "prompt_cache_key": "Anthropic caches by cache_control breakpoints, passed through",
+        "n": "Anthropic answers one choice",
+        "logprobs": "Anthropic returns no log probabilities",
+        "top_logprobs": "Anthropic returns no log probabilities",
+        "presence_penalty": "Anthropic has no presence penalty",
+        "frequency_penalty": "Anthropic has no frequency penalty",
+        "logit_bias": "Anthropic has no logit bias",
+        "audio": "Anthropic answers in text only",
+        "modalities": "Anthropic answers in text only",
+        "functions": "use tools instead of the deprecated functions",
+        "function_call": "use tool_choice instead of the deprecated function_call",
+        "web_search_options": "use the Messages API's web search tool on /v1/messages",
+        "prediction": "Anthropic has no predicted outputs",
+        "verbosity": "use reasoning_effort",
+    },
+    # Anthropic's own fields an OpenAI client may send: top_k, and a thinking object.
+    extensions={"top_k", "thinking"},
+)
 
 
 def _thinking(body: Mapping[str, Any], settings: Settings, turns: list[dict[str, Any]],
@@ -376,6 +241,11 @@ def _thinking(body: Mapping[str, Any], settings: Settings, turns: list[dict[str,
     if _loop_without_thinking(turns):
         # A tool-use loop whose assistant turn lost its thinking blocks (a client that does
         # not keep thinking_blocks) would be refused with thinking on: answer without it.
+        return False
+    if turns[-1]["role"] == "assistant":
+        # A prefill (a continuation) cannot be combined with thinking
+        # (https://docs.anthropic.com/en/docs/build-with-claude/prompt-engineering/prefill-claudes-response):
+        # the continuation goes on without it.
         return False
     budget = settings.budgets.get(effort, THINKING_MIN)
     if settings.thinking == "adaptive":
@@ -462,7 +332,7 @@ def _response_format(body: Mapping[str, Any], settings: Settings, out: dict[str,
 
 def messages_body(body: Mapping[str, Any], settings: Settings, *, stream: bool) -> Plan:
     """The Messages request for the OpenAI request ``body``."""
-    _check_params(body)
+    CHAT_PARAMETERS.check(body)
     system, turns = _conversation(list(body["messages"]))
     trimmed = _trim_prefill(turns, settings)
     limit = body.get("max_completion_tokens") or body.get("max_tokens")

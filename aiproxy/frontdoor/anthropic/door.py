@@ -5,7 +5,7 @@ the same routing, limits, retries, failover and accounting as chat completions."
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from aiproxy.errors import from_upstream
@@ -110,9 +110,7 @@ _CLIENT_ERRORS = frozenset({ErrorKind.BAD_REQUEST, ErrorKind.CONTEXT_LENGTH,
 
 
 async def count_tokens(router: Router, record: Record, grant: Grant | None,
-                       request: MessagesRequest,
-                       estimate: Callable[[Mapping[str, Any]], int] = estimate_input_tokens,
-                       ) -> tuple[dict[str, Any], bool]:
+                       request: MessagesRequest) -> tuple[dict[str, Any], bool]:
     """``({"input_tokens": n}, exact)`` for the model the request would go to first: counted
     by the upstream where it speaks Messages, else estimated. A count is not a generation: it
     takes nothing from the rate limits and is not retried elsewhere."""
@@ -136,4 +134,4 @@ async def count_tokens(router: Router, record: Record, grant: Grant | None,
                 raise from_upstream(err, route.name) from None
             log.info("count_tokens_estimated", model=route.name, reason=err.kind.value,
                      request_id=record.request_id)
-    return {"input_tokens": estimate(request.body)}, False
+    return {"input_tokens": estimate_input_tokens(request.body)}, False

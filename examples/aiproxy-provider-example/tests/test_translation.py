@@ -63,20 +63,29 @@ class TestRequest:
         assert provider().build_request(request, stream=False)["messages"] == [
             {"role": "user", "content": "What is this?", "images": ["iVBORw0KGgo="]}]
 
-    @pytest.mark.parametrize(("fields", "param"), [
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-        ({"n": 2}, "n"),
-        ({"messages": [{"role": "tool", "content": "x", "tool_call_id": "1"}]}, "messages"),
+    @pytest.mark.parametrize(("fields", "param", "code"), [
+        # OpenAI parameters Ollama lacks: the kit's one 400 for them.
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools",
+         "unsupported_parameter"),
+        ({"n": 2}, "n", "unsupported_parameter"),
+        # What the request mapping cannot take: the path of the field at fault.
+        ({"messages": [{"role": "tool", "content": "x", "tool_call_id": "1"}]},
+         "messages[0].role", None),
         ({"messages": [{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}]},
-         "messages"),
-        ({"response_format": {"type": "xml"}}, "response_format"),
+         "messages[0].content[0]", None),
+        ({"response_format": {"type": "xml"}}, "response_format", None),
     ])
-    def test_refuses_what_it_cannot_honour(self, fields: dict[str, Any], param: str) -> None:
+    def test_refuses_what_it_cannot_honour(self, fields: dict[str, Any], param: str,
+                                           code: str | None) -> None:
         with pytest.raises(UpstreamError) as info:
             provider().build_request(chat_request(**fields), stream=False)
         assert info.value.kind is ErrorKind.BAD_REQUEST
-        assert info.value.param == param
+        assert (info.value.param, info.value.code) == (param, code)
+
+    def test_harmless_fields_are_dropped(self) -> None:
+        body = provider().build_request(chat_request(user="u1", store=True, n=1), stream=False)
+        assert set(body) == {"model", "messages", "stream"}
 
     @pytest.mark.parametrize("url", ["http://h:1", "http://h:1/", "http://h:1/api",
                                      "http://h:1/api/chat"])
