@@ -80,6 +80,7 @@ from aiproxy.sse import SSEEvent, iter_sse
 
 # The contract: what a plugin implements and the values it exchanges.
 __all__ = [
+    "MALFORMED_EVENT",
     "PLUGIN_API_VERSION",
     "SUPPORTED_PLUGIN_API_VERSIONS",
     "Capability",

@@ -60,6 +60,9 @@ class FakeOpenAI:
         self.disconnects = 0  # streams whose client went away before the end
         self.open_streams = 0
         self.embedding_tokens = 3  # the usage each embeddings answer reports
+        self.reply: str | None = None  # every model's answer, when set
+        # Models that answer a trailing assistant turn with a 400 (no continuation).
+        self.refuse_continuation: set[str] = set()
 
     def script(self, model: str, *faults: str) -> None:
         self.scripts[model].extend(faults)
@@ -140,7 +143,14 @@ class FakeOpenAI:
         early = await self._pre_answer_fault(request, fault)
         if early is not None:
             return early
-        text = f"reply from {model}: {self._text(body)}"
+        text = self.reply if self.reply is not None else f"reply from {model}: {self._text(body)}"
+        messages = body.get("messages") or []
+        if messages and messages[-1].get("role") == "assistant":
+            if model in self.refuse_continuation:
+                return self._error(400, "the last message may not be an assistant message",
+                                   "invalid_value", "invalid_request_error")
+            prefix = str(messages[-1].get("content") or "")
+            text = text[len(prefix):] if text.startswith(prefix) else text
         if not body.get("stream"):
             if fault == "malformed":
                 return web.Response(body=b"{not json", content_type="application/json")

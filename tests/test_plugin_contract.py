@@ -28,7 +28,7 @@ from aiproxy.provider import (
 # callables by their signatures, constants by their type.
 EXPORTED: dict[str, Any] = {
     'Capability': ('chat', 'embeddings', 'images'),
-    'ChatRequest': ('body', 'raw', 'stream'),
+    'ChatRequest': ('body', 'raw', 'stream', 'continuation'),
     'ChatResponse': ('data',),
     'ConfigError': "(errors: 'list[str]') -> 'None'",
     'DataURL': ('media_type', 'data'),
@@ -51,6 +51,7 @@ EXPORTED: dict[str, Any] = {
     'OPENAI_CHAT_PARAMETERS': 'frozenset',
     'OPENAI_EMBEDDING_PARAMETERS': 'frozenset',
     'PLUGIN_API_VERSION': 'int',
+    'MALFORMED_EVENT': 'dict',
     'Parameters': ('provider', 'supported', 'ignored', 'notes', 'extensions', 'api'),
     'Part': ('kind', 'where', 'text', 'url', 'detail', 'audio', 'raw'),
     'Provider': "(model: 'ModelConfig', session: 'aiohttp.ClientSession') -> 'None'",
@@ -109,7 +110,10 @@ EXPORTED: dict[str, Any] = {
     ),
     'image_media_type': "(data: 'bytes') -> 'str | None'",
     'is_default': "(name: 'str', value: 'Any') -> 'bool'",
-    'iter_sse': "(content: 'aiohttp.StreamReader') -> 'AsyncGenerator[SSEEvent, None]'",
+    'iter_sse': (
+        "(content: 'aiohttp.StreamReader', max_event: 'int' = 16777216) -> "
+        "'AsyncGenerator[SSEEvent, None]'"
+    ),
     'json_object': (
         "(raw: 'bytes | str', *, provider: 'str', what: 'str' = 'the answer') -> 'dict[str, Any]'"
     ),
@@ -173,6 +177,7 @@ PROVIDER_IMPLEMENTS: dict[str, Any] = {
     ),
 }
 PROVIDER_USES: dict[str, Any] = {
+    'accepts_continuation': 'property',
     'upstream_model': 'property',
     'client_timeout': 'property',
     'send': (
