@@ -38,7 +38,8 @@ ConfigSource = Callable[[], tuple[Config, Settings]]
 RESTART_ONLY = ("host", "port", "redis_url", "redis_prefix", "redis_fail_mode", "max_body_size",
                 "shutdown_grace", "log_level", "log_format", "client_header_timeout",
                 "client_keepalive_timeout", "client_body_timeout", "client_max_connections",
-                "responses_store_ttl", "responses_store_max_bytes")
+                "responses_store_ttl", "responses_store_max_bytes", "database_url",
+                "usage_buffer", "usage_flush_interval", "usage_retention_days", "otel_endpoint")
 
 log = get_logger("aiproxy.generation")
 

@@ -6,7 +6,19 @@ from __future__ import annotations
 
 import attrs
 
-__all__ = ["Record"]
+__all__ = ["AttemptEntry", "Record"]
+
+
+@attrs.frozen
+class AttemptEntry:
+    """One upstream attempt of a request: which model, when (wall clock), for how long, and
+    how it ended (``answered``, or the upstream error kind, or ``cancelled``)."""
+
+    model: str
+    provider: str
+    started: float
+    duration: float
+    outcome: str
 
 
 @attrs.define(slots=True)
@@ -34,6 +46,9 @@ class Record:
     ttft_ms: float | None = None  # a stream's time to its first chunk, on the answering attempt
     hedges: int = 0  # extra attempts started beside a slow one
     continuations: int = 0  # broken streams continued on another candidate
+    images: int | None = None  # images generated, for an image request
+    # One entry per upstream attempt, in order: for traces (a child span each).
+    attempt_log: list[AttemptEntry] = attrs.field(factory=list)
     stream: bool = False
     stream_error: str | None = None
     error_kind: str | None = None  # the final upstream error kind of a failed request

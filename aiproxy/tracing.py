@@ -2,9 +2,9 @@
 
 An observer builds one span per request from its settled record: the request's start and
 duration, the GenAI semantic conventions' attributes (operation, provider, requested and
-answering model, tokens), the request id, and one event per upstream attempt (the record
-names the models tried, not when each started: see ``docs/usage.md``). No prompt or answer
-text is ever attached: the record has none.
+answering model, tokens), the request id, and a child span per upstream attempt (its model,
+provider, start, duration and outcome, from the record's attempt log; also an event each).
+No prompt or answer text is ever attached: the record has none.
 Conventions: https://opentelemetry.io/docs/specs/semconv/gen-ai/gen-ai-spans/
 """
 
@@ -50,9 +50,11 @@ class SpanWriter:
 
     def __init__(self, provider: TracerProvider,
                  cost: Callable[[Record], float | None] | None = None) -> None:
-        from opentelemetry.trace import SpanKind, StatusCode
+        from opentelemetry.trace import SpanKind, StatusCode, set_span_in_context
 
         self.provider = provider
+        self._client = SpanKind.CLIENT
+        self._in_context = set_span_in_context
         self.tracer = provider.get_tracer("aiproxy", __version__)
         self.cost = cost
         self._server = SpanKind.SERVER
@@ -109,6 +111,19 @@ class SpanWriter:
             span.add_event("gen_ai.attempt", timestamp=start, attributes={
                 "gen_ai.request.model": model, "aiproxy.attempt": i + 1,
                 "aiproxy.outcome": "answered" if answered else "failed"})
+        parent = self._in_context(span)
+        for i, entry in enumerate(record.attempt_log):
+            began = int(entry.started * 1e9)
+            child = self.tracer.start_span(
+                f"{operation} {entry.model}", context=parent, kind=self._client,
+                start_time=began, attributes={
+                    "gen_ai.operation.name": operation, "gen_ai.request.model": entry.model,
+                    "gen_ai.provider.name": _PROVIDERS.get(entry.provider, entry.provider),
+                    "aiproxy.attempt": i + 1, "aiproxy.outcome": entry.outcome})
+            if entry.outcome not in ("answered", "cancelled"):
+                child.set_attribute("error.type", entry.outcome)
+                child.set_status(self._error, entry.outcome)
+            child.end(end_time=began + int(entry.duration * 1e9))
         if record.status >= 500 or record.stream_error:
             span.set_status(self._error, failed or f"HTTP {record.status}")
         span.end(end_time=start + int(record.total_ms * 1e6))

@@ -454,6 +454,7 @@ def _json_reply(body: Mapping[str, Any], text: str) -> str | None:
 
 class MockProvider(Provider):
     capabilities = frozenset({Capability.CHAT, Capability.EMBEDDINGS, Capability.IMAGES})
+    plugin_api_version = 2
     requires_token = False  # offline: no upstream
 
     @property

@@ -288,3 +288,29 @@ async def test_a_recovered_primary_carries_traffic_again_within_seconds(start_pr
     back = [at for at, model in served if model == "m1" and at >= recovered_at]
     assert back and back[0] - recovered_at <= 5.0
     assert all(model == "m1" for at, model in served if at >= back[0])
+
+
+async def test_a_parameter_one_provider_cannot_take_goes_to_one_that_can(start_proxy):
+    from aiproxy.plugins import ProviderRegistry
+    from aiproxy.provider import ChatRequest, ChatResponse, Provider, bad_request
+
+    class NoSeed(Provider):
+        plugin_api_version = 2
+
+        async def chat(self, request: ChatRequest) -> ChatResponse:
+            raise bad_request("'seed' is not supported", param="seed",
+                              code="unsupported_parameter")
+
+    registry = ProviderRegistry()
+    registry.register("noseed", NoSeed)
+    proxy = await start_proxy({"models": [
+        {"name": "strict", "provider": "noseed", "url": "http://127.0.0.1:9",
+         "model_size": "G", "priority": 1},
+        {"name": "mock", "provider": "mock", "model_size": "G", "priority": 2}]},
+        registry=registry)
+    raw = await proxy.client.chat.completions.with_raw_response.create(
+        model="G", messages=MSG, seed=1)
+    assert raw.headers["x-aiproxy-model"] == "mock"
+    with pytest.raises(openai.BadRequestError) as info:  # alone, the client's 400 stands
+        await proxy.client.chat.completions.create(model="strict", messages=MSG, seed=1)
+    assert info.value.code == "unsupported_parameter"

@@ -4,6 +4,7 @@ upstream attempt, no prompt text; exported over OTLP/HTTP when an endpoint is se
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -42,8 +43,13 @@ def test_operation_names():
     assert operation_of("/v1/completions") == "text_completion"
 
 
-async def test_a_span_per_request_with_an_event_per_attempt(start_proxy, fake_upstream,
-                                                            collector):
+def server_span(spans: Any) -> Any:
+    (span,) = [s for s in spans if s.kind.name == "SERVER"]
+    return span
+
+
+async def test_a_span_per_request_with_a_child_per_attempt(start_proxy, fake_upstream,
+                                                           collector):
     fake, url = fake_upstream
     fake.defaults["bad"] = "500"  # the upstream id: the name without "openai/"
     received, endpoint = collector
@@ -62,7 +68,8 @@ async def test_a_span_per_request_with_an_event_per_attempt(start_proxy, fake_up
     assert answer.model == "openai/gpt-4o"
     async with proxy.http.get(proxy.url("/ping")):
         pass  # not a model call: no span
-    (span,) = memory.get_finished_spans()
+    spans = memory.get_finished_spans()
+    span = server_span(spans)
     assert span.name == "chat G"
     attributes = dict(span.attributes)
     assert attributes["gen_ai.operation.name"] == "chat"
@@ -82,11 +89,22 @@ async def test_a_span_per_request_with_an_event_per_attempt(start_proxy, fake_up
                                       ("gen_ai.attempt", "openai/gpt-4o", "answered")]
     assert before - 5_000_000 <= span.start_time <= span.end_time <= time.time_ns()
     assert PROMPT not in str(attributes) and PROMPT not in str(span.events)
+    # A child span per upstream attempt, in order, inside the request's span, with its outcome.
+    children = sorted((s for s in spans if s.kind.name == "CLIENT"), key=lambda s: s.start_time)
+    assert [(c.name, c.attributes["aiproxy.outcome"]) for c in children] == [
+        ("chat openai/bad", "overloaded"), ("chat openai/bad", "overloaded"),
+        ("chat openai/gpt-4o", "answered")]
+    for child in children:
+        assert child.parent is not None and child.parent.span_id == span.context.span_id
+        assert span.start_time <= child.start_time <= child.end_time <= span.end_time
+    assert children[0].status.status_code.name == "ERROR"
+    assert PROMPT not in str([dict(c.attributes) for c in children])
     # The same span went out over OTLP/HTTP when the app closed (the batch is flushed).
     await proxy.server.close()
     names = [s.name for message in received for rs in message.resource_spans
              for ss in rs.scope_spans for s in ss.spans]
-    assert names == ["chat G"]
+    assert sorted(names) == sorted(["chat G", "chat openai/bad", "chat openai/bad",
+                                    "chat openai/gpt-4o"])
     resource = {a.key: a.value.string_value
                 for a in received[0].resource_spans[0].resource.attributes}
     assert resource["service.name"] == "aiproxy"
@@ -106,7 +124,7 @@ async def test_a_failed_request_is_an_error_span(start_proxy, fake_upstream, col
     async with proxy.http.post(proxy.url("/v1/embeddings"), headers=proxy.auth,
                                json={"model": "down", "input": "x"}) as resp:
         assert resp.status == 502
-    (span,) = memory.get_finished_spans()
+    span = server_span(memory.get_finished_spans())
     assert span.name == "embeddings down"
     assert span.status.status_code.name == "ERROR"
     assert span.attributes["error.type"] == "overloaded"

@@ -36,7 +36,7 @@ from aiproxy.provider import (
     ImageResponse,
     UpstreamError,
 )
-from aiproxy.record import Record
+from aiproxy.record import AttemptEntry, Record
 from aiproxy.routing.breaker import BreakerState, Probe, Verdict
 from aiproxy.routing.plan import Planner, Route, Served
 from aiproxy.routing.stream import ChatChunks, RoutedStream, StreamLens
@@ -215,6 +215,10 @@ class Exchange:
                     if err.kind is ErrorKind.AUTH or (err.kind is ErrorKind.BAD_REQUEST
                                                       and err.upstream_status == 404):
                         continue  # this model is misconfigured; another may serve the request
+                    if err.kind is ErrorKind.BAD_REQUEST and err.code == "unsupported_parameter":
+                        # This provider cannot express a parameter; a later candidate may.
+                        tally.refused = tally.refused or (err, route.name)
+                        continue
                     raise from_upstream(err, route.name)
                 retry_next.append(route)
             if not retry_next or round_no == policy.max_retries:
@@ -345,13 +349,17 @@ class Exchange:
             tally.tried.append(route.name)
             self.record.tried = tally.tried
             attempt = Attempt(route, probe, decision, time.monotonic())
+            wall = time.time()
+            outcome = "cancelled"
             try:
                 try:
                     result = await call(route)
                 except TimeoutError:
                     raise UpstreamError(ErrorKind.TIMEOUT, "no answer from the upstream within "
                                         "its time bound") from None
+                outcome = "answered"
             except UpstreamError as err:
+                outcome = err.kind.value
                 await self._failed(attempt, err, tally)
                 return err
             except (asyncio.CancelledError, ProxyError):
@@ -359,10 +367,14 @@ class Exchange:
                 raise
             except Exception as exc:  # noqa: BLE001 - a plugin bug must not become a 500
                 bug = _plugin_failure(route, exc, self.record)
+                outcome = bug.kind.value
                 await self._failed(attempt, bug, tally)
                 return bug
             finally:
-                self.upstream += time.monotonic() - attempt.started
+                elapsed = time.monotonic() - attempt.started
+                self.upstream += elapsed
+                self.record.attempt_log.append(AttemptEntry(
+                    route.name, route.model.provider, wall, elapsed, outcome))
             took = time.monotonic() - attempt.started
             router.metrics.upstream.labels(route.name, route.model.provider).observe(took)
             times = route.state.first_chunk_times if self.streaming else route.state.answer_times
@@ -423,6 +435,7 @@ class _Tally:
 
     tried: list[str] = attrs.field(factory=list)
     parked_until: dict[str, float] = attrs.field(factory=dict)  # by a 429's Retry-After
+    refused: tuple[UpstreamError, str] | None = None  # a parameter a candidate cannot take
     last_error: UpstreamError | None = None
     last_model: str = ""
     limited_until: float | None = None  # earliest moment a refused candidate frees up
@@ -439,6 +452,9 @@ class _Tally:
         self.only_rate_limited = False
 
     def exhausted(self, plan: list[Route]) -> ProxyError:
+        if self.refused is not None:
+            # No candidate served, one refused a parameter: the client can mend that.
+            return from_upstream(*self.refused)
         names = ", ".join(self.tried) if self.tried else ", ".join(r.name for r in plan)
         if self.only_rate_limited and self.limited_until is not None:
             said = ""
@@ -581,7 +597,9 @@ class Router:
             async with asyncio.timeout(route.timeouts.total):
                 return await route.provider.images(request)
 
-        return await self._serve(exchange, call, lambda r: None)
+        served = await self._serve(exchange, call, lambda r: None)
+        record.images = len(served.result.images)
+        return served
 
     async def stream(self, record: Record, grant: Grant | None,
                      request: ChatRequest) -> RoutedStream:
