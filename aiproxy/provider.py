@@ -76,6 +76,7 @@ from aiproxy.kit import (
     tool_call_id,
     tool_choice_of,
 )
+from aiproxy.secrets import Secrets
 from aiproxy.sse import SSEEvent, iter_sse
 
 # The contract: what a plugin implements and the values it exchanges.
@@ -380,11 +381,15 @@ class Provider:
     # ``note_rate_limit`` (called by ``send``): a plugin neither sets nor overrides them.
 
     def redact(self, text: str) -> str:
-        """``text`` without the model's token: upstreams like to quote a rejected key back."""
-        token = self.model.token
-        if token and len(token) >= 8 and token in text:
-            text = text.replace(token, "[redacted]")
-        return text
+        """``text`` without the model's credentials (its token, each half of a
+        ``client_id:secret`` one, credential options and headers): upstreams like to quote a
+        rejected key back. The same scrubbing the core applies to everything that leaves the
+        proxy (``aiproxy.secrets``)."""
+        secrets = self.__dict__.get("_aiproxy_secrets")
+        if secrets is None:
+            secrets = self.__dict__["_aiproxy_secrets"] = Secrets.of(self.model.token,
+                                                                  self.model.options)
+        return secrets.scrub(text)
 
     def note_rate_limit(self, headers: Mapping[str, str]) -> None:
         """Pass the upstream's ``x-ratelimit-*`` headers on to the core (``send`` does this for

@@ -119,8 +119,6 @@ _FINISH_REASONS = {
     "ERROR_TOXIC": "content_filter",
 }
 
-# Tokens shorter than this are not looked for in error messages: "k" would mangle every word.
-_MIN_REDACTED_TOKEN = 8
 
 
 def _one_of(choices: tuple[str, ...]) -> Callable[[object, attrs.Attribute[Any], Any], None]:
@@ -367,18 +365,12 @@ class CohereProvider(Provider):
             headers["Authorization"] = f"Bearer {self.model.token}"
         return headers
 
-    def _redact(self, message: str) -> str:
-        token = self.model.token
-        if token and len(token) >= _MIN_REDACTED_TOKEN:
-            return message.replace(token, "[redacted]")
-        return message
-
     def _finish_reason(self, value: Any, error: Any = None, *, required: bool = True) -> str:
         if value == "ERROR" or (value is None and error):
             # The generation failed on Cohere's side after the request was accepted (the
             # message-end delta's `error` says why). The answer is well formed, so this is not
             # PROTOCOL; like a 5xx it may succeed on a retry or another model: OVERLOADED.
-            detail = f": {self._redact(str(error))}" if error else ""
+            detail = f": {self.redact(str(error))}" if error else ""
             raise UpstreamError(ErrorKind.OVERLOADED,
                                 f"{self.model.name}: Cohere stopped with an error{detail}")
         if value == "TIMEOUT":
@@ -398,7 +390,7 @@ class CohereProvider(Provider):
         message = _dig(error_json(body), "message")
         if not isinstance(message, str) or not message:
             message = f"upstream answered HTTP {status}"
-        return classify(UpstreamFailure(status, self._redact(message), headers=headers), ERRORS)
+        return classify(UpstreamFailure(status, self.redact(message), headers=headers), ERRORS)
 
     # ------------------------------------------------------------------------------ chat
 

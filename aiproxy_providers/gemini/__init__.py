@@ -108,12 +108,6 @@ class GeminiProvider(Provider):
                 while len(self._signatures) > self.SIGNATURES_KEPT:
                     self._signatures.popitem(last=False)
 
-    def _redact(self, text: str) -> str:
-        # Gemini does not echo keys, but a message must never carry one. Very short tokens
-        # (tests, placeholders) would mangle ordinary words, and are no secret worth hiding.
-        token = self.model.token
-        return text.replace(token, "[redacted]") if token and len(token) >= 8 else text
-
     def build_request(self, body: Mapping[str, Any]) -> dict[str, Any]:
         """The GenerateContentRequest for an OpenAI chat request body."""
         return build_request(body, self.model_path, self.options, self._signatures)
@@ -123,7 +117,7 @@ class GeminiProvider(Provider):
     ) -> UpstreamError:
         """Gemini's error, a google.rpc.Status, through its error table (``answer.ERRORS``)."""
         read = failure(status, body, headers)
-        return classify(attrs.evolve(read, message=self._redact(read.message)), ERRORS)
+        return classify(attrs.evolve(read, message=self.redact(read.message)), ERRORS)
 
     async def _post_json(self, url: str, payload: dict[str, Any]) -> dict[str, Any]:
         resp = await self.send("POST", url, data=orjson.dumps(payload), headers=self._headers())

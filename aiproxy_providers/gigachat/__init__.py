@@ -205,10 +205,12 @@ class GigaChatProvider(Provider):
 
 
     def _scrub(self, text: str) -> str:
-        """Upstream text with our credentials removed, in case an error ever echoes them."""
+        """Upstream text with our credentials removed, in case an error ever echoes them: the
+        configured ones (``redact``) and the OAuth access token of the moment."""
+        text = self.redact(text)
         for secret in (*self._secrets, self._token):
             if secret:
-                text = text.replace(secret, "***")
+                text = text.replace(secret, "[redacted]")
         return text
 
     def error_from_response(

@@ -244,17 +244,13 @@ class OllamaProvider(Provider):
 
     # -- errors --------------------------------------------------------------------------------
 
-    def _redact(self, text: str) -> str:
-        token = self.model.token
-        return text.replace(token, "[redacted]") if token else text
-
     def error_from_response(self, status: int, body: bytes,
                             headers: Mapping[str, str]) -> UpstreamError:
         """Ollama answers ``{"error": "<message>"}`` with 400, 401, 403, 404, 429, 500, 502."""
         parsed = error_json(body)
         message = parsed.get("error") if isinstance(parsed, dict) else None
         # An upstream may quote the key it refused: a message must never carry it.
-        text = self._redact(message if isinstance(message, str) and message
+        text = self.redact(message if isinstance(message, str) and message
                             else f"Ollama answered HTTP {status}")
         # The usual mapping fits Ollama, so its error table is empty: 429 (+ Retry-After) ->
         # RATE_LIMITED, 401/403 -> AUTH, 5xx -> OVERLOADED, other 4xx -> BAD_REQUEST, "context
