@@ -209,6 +209,12 @@ class Metrics:
                               "Failed or timed-out operations on the usage database (writes "
                               "are retried, budget reads fall back to this process's view).",
                               ["operation"])
+        # The Responses API's stored conversations (memory, Redis or the usage database).
+        self.responses_store_errors = m(
+            "counter", "aiproxy_responses_store_errors_total",
+            "Stored-response operations that failed because the store was unreachable: "
+            "store (the answer went out unstored), read and delete (answered 503).",
+            ["operation"])
         self.budget_refusals = m("counter", "aiproxy_budget_refusals_total",
                                  "Requests refused (or candidates skipped) because a budget "
                                  "was spent, by the budget's subject.", ["subject"])
