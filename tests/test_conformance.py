@@ -860,7 +860,7 @@ KNOWN_GAPS: dict[tuple[str, str], str] = {}
 
 def _suite(name: str) -> type[object]:
     """The suite for one adapter, as a plugin author binds it: checks that do not apply are
-    skipped tests with their reason, and the aiproxy pytest plugin reports them at the end."""
+    not collected, and the aiproxy pytest plugin reports them, with why, at the end."""
     gaps = {check: reason for (adapter, check), reason in KNOWN_GAPS.items() if adapter == name}
     cls_name = "TestConformance" + name.title().replace("-", "")
     return conformance_tests(ADAPTERS[name], name=cls_name, known_gaps=gaps)
@@ -1131,18 +1131,33 @@ def test_conformance_tests_builds_a_pytest_class() -> None:
     assert cls.__name__ == "TestX"
     marks = cls.test_conformance.pytestmark  # type: ignore[attr-defined]
     params = {p.id: p for p in marks[0].args[1]}
-    # Every check is a test; one that does not apply is skipped with its reason.
-    assert list(params) == list(CHECKS)
-    skipped = skipped_checks(adapter)
-    assert "tool_round_trip" in skipped and "error_content_filter" in skipped
-    for check, reason in skipped.items():
-        (mark,) = params[check].marks
-        assert mark.name == "skip" and mark.kwargs["reason"] == f"{check}: {reason}"
+    # A test per check that applies, in suite order; the others are no tests at all (a
+    # skipped test is one CI never runs) but are named, with why, for the plugin's report.
+    assert list(params) == applicable_checks(adapter)
+    not_run = skipped_checks(adapter)
+    assert "tool_round_trip" in not_run and "error_content_filter" in not_run
+    assert dict(cls.aiproxy_not_run) == not_run  # type: ignore[attr-defined]
+    assert set(params) | set(not_run) == set(CHECKS) and not set(params) & set(not_run)
     (gap,) = params["chat"].marks
     assert gap.name == "xfail" and gap.kwargs == {"strict": True, "reason": "a known bug"}
-    assert not params["stream_cut"].marks
+    assert all(not p.marks for check, p in params.items() if check != "chat")
     with pytest.raises(ValueError, match="no check: nope"):
         conformance_tests(adapter, known_gaps={"nope": "x"})
+    # A gap on a check that does not apply is stale: it could never xfail.
+    with pytest.raises(ValueError, match=r"do not apply: images \(the provider does not "
+                                         r"declare Capability.IMAGES\)"):
+        conformance_tests(adapter, known_gaps={"images": "x"})
+
+
+def test_every_bound_suite_collects_only_what_applies() -> None:
+    """Each first-party suite: its tests are exactly the checks that apply, none marked skip."""
+    for name, adapter in ADAPTERS.items():
+        cls = globals()["TestConformance" + name.title().replace("-", "")]
+        (mark,) = cls.test_conformance.pytestmark
+        params = mark.args[1]
+        assert [p.id for p in params] == applicable_checks(adapter), name
+        assert not any(m.name in ("skip", "skipif") for p in params for m in p.marks), name
+        assert dict(cls.aiproxy_not_run) == skipped_checks(adapter), name
 
 
 class TestFakeUpstream:

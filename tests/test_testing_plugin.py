@@ -1,17 +1,21 @@
 """The pytest plugin of ``aiproxy.testing``, as a plugin author meets it: ``pytest`` in a fresh
-project that imports nothing but aiproxy gets the fixtures and the conformance report, skips
-reported with their reasons. Each test runs pytest in a subprocess, in an empty directory."""
+project that imports nothing but aiproxy gets the fixtures and the conformance report. A check
+that does not apply is no test (nothing is skipped) and the report names it, with why. Each
+test runs pytest in a subprocess, in an empty directory."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from aiproxy.testing import CHECKS, ConformanceAdapter, applicable_checks, skipped_checks
+
 # A plugin author's test module: the OpenAI plugin as "their" provider, an adapter that
-# describes only chat (so the tool, embeddings and image checks are skipped, and say why),
+# describes only chat (so the tool, embeddings and image checks are not run, and say why),
 # and tests of their own on the plugin's fixtures.
 PROJECT_TEST = '''
 from __future__ import annotations
@@ -92,21 +96,58 @@ def project(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_pytest_runs_the_suite_and_reports_what_it_skipped(project: Path) -> None:
-    out = _pytest(project)
+# What the adapter above does not describe, as the report words it.
+NOT_RUN = {
+    "tool_round_trip": "the adapter's upstream makes no tool calls "
+                       "(answer_tool_call not overridden)",
+    "embeddings": "the adapter describes no embeddings answer "
+                  "(answer_embeddings not overridden)",
+    "images": "the adapter describes no images answer (answer_image not overridden)",
+    "error_auth": "the adapter's upstream has no AUTH answer",
+}
+
+
+def _adapter() -> ConformanceAdapter:
+    """The project's adapter, loaded here: what the suite should make of it."""
+    namespace: dict[str, object] = {"__name__": "plugin_project"}
+    exec(compile(PROJECT_TEST, "test_plugin_conformance.py", "exec"), namespace)  # noqa: S102
+    adapter = namespace["Adapter"]
+    assert isinstance(adapter, type) and issubclass(adapter, ConformanceAdapter)
+    return adapter()
+
+
+def _collected(out: subprocess.CompletedProcess[str]) -> set[str]:
+    return set(re.findall(r"test_conformance\[(\w+)\]", out.stdout))
+
+
+def test_a_check_that_does_not_apply_is_not_collected(project: Path) -> None:
+    out = _pytest(project, "--collect-only", "-k", "TestMine")
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+    collected = _collected(out)
+    assert collected == set(applicable_checks(_adapter()))
+    assert {"chat", "stream_usage", "error_rate_limited", "connection_refused"} <= collected
+    assert not collected & set(NOT_RUN), collected & set(NOT_RUN)
+
+
+def test_pytest_runs_the_suite_and_reports_what_it_did_not_run(project: Path) -> None:
+    out = _pytest(project, "-rs")
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
     text = out.stdout
-    assert "aiproxy conformance" in text
     report = text[text.index("aiproxy conformance"):]
-    # One check passed that the adapter describes; every other one is a skip with its reason.
-    assert "OpenAIProvider (TestMine):" in report
-    assert "skipped tool_round_trip: the adapter's upstream makes no tool calls " \
-           "(answer_tool_call not overridden)" in report
-    assert "skipped embeddings: the adapter describes no embeddings answer" in report
-    assert "skipped error_auth: the adapter's upstream has no AUTH answer" in report
-    assert "error_rate_limited" not in report  # it ran and passed
-    # pytest's own counts: the fixtures test and the applicable checks pass, the rest skip.
-    assert " passed" in text and " skipped" in text and "failed" not in text
+    counts = re.search(r"OpenAIProvider \(TestMine\): (\d+) passed, (\d+) not run\n", report)
+    assert counts, report
+    passed, not_run = map(int, counts.groups())
+    lines = re.findall(r"^  not run (\w+): (.+)$", report, re.M)
+    # Every check either ran or is named with its reason; none is both.
+    assert len(lines) == not_run and passed + not_run == len(CHECKS)
+    reasons = dict(lines)
+    assert reasons == skipped_checks(_adapter())
+    for check, reason in NOT_RUN.items():
+        assert reasons[check] == reason, (check, reasons.get(check))
+    assert "error_rate_limited" not in reasons  # it ran and passed
+    # pytest's own count: the fixtures test and the checks that apply; nothing skipped.
+    assert re.search(rf"^{passed + 1} passed in ", text.splitlines()[-1]), text[-500:]
+    assert "skipped" not in text.replace("not run", "") and "SKIPPED" not in text
 
 
 def test_a_failing_check_fails_the_run_and_is_reported(project: Path) -> None:
@@ -118,16 +159,25 @@ def test_a_failing_check_fails_the_run_and_is_reported(project: Path) -> None:
     out = _pytest(project, "-k", "TestMine")
     assert out.returncode == 1, out.stdout[-4000:]
     assert "FAILED" in out.stdout and "test_conformance[chat]" in out.stdout
-    assert "  failed chat" in out.stdout[out.stdout.index("aiproxy conformance"):]
+    report = out.stdout[out.stdout.index("aiproxy conformance"):]
+    assert "  failed chat" in report
+    assert f"  not run images: {NOT_RUN['images']}" in report
+
+
+def test_a_deselected_suite_is_not_reported(project: Path) -> None:
+    out = _pytest(project, "-k", "test_fixtures")
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+    assert "aiproxy conformance" not in out.stdout
 
 
 def test_the_plugin_is_the_entry_point_and_can_be_disabled(project: Path) -> None:
-    out = _pytest(project, "-p", "no:aiproxy", "-k", "TestMine")
+    out = _pytest(project, "-p", "no:aiproxy", "-k", "TestMine", "-rs", "-vv")  # -q is on
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
     assert "aiproxy conformance" not in out.stdout
-    # Without the plugin the suite still runs; pytest keeps the skip reasons (-rs shows them).
-    out = _pytest(project, "-p", "no:aiproxy", "-k", "TestMine", "-rs")
-    assert "tool_round_trip: the adapter's upstream makes no tool calls" in out.stdout
+    # The suite still runs without the plugin, the same tests (conformance_tests chose them),
+    # and skips none.
+    assert _collected(out) == set(applicable_checks(_adapter()))
+    assert "skipped" not in out.stdout and "SKIPPED" not in out.stdout
 
 
 def test_every_public_name_of_the_old_module_still_imports() -> None:

@@ -20,7 +20,7 @@ The adapter describes how the upstream speaks; the suite plays that upstream on 
 OpenAI shapes, stream invariants, cut streams, early close, error kinds, no leaked key, tool
 calls, embeddings and images. Installing aiproxy also installs a pytest plugin
 (``aiproxy.testing.plugin``, entry point ``pytest11``) with fixtures and an end-of-run report of
-what the suite skipped and why. ``docs/plugins.md`` walks through it. Only the plugin and
+what the suite did not run and why. ``docs/plugins.md`` walks through it. Only the plugin and
 :func:`conformance_tests` import pytest.
 """
 

@@ -116,7 +116,7 @@ class ConformanceAdapter(abc.ABC):
     OpenAI upstream sends a usage chunk only when ``stream_options.include_usage`` asks).
 
     The three abstract methods cover chat. Override the optional ones your upstream has: a
-    check whose method is not overridden is skipped, and the report says so.
+    check whose method is not overridden does not apply (it is not run), and the report says so.
     """
 
     #: The provider class under test.

@@ -2,8 +2,9 @@
 
 Installing aiproxy is enough: ``pytest`` then has the fixtures below, and after a run that
 included a conformance suite (:func:`aiproxy.testing.conformance_tests`) a report of every
-provider's checks, with what was skipped and why. It is inert otherwise: no autouse fixture,
-no option, nothing collected. Disable it with ``-p no:aiproxy``.
+provider's checks: what passed and failed, and each check that was not run (it does not
+apply to the adapter, so it is no test at all) with the reason. It is inert otherwise: no
+autouse fixture, no option, nothing collected. Disable it with ``-p no:aiproxy``.
 
 The fixtures are async (the fake upstream and a provider live on the test's event loop), so
 they need an asyncio plugin: pytest-asyncio (or pytest-aiohttp, which brings it). The
@@ -12,7 +13,7 @@ conformance suite itself needs none.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import pytest
@@ -84,14 +85,17 @@ async def aiproxy_provider(aiproxy_upstream: FakeUpstream,
 
 
 class ConformanceReporter:
-    """Collects how each conformance test came out, and reports it at the end of the run."""
+    """Collects how each conformance test came out, and reports it at the end of the run,
+    with the checks that were not tests (they do not apply to the adapter) and why."""
 
     def __init__(self) -> None:
         self.cases: dict[str, tuple[str, str]] = {}  # nodeid → (provider, check)
         self.outcomes: dict[str, tuple[str, str]] = {}  # nodeid → (state, reason)
+        self.not_run: dict[str, Mapping[str, str]] = {}  # provider → {check: reason}
 
-    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
-        for item in items:
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        # After deselection (-k, -m): a suite none of whose tests run is not reported.
+        for item in session.items:
             cls = getattr(item, "cls", None)
             adapter = getattr(cls, "aiproxy_adapter", None)
             callspec = getattr(item, "callspec", None)
@@ -103,6 +107,7 @@ class ConformanceReporter:
             provider = (f"{adapter.provider.__qualname__} "
                         f"({holder.name if holder else cls.__name__})")
             self.cases[item.nodeid] = (provider, str(callspec.params["check"]))
+            self.not_run.setdefault(provider, getattr(cls, "aiproxy_not_run", {}))
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         case = self.cases.get(report.nodeid)
@@ -110,34 +115,37 @@ class ConformanceReporter:
             return
         if hasattr(report, "wasxfail"):
             self.outcomes[report.nodeid] = ("xfail", str(report.wasxfail))
-        elif report.skipped:
+        elif report.skipped:  # not by the suite: a skip mark or hook of the project's own
             longrepr = report.longrepr
             reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
-            reason = reason.removeprefix("Skipped: ").removeprefix(f"{case[1]}: ")
-            self.outcomes[report.nodeid] = ("skipped", reason)
+            self.outcomes[report.nodeid] = ("skipped", reason.removeprefix("Skipped: "))
         elif report.failed:
             self.outcomes[report.nodeid] = ("failed", "")
         elif report.when == "call":
             self.outcomes[report.nodeid] = ("passed", "")
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        """One section: per provider, what passed, failed and was skipped (and why)."""
-        by_provider: dict[str, list[tuple[str, str, str]]] = {}
+        """One section: per provider, what passed and failed, and each check not run, why."""
+        if not self.outcomes:  # --collect-only, or no conformance test ran
+            return
+        ran: dict[str, list[tuple[str, str, str]]] = {}
         for nodeid, (state, reason) in self.outcomes.items():
             provider, check = self.cases[nodeid]
-            by_provider.setdefault(provider, []).append((check, state, reason))
-        if not by_provider:
-            return
+            ran.setdefault(provider, []).append((check, state, reason))
         terminalreporter.write_sep("=", "aiproxy conformance")
-        for provider, results in by_provider.items():
+        for provider, results in ran.items():
+            not_run = self.not_run.get(provider, {})
             counts = {s: sum(1 for _, state, _ in results if state == s)
                       for s in ("passed", "failed", "skipped", "xfail")}
+            counts["not run"] = len(not_run)
             terminalreporter.write_line(f"{provider}: " + ", ".join(
                 f"{n} {state}" for state, n in counts.items() if n))
             for check, state, reason in results:
                 if state != "passed":
                     terminalreporter.write_line(f"  {state} {check}"
                                                 + (f": {reason}" if reason else ""))
+            for check, reason in not_run.items():
+                terminalreporter.write_line(f"  not run {check}: {reason}")
 
 
 def pytest_configure(config: pytest.Config) -> None:

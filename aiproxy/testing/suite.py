@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import traceback
 from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 
 import attrs
 
@@ -104,15 +105,17 @@ async def run_conformance(adapter: ConformanceAdapter,
 
 def conformance_tests(adapter: ConformanceAdapter, name: str | None = None, *,
                       known_gaps: Mapping[str, str] | None = None) -> type[object]:
-    """A pytest test class with one test per check, to bind at module level::
+    """A pytest test class with one test per check that applies, to bind at module level::
 
         TestMyProviderConformance = conformance_tests(MyAdapter())
 
-    A check that does not apply is a skipped test whose reason says why (``pytest -rs``; the
-    ``aiproxy`` pytest plugin lists them at the end of every run). ``known_gaps`` maps a check
-    to the reason it is known to fail: a strict xfail, so a fix turns it red until the entry
-    goes. The tests are synchronous (each runs its check in ``asyncio.run``), so they need no
-    asyncio pytest plugin.
+    A check that does not apply to ``adapter`` (a capability the provider does not declare,
+    an answer the adapter does not describe) is not a test at all: a skipped test is one CI
+    never runs. The class names those checks and why in ``aiproxy_not_run``, and the
+    ``aiproxy`` pytest plugin lists them at the end of every run. ``known_gaps`` maps an
+    applicable check to the reason it is known to fail: a strict xfail, so a fix turns it red
+    until the entry goes. The tests are synchronous (each runs its check in
+    ``asyncio.run``), so they need no asyncio pytest plugin.
     """
     import pytest  # only here: the rest of the kit works without pytest installed
 
@@ -120,19 +123,20 @@ def conformance_tests(adapter: ConformanceAdapter, name: str | None = None, *,
     unknown = sorted(set(gaps) - set(CHECKS))
     if unknown:
         raise ValueError(f"known_gaps names no check: {', '.join(unknown)}")
-    skips = skipped_checks(adapter)
-    params = []
-    for check in CHECKS:
-        marks = []
-        if check in skips:
-            marks.append(pytest.mark.skip(reason=f"{check}: {skips[check]}"))
-        elif check in gaps:
-            marks.append(pytest.mark.xfail(strict=True, reason=gaps[check]))
-        params.append(pytest.param(check, id=check, marks=marks))
+    not_run = skipped_checks(adapter)
+    moot = [check for check in CHECKS if check in gaps and check in not_run]
+    if moot:  # a stale entry: the check is not a test for this adapter, so it cannot xfail
+        raise ValueError("known_gaps names checks that do not apply: " + ", ".join(
+            f"{check} ({not_run[check]})" for check in moot))
+    params = [pytest.param(check, id=check, marks=[
+        pytest.mark.xfail(strict=True, reason=gaps[check])] if check in gaps else [])
+        for check in CHECKS if check not in not_run]
 
     class ProviderConformance:
         #: Read by the pytest plugin (aiproxy.testing.plugin) for its end-of-run report.
         aiproxy_adapter = adapter
+        #: The checks that are not tests here, each with the reason it does not apply.
+        aiproxy_not_run: Mapping[str, str] = MappingProxyType(not_run)
 
         @pytest.mark.parametrize("check", params)
         def test_conformance(self, check: str) -> None:
