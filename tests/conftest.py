@@ -18,6 +18,10 @@ from aiproxy.http import make_app
 from aiproxy.limits.base import RateLimiter
 from aiproxy.plugins import ProviderRegistry
 from tests.fakes import FakeOpenAI
+from tests.no_skips import (  # noqa: F401 - hooks: a skipped test fails
+    pytest_make_collect_report,
+    pytest_runtest_makereport,
+)
 from tests.postgres_fixture import (  # noqa: F401 - fixtures for every test module
     own_postgres,
     postgres_server,
