@@ -93,6 +93,16 @@ class TestSession:
                                       headers=headers) as resp:
                 assert resp.status == 401
                 assert (await resp.json())["error"]["code"] == "login_required"
+        # A body that is no form (found by tests/test_fuzz.py: multipart without a boundary
+        # was a 500) is the client's 400, and no session.
+        for content_type, data in (("multipart/form-data", b"token=" + TOKEN.encode()),
+                                   ("application/x-www-form-urlencoded", b"token=\xff\xfe")):
+            async with proxy.http.post(proxy.url("/dashboard/login"), data=data,
+                                       headers={"Content-Type": content_type},
+                                       allow_redirects=False) as resp:
+                assert resp.status == 400, content_type
+                assert (await resp.json())["error"]["code"] == "invalid_body"
+                assert "Set-Cookie" not in resp.headers
         # A forged cookie is no session either.
         async with aiohttp.ClientSession(cookies={"aiproxy_session": "9999999999.x.y"}) as s:
             async with s.get(proxy.url("/dashboard/api/overview")) as resp:

@@ -9,6 +9,7 @@ import functools
 import hmac
 import html
 import time
+from collections.abc import Mapping
 from importlib import resources
 from typing import Any
 
@@ -86,9 +87,7 @@ async def login_form(request: web.Request) -> web.Response:
 
 async def login(request: web.Request) -> web.Response:
     """The form posts the token in its body (never in a URL); a session cookie comes back."""
-    form = await request.post() if request.content_type in (
-        "application/x-www-form-urlencoded", "multipart/form-data") else {}
-    token = form.get("token")
+    token = (await _form(request)).get("token")
     expected = _live(request).settings.auth_token
     if not isinstance(token, str) or not hmac.compare_digest(token.strip().encode(),
                                                              expected.encode()):
@@ -100,6 +99,17 @@ async def login(request: web.Request) -> web.Response:
     set_cookie(request, response, issue(expected))
     log.info("dashboard_login", peer=request.remote)
     return response
+
+
+async def _form(request: web.Request) -> Mapping[str, Any]:
+    """The posted form; a body that is not one (multipart without a boundary, a broken part,
+    bytes that are not UTF-8) is the client's 400, not a 500."""
+    if request.content_type not in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        return {}
+    try:
+        return await request.post()
+    except ValueError:  # aiohttp's multipart and urlencoded parsers (UnicodeDecodeError too)
+        raise ProxyError(400, "the login form could not be read", code="invalid_body") from None
 
 
 async def logout(request: web.Request) -> web.Response:
