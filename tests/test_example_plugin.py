@@ -16,7 +16,6 @@ import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -40,31 +39,15 @@ def _pip(*args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=240, check=False)
 
 
-def _builds_without_isolation() -> bool:
-    """``--no-build-isolation`` builds with the venv's own setuptools, which can make a wheel
-    by itself only from 70.1 on (before that it needs the ``wheel`` package)."""
-    try:
-        version("wheel")
-        return True
-    except PackageNotFoundError:
-        pass
-    try:
-        major, minor = (int(p) for p in version("setuptools").split(".")[:2])
-    except (PackageNotFoundError, ValueError):
-        return False
-    return (major, minor) >= (70, 1)
-
-
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The example installed into this venv from a copy (a build writes into its source)."""
     source = tmp_path_factory.mktemp("dist") / "aiproxy-provider-example"
     shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns(
         "build", "*.egg-info", "__pycache__", ".pytest_cache"))
-    # Offline and fast when the venv can build by itself; otherwise pip fetches setuptools
-    # into an isolated build environment from the configured index.
-    flags = ["--no-build-isolation"] if _builds_without_isolation() else []
-    out = _pip("install", "--no-deps", *flags, str(source))
+    # Offline: no index, and the build uses this venv's setuptools (the test extra has it)
+    # instead of fetching one into an isolated build environment.
+    out = _pip("install", "--no-deps", "--no-index", "--no-build-isolation", str(source))
     assert out.returncode == 0, out.stdout + out.stderr
     try:
         yield source
