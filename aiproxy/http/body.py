@@ -46,7 +46,51 @@ async def read_json(request: web.Request) -> tuple[dict[str, Any], bytes]:
         raise ProxyError(400, f"request body must be a JSON object, got {type(body).__name__}")
     if _may_repeat_keys(raw):
         _refuse_duplicate_keys(raw)
+    if _integral_numbers(body):
+        raw = orjson.dumps(body)  # the upstream reads the integers the proxy validated
     return body, raw
+
+
+# JSON has numbers, not integers: to JSON Schema, and so to the OpenAPI document, 100.0 is the
+# integer 100 (https://json-schema.org/draft/2020-12/json-schema-core#section-4.2.2), and
+# clients that compute a value in floating point send it so. Where an integer belongs, an
+# integral float is taken as that integer, before any validation reads it; past 2**53 a float
+# no longer holds the number written (orjson reads -9223372036854775809 as -2.0**63), so such a
+# float stays a float and is refused where an integer belongs.
+_EXACT = 2**53
+_INTEGERS = ("max_tokens", "max_completion_tokens", "max_output_tokens", "n", "seed",
+             "top_logprobs", "dimensions", "top_k", "best_of", "logprobs")
+_TOKEN_ARRAYS = ("input", "prompt")  # embeddings and completions take token ids
+
+
+def _is_integral(value: Any) -> bool:
+    return type(value) is float and value.is_integer() and abs(value) <= _EXACT
+
+
+def _integral(value: Any) -> Any:
+    return int(value) if _is_integral(value) else value
+
+
+def _integral_numbers(body: dict[str, Any]) -> bool:
+    """Turn integral floats where integers belong into ints, in place; True if any was."""
+    changed = False
+    for key in _INTEGERS:
+        value = body.get(key)
+        if _is_integral(value):
+            body[key] = int(value)
+            changed = True
+    for key in _TOKEN_ARRAYS:
+        value = body.get(key)
+        if type(value) is not list or not value or type(value[0]) is str:
+            continue  # text, the common case, is not scanned
+        for i, item in enumerate(value):
+            if _is_integral(item):
+                value[i] = int(item)
+                changed = True
+            elif type(item) is list and any(_is_integral(t) for t in item):
+                value[i] = [_integral(t) for t in item]
+                changed = True
+    return changed
 
 
 # Keys the proxy decides by (routing, permissions, limits, streaming). Where one may appear
@@ -139,6 +183,16 @@ def parse_chat_request(body: dict[str, Any], raw: bytes) -> ChatRequest:
         if content is not None and not isinstance(content, str | list):
             raise ProxyError(400, f"'messages[{i}].content' must be a string or an array, got "
                              f"{type_name(content)}", param=f"messages[{i}].content")
+        if isinstance(content, list):
+            _objects(content, f"messages[{i}].content")
+        for field in ("name", "tool_call_id"):
+            value = message.get(field)
+            if value is not None and not isinstance(value, str):
+                raise ProxyError(400, f"'messages[{i}].{field}' must be a string, got "
+                                 f"{type_name(value)}", param=f"messages[{i}].{field}")
+        calls = message.get("tool_calls")
+        if calls is not None:
+            _objects(calls, f"messages[{i}].tool_calls")
     stream = body.get("stream", False)
     if stream is not None and not isinstance(stream, bool):
         raise ProxyError(400, f"'stream' must be a boolean, got {type_name(stream)}",
@@ -156,4 +210,30 @@ def parse_chat_request(body: dict[str, Any], raw: bytes) -> ChatRequest:
         if bounds is not None and isinstance(value, int) and not bounds[0] <= value <= bounds[1]:
             raise ProxyError(400, f"'{field}' must be from {bounds[0]} to {bounds[1]}",
                              param=field)
+    _check_members(body)
     return ChatRequest(body=body, raw=raw, stream=bool(stream))
+
+
+def _objects(value: Any, where: str) -> None:
+    """``value`` must be an array of objects (content parts, tool calls, tools)."""
+    if not isinstance(value, list):
+        raise ProxyError(400, f"'{where}' must be an array, got {type_name(value)}", param=where)
+    for j, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise ProxyError(400, f"'{where}[{j}]' must be an object, got {type_name(item)}",
+                             param=f"{where}[{j}]")
+
+
+def _check_members(body: dict[str, Any]) -> None:
+    """What the document says of the members of ``tools``, ``stop`` and ``stream_options``."""
+    tools = body.get("tools")
+    if isinstance(tools, list):
+        _objects(tools, "tools")
+    stop = body.get("stop")
+    if isinstance(stop, list) and not all(isinstance(s, str) for s in stop):
+        raise ProxyError(400, "'stop' must be a string or an array of strings", param="stop")
+    options = body.get("stream_options")
+    usage = options.get("include_usage") if isinstance(options, dict) else None
+    if usage is not None and not isinstance(usage, bool):
+        raise ProxyError(400, f"'stream_options.include_usage' must be a boolean, got "
+                         f"{type_name(usage)}", param="stream_options.include_usage")

@@ -1,0 +1,82 @@
+"""The validation and the OpenAPI document agree: what ``tests/test_fuzz.py`` found, pinned.
+
+Each test is a request the document calls valid that the proxy refused, or one the document
+calls invalid that the proxy let through, before the fix.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import openai_model
+
+MOCK = {"models": [{"name": "m", "provider": "mock"}]}
+
+
+class TestIntegralNumbers:
+    """JSON Schema's integer is a number without a fraction: 100.0 is 100."""
+
+    async def test_chat_takes_integral_floats_and_sends_integers_upstream(
+            self, start_proxy, fake_upstream):
+        fake, url = fake_upstream
+        proxy = await start_proxy({"models": [openai_model("up", url)]})
+        body = {"model": "up", "messages": [{"role": "user", "content": "hi"}],
+                "max_tokens": 100.0, "n": 1.0, "seed": 145997.0}
+        async with proxy.http.post(proxy.url("/v1/chat/completions"), json=body,
+                                   headers=proxy.auth) as resp:
+            assert resp.status == 200, await resp.text()
+        sent = fake.requests_for("up")[-1]
+        assert sent.body["max_tokens"] == 100 and type(sent.body["max_tokens"]) is int
+        assert b'"seed":145997,' in sent.raw or b'"seed":145997}' in sent.raw
+
+    @pytest.mark.parametrize("seed", [-9223372036854775809, 2.5, float(2**53 + 2)])
+    async def test_a_float_that_is_no_exact_integer_stays_refused(self, start_proxy, seed):
+        # -9223372036854775809 is below the range; orjson reads it as the float -2**63, which
+        # must not pass for the in-range integer it rounds to.
+        proxy = await start_proxy(MOCK)
+        raw = ('{"model": "m", "messages": [{"role": "user", "content": "hi"}], "seed": '
+               f"{seed}}}")
+        async with proxy.http.post(proxy.url("/v1/chat/completions"), data=raw,
+                                   headers={**proxy.auth,
+                                            "Content-Type": "application/json"}) as resp:
+            assert resp.status == 400
+            assert (await resp.json())["error"]["param"] == "seed"
+
+    async def test_embeddings_take_integral_dimensions_and_token_ids(self, start_proxy):
+        proxy = await start_proxy(MOCK)
+        body = {"model": "m", "input": [[213614.0, 427.0, 1989]], "dimensions": 16.0}
+        async with proxy.http.post(proxy.url("/v1/embeddings"), json=body,
+                                   headers=proxy.auth) as resp:
+            assert resp.status == 200, await resp.text()
+            assert len((await resp.json())["data"][0]["embedding"]) == 16
+
+
+class TestChatMembers:
+    """Members the document types are checked: the proxy never forwards what it calls invalid."""
+
+    @pytest.mark.parametrize(("extra", "param"), [
+        ({"messages": [{"role": "user", "content": [1]}]}, "messages[0].content[0]"),
+        ({"messages": [{"role": "user", "content": "x", "name": 5}]}, "messages[0].name"),
+        ({"messages": [{"role": "tool", "content": "x", "tool_call_id": []}]},
+         "messages[0].tool_call_id"),
+        ({"messages": [{"role": "assistant", "tool_calls": ["x"]}]}, "messages[0].tool_calls[0]"),
+        ({"tools": [1]}, "tools[0]"),
+        ({"stop": ["a", 1]}, "stop"),
+        ({"stream_options": {"include_usage": "yes"}}, "stream_options.include_usage"),
+    ])
+    async def test_wrong_member_types_are_400(self, start_proxy, extra, param):
+        proxy = await start_proxy(MOCK)
+        body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], **extra}
+        async with proxy.http.post(proxy.url("/v1/chat/completions"), json=body,
+                                   headers=proxy.auth) as resp:
+            assert resp.status == 400
+            assert (await resp.json())["error"]["param"] == param
+
+    async def test_null_optional_members_are_absent_ones(self, start_proxy):
+        proxy = await start_proxy(MOCK)
+        body = {"model": "m", "user": None, "stop": None, "tools": None, "seed": None,
+                "stream_options": {"include_usage": None},
+                "messages": [{"role": "user", "content": "hi", "name": None}]}
+        async with proxy.http.post(proxy.url("/v1/chat/completions"), json=body,
+                                   headers=proxy.auth) as resp:
+            assert resp.status == 200, await resp.text()
