@@ -80,3 +80,27 @@ class TestChatMembers:
         async with proxy.http.post(proxy.url("/v1/chat/completions"), json=body,
                                    headers=proxy.auth) as resp:
             assert resp.status == 200, await resp.text()
+
+
+class TestImages:
+    @pytest.mark.parametrize(("body", "param"), [
+        ({"prompt": "a cat", "inputs": 0}, "inputs"),
+        ({"inputs": " \x1c"}, "inputs"),
+        ({"prompt": "", "inputs": "a cat"}, "prompt"),
+        ({}, "prompt"),
+    ])
+    async def test_old_image_checks_every_spelling_of_the_prompt(self, start_proxy, body, param):
+        proxy = await start_proxy({"models": [{"name": "m", "provider": "mock"}]})
+        async with proxy.http.post(proxy.url("/image"), json=body, headers=proxy.auth) as resp:
+            assert resp.status == 400
+            assert (await resp.json())["error"]["param"] == param
+
+    async def test_null_members_are_absent_ones(self, start_proxy):
+        proxy = await start_proxy({"models": [{"name": "m", "provider": "mock"}]})
+        body = {"prompt": "a cat", "model": None, "size": None, "response_format": None}
+        async with proxy.http.post(proxy.url("/v1/images/generations"), json=body,
+                                   headers=proxy.auth) as resp:
+            assert resp.status == 200, await resp.text()
+        async with proxy.http.post(proxy.url("/v1/embeddings"), headers=proxy.auth,
+                                   json={"model": "m", "input": "x", "dimensions": None}) as resp:
+            assert resp.status == 200, await resp.text()

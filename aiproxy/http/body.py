@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import zlib
-from typing import Any
+from typing import Any, TypeGuard
 
 import orjson
 from aiohttp import web
@@ -63,7 +63,7 @@ _INTEGERS = ("max_tokens", "max_completion_tokens", "max_output_tokens", "n", "s
 _TOKEN_ARRAYS = ("input", "prompt")  # embeddings and completions take token ids
 
 
-def _is_integral(value: Any) -> bool:
+def _is_integral(value: Any) -> TypeGuard[float]:
     return type(value) is float and value.is_integer() and abs(value) <= _EXACT
 
 

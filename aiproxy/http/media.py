@@ -81,8 +81,13 @@ async def embeddings(request: web.Request) -> web.Response:
 
 
 def _image_request(body: dict[str, Any], prompt_keys: tuple[str, ...]) -> ImageRequest:
+    # Every spelling given is checked, not only the one used: the proxy never lets through
+    # what the document refuses (POST /image with a good prompt and "inputs": 0).
+    for key in prompt_keys:
+        if key in body and (not isinstance(body[key], str) or not body[key].strip()):
+            raise ProxyError(400, f"'{key}' must be a non-empty string", param=key)
     prompt = next((body[k] for k in prompt_keys if k in body), None)
-    if not isinstance(prompt, str) or not prompt.strip():
+    if prompt is None:
         raise ProxyError(400, "'prompt' is required and must be a non-empty string",
                          param="prompt")
     n = body.get("n", 1)
