@@ -95,7 +95,10 @@ class TestSession:
                 assert (await resp.json())["error"]["code"] == "login_required"
         # A body that is no form (found by tests/test_fuzz.py: multipart without a boundary
         # was a 500) is the client's 400, and no session.
+        broken_part = (b'--b\r\nContent-Disposition: form-data; name="\x7f\x1a"\r\n\r\nx\r\n'
+                       b"--b--\r\n")
         for content_type, data in (("multipart/form-data", b"token=" + TOKEN.encode()),
+                                   ("multipart/form-data; boundary=b", broken_part),
                                    ("application/x-www-form-urlencoded", b"token=\xff\xfe")):
             async with proxy.http.post(proxy.url("/dashboard/login"), data=data,
                                        headers={"Content-Type": content_type},

@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from aiproxy.errors import ProxyError
 from aiproxy.generation import Generation
@@ -102,13 +103,15 @@ async def login(request: web.Request) -> web.Response:
 
 
 async def _form(request: web.Request) -> Mapping[str, Any]:
-    """The posted form; a body that is not one (multipart without a boundary, a broken part,
-    bytes that are not UTF-8) is the client's 400, not a 500."""
+    """The posted form; a body that is not one (multipart without a boundary, a part header
+    with a control character, bytes that are not UTF-8) is the client's 400, not a 500."""
     if request.content_type not in ("application/x-www-form-urlencoded", "multipart/form-data"):
         return {}
     try:
         return await request.post()
-    except ValueError:  # aiohttp's multipart and urlencoded parsers (UnicodeDecodeError too)
+    # aiohttp's parsers: ValueError (UnicodeDecodeError too) from the form and multipart
+    # readers, HttpProcessingError (InvalidHeader...) from a part's headers.
+    except (ValueError, HttpProcessingError):
         raise ProxyError(400, "the login form could not be read", code="invalid_body") from None
 
 
