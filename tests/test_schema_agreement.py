@@ -104,3 +104,44 @@ class TestImages:
         async with proxy.http.post(proxy.url("/v1/embeddings"), headers=proxy.auth,
                                    json={"model": "m", "input": "x", "dimensions": None}) as resp:
             assert resp.status == 200, await resp.text()
+
+
+class TestDoors:
+    """Completions, Responses and Messages check what their documents declare."""
+
+    @pytest.mark.parametrize(("body", "param"), [
+        ({"model": "m", "prompt": "x", "suffix": {}}, "suffix"),
+        ({"model": "m", "prompt": [1, -314]}, "prompt"),
+        ({"model": "m", "prompt": [[2**32]]}, "prompt"),
+        ({"model": "\x1c", "prompt": "x"}, "model"),
+    ])
+    async def test_completions(self, start_proxy, body, param):
+        proxy = await start_proxy(MOCK)
+        async with proxy.http.post(proxy.url("/v1/completions"), json=body,
+                                   headers=proxy.auth) as resp:
+            assert resp.status == 400
+            assert (await resp.json())["error"]["param"] == param
+
+    @pytest.mark.parametrize(("extra", "words"), [
+        ({"system": [{"text": "no type"}]}, "system.0"),
+        ({"tools": ["x"]}, "tools.0"),
+        ({"stop_sequences": ["a", 1]}, "stop_sequences"),
+        ({"max_tokens": 2**31}, "max_tokens"),
+    ])
+    async def test_messages(self, start_proxy, extra, words):
+        proxy = await start_proxy(MOCK)
+        body = {"model": "m", "max_tokens": 10,
+                "messages": [{"role": "user", "content": "hi"}], **extra}
+        async with proxy.http.post(proxy.url("/v1/messages"), json=body,
+                                   headers=proxy.auth) as resp:
+            assert resp.status == 400
+            error = (await resp.json())["error"]
+            assert error["type"] == "invalid_request_error" and error["message"].startswith(words)
+
+    async def test_messages_null_members_are_absent_ones(self, start_proxy):
+        proxy = await start_proxy(MOCK)
+        body = {"model": "m", "max_tokens": 10.0, "system": None, "tools": None,
+                "stop_sequences": None, "messages": [{"role": "user", "content": "hi"}]}
+        async with proxy.http.post(proxy.url("/v1/messages"), json=body,
+                                   headers=proxy.auth) as resp:
+            assert resp.status == 200, await resp.text()

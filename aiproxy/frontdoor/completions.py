@@ -68,7 +68,9 @@ def _int(body: Mapping[str, Any], name: str, low: int, high: int) -> int | None:
 
 
 def _tokens(values: list[Any]) -> bool:
-    return all(isinstance(t, int) and not isinstance(t, bool) for t in values)
+    """Token ids: integers from 0 to 2**32 - 1, as embeddings take them."""
+    return all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < 2**32
+               for t in values)
 
 
 def parse_completion_request(body: dict[str, Any], raw: bytes) -> CompletionRequest:
@@ -111,7 +113,10 @@ def parse_completion_request(body: dict[str, Any], raw: bytes) -> CompletionRequ
         raise _bad("'best_of' must be at least 'n'", "best_of")
     if best_of is not None and best_of > n:
         natives.append("best_of greater than n")
-    if body.get("suffix"):
+    suffix = body.get("suffix")
+    if suffix is not None and not isinstance(suffix, str):
+        raise _bad("'suffix' must be a string", "suffix")
+    if suffix:
         natives.append("suffix (insertion)")
     if max_tokens == 0:
         natives.append("max_tokens 0 (prompt scoring)")

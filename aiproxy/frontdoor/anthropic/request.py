@@ -40,6 +40,10 @@ def _invalid(message: str) -> ProxyError:
     return ProxyError(400, message, type="invalid_request_error", code="invalid_request")
 
 
+# The bound on output tokens the chat API has too: a number the limiter reserves by.
+MAX_TOKENS = 2**31 - 1
+
+
 def _kind(value: Any) -> str:
     return {dict: "object", list: "array", str: "string", bool: "boolean", int: "integer",
             float: "number", type(None): "null"}.get(type(value), type(value).__name__)
@@ -86,6 +90,24 @@ def _check_common(body: Mapping[str, Any]) -> None:
         if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
             wanted = " or ".join(_kind(t()) for t in types)
             raise _invalid(f"{field}: must be {wanted}, got {_kind(value)}")
+    _check_members(body)
+
+
+def _check_members(body: Mapping[str, Any]) -> None:
+    """The members the document types: system blocks, tools, stop sequences."""
+    system = body.get("system")
+    if isinstance(system, list):
+        for j, block in enumerate(system):
+            if not isinstance(block, dict) or not isinstance(block.get("type"), str):
+                raise _invalid(f"system.{j}: must be a content block with a type")
+    tools = body.get("tools")
+    if isinstance(tools, list):
+        for j, tool in enumerate(tools):
+            if not isinstance(tool, dict):
+                raise _invalid(f"tools.{j}: must be an object, got {_kind(tool)}")
+    stops = body.get("stop_sequences")
+    if isinstance(stops, list) and not all(isinstance(stop, str) for stop in stops):
+        raise _invalid("stop_sequences: must be an array of strings")
 
 
 def _client_headers(headers: Mapping[str, str]) -> dict[str, str]:
@@ -98,8 +120,9 @@ def parse_messages_request(body: dict[str, Any], raw: bytes,
     """A ``POST /v1/messages`` body, or the 400 naming what is wrong (in Anthropic's terms)."""
     _check_common(body)
     max_tokens = body.get("max_tokens")
-    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 0:
-        raise _invalid("max_tokens: a non-negative integer is required")
+    if (not isinstance(max_tokens, int) or isinstance(max_tokens, bool)
+            or not 0 <= max_tokens <= MAX_TOKENS):
+        raise _invalid(f"max_tokens: an integer from 0 to {MAX_TOKENS} is required")
     return MessagesRequest(body, raw, bool(body.get("stream")), _client_headers(headers))
 
 
