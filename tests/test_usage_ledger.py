@@ -288,7 +288,7 @@ class TestFileDatabase:
         with sqlite3.connect(path) as db:
             assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
             assert db.execute("SELECT version FROM aiproxy_schema_migrations").fetchall() == [
-                (1,)]
+                (1,), (2,)]
 
 
 class FlakyStore(SQLiteStore):

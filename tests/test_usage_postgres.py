@@ -37,7 +37,7 @@ async def test_replicas_starting_together_migrate_once(postgres_url):
             "WHERE table_name = 'usage_records'")}
     finally:
         await conn.close()
-    assert versions == [1]
+    assert versions == [1, 2]  # the ledger's tables, then the stored responses
     assert {"request_id", "key_name", "cost", "tokens_cached", "latency_bin"} <= columns
     for store in [*stores, again]:
         await store.close()

@@ -103,6 +103,17 @@ class PostgresStore(UsageStore):
         except _FAILURES as exc:
             raise StoreUnavailable(f"postgresql {self.location}: {_reason(exc)}") from None
 
+    async def execute(self, steps: Sequence[tuple[str, Sequence[Sequence[Any]]]]) -> None:
+        try:
+            async with self._get_pool().acquire() as conn, conn.transaction():
+                for sql, rows in steps:
+                    if len(rows) == 1:
+                        await conn.execute(numbered(sql), *rows[0])
+                    elif rows:
+                        await conn.executemany(numbered(sql), rows)
+        except _FAILURES as exc:
+            raise StoreUnavailable(f"postgresql {self.location}: {_reason(exc)}") from None
+
     async def spent(self, cells: Sequence[Cell]) -> dict[Cell, tuple[float, int]]:
         if not cells:
             return {}

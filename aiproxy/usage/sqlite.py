@@ -52,6 +52,8 @@ class SQLiteStore(UsageStore):
         db = await aiosqlite.connect(self.path, uri=self.memory, isolation_level=None,
                                      timeout=_BUSY_MS / 1000)
         await db.execute(f"PRAGMA busy_timeout = {_BUSY_MS}")
+        # Off by default in SQLite: a stored response's item index goes with it (CASCADE).
+        await db.execute("PRAGMA foreign_keys = ON")
         if not self.memory:
             await db.execute("PRAGMA journal_mode = WAL")
             await db.execute("PRAGMA synchronous = NORMAL")  # durable at each checkpoint
@@ -111,6 +113,24 @@ class SQLiteStore(UsageStore):
                     await db.execute("COMMIT")
                 except BaseException:
                     await db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"sqlite {self.location}: {exc}") from None
+
+    async def execute(self, steps: Sequence[tuple[str, Sequence[Sequence[Any]]]]) -> None:
+        db = self._conn()
+        async with self._lock:
+            try:
+                await db.execute("BEGIN IMMEDIATE")
+                try:
+                    for sql, rows in steps:
+                        await db.executemany(sql, rows)
+                    await db.execute("COMMIT")
+                except BaseException:
+                    # A timeout may cancel us while BEGIN still waits for the lock: then
+                    # there is nothing to roll back, and that must not replace the error.
+                    with contextlib.suppress(sqlite3.Error):
+                        await db.execute("ROLLBACK")
                     raise
             except sqlite3.Error as exc:
                 raise StoreUnavailable(f"sqlite {self.location}: {exc}") from None

@@ -1,4 +1,5 @@
-"""Where usage records and budget counters live: one interface, SQLite and PostgreSQL behind it.
+"""Where usage records, budget counters and stored responses live: one interface, SQLite and
+PostgreSQL behind it.
 
 The schema is versioned: each backend applies the migrations it has not applied yet, in order,
 at start-up, under a lock so that replicas starting together migrate once.
@@ -64,6 +65,36 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             PRIMARY KEY (scope, period)
         )""",
     )),
+    # Stored Responses API responses (store: true), read back by previous_response_id: see
+    # aiproxy/frontdoor/responses/database_store.py. A response is its owner's (the client
+    # key), its id, the Response object and its own input items as JSON text; an item index
+    # for item_reference goes with its response (ON DELETE CASCADE).
+    (2, (
+        """CREATE TABLE stored_responses (
+            owner TEXT NOT NULL,
+            id TEXT NOT NULL,
+            previous_id TEXT,
+            response TEXT NOT NULL,
+            input_items TEXT NOT NULL,
+            origin TEXT,
+            upstream_stored BOOLEAN NOT NULL,
+            size BIGINT NOT NULL,
+            created_at {real} NOT NULL,
+            expires_at {real} NOT NULL,
+            PRIMARY KEY (owner, id)
+        )""",
+        "CREATE INDEX stored_responses_expires ON stored_responses (expires_at)",
+        """CREATE TABLE stored_response_items (
+            owner TEXT NOT NULL,
+            item_id TEXT NOT NULL,
+            response_id TEXT NOT NULL,
+            PRIMARY KEY (owner, item_id),
+            FOREIGN KEY (owner, response_id) REFERENCES stored_responses (owner, id)
+                ON DELETE CASCADE
+        )""",
+        "CREATE INDEX stored_response_items_response ON stored_response_items "
+        "(owner, response_id)",
+    )),
 )
 
 INSERT_ROW = (f"INSERT INTO usage_records ({', '.join(COLUMNS)}) "  # noqa: S608 - constants
@@ -103,6 +134,11 @@ class UsageStore(abc.ABC):
     @abc.abstractmethod
     async def fetch(self, sql: str, params: Sequence[Any]) -> list[Sequence[Any]]:
         """Rows of a read-only query."""
+
+    @abc.abstractmethod
+    async def execute(self, steps: Sequence[tuple[str, Sequence[Sequence[Any]]]]) -> None:
+        """Run each statement once per parameter row, in order, in one transaction (the
+        stored responses' writes)."""
 
     @abc.abstractmethod
     async def purge(self, before: float, day: str, month: str) -> None:
