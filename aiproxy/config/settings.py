@@ -71,7 +71,8 @@ class Settings:
     usage_retention_days: int = 0  # 0 = keep every record
     otel_endpoint: str | None = None  # the OTLP/HTTP traces URL: traces when set
     # Stored Responses API responses (store: true): kept this long after their last use (30
-    # days, as OpenAI keeps them), and in memory (no REDIS_URL) at most this many bytes.
+    # days, as OpenAI keeps them), and without REDIS_URL (in the usage database, or in
+    # memory) at most this many bytes.
     responses_store_ttl: float = 30 * 86400.0
     responses_store_max_bytes: int = 256 * 1024 * 1024
 

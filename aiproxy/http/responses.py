@@ -8,8 +8,8 @@ Reference: https://platform.openai.com/docs/api-reference/responses
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from typing import Any, TypeVar
 
 import attrs
 import orjson
@@ -38,7 +38,8 @@ from aiproxy.frontdoor.responses.store import valid_id
 from aiproxy.generation import Generation
 from aiproxy.http.body import read_json
 from aiproxy.http.chat import JSON_HEADERS, SSE_HEADERS, route_headers
-from aiproxy.http.state import Trace, generation_of, trace_of
+from aiproxy.http.state import METRICS, Trace, generation_of, trace_of
+from aiproxy.http.usage import LEDGER
 from aiproxy.observability import get_logger
 from aiproxy.provider import Capability, ErrorKind, UpstreamError
 from aiproxy.routing import ClientGone, Route, estimate_tokens
@@ -47,6 +48,7 @@ __all__ = ["RESPONSE_STORE", "add_routes", "owner_of"]
 
 RESPONSE_STORE = web.AppKey("response_store", ResponseStore)
 log = get_logger("aiproxy.responses")
+T = TypeVar("T")
 
 
 def owner_of(trace: Trace) -> str:
@@ -71,11 +73,12 @@ def _not_found(response_id: str) -> ProxyError:
                       code="response_not_found", param="response_id")
 
 
-async def _stored(coro: Any) -> Any:
-    """A store call, its outage the client's 503."""
+async def _stored(request: web.Request, operation: str, call: Awaitable[T]) -> T:
+    """A store call, its outage the client's 503 (counted by ``operation``)."""
     try:
-        return await coro
+        return await call
     except StoreUnavailable as exc:
+        request.app[METRICS].responses_store_errors.labels(operation).inc()
         raise ProxyError(503, f"the response store is unavailable: {exc}",
                          code="store_unavailable", retry_after=1.0) from None
 
@@ -98,12 +101,14 @@ async def create(request: web.Request) -> web.StreamResponse:
         try:
             if not valid_id(req.previous_id):
                 raise BrokenChain(req.previous_id[:64])
-            chain = await _stored(store.chain(owner, req.previous_id))
+            chain = await _stored(request, "read", store.chain(owner, req.previous_id))
         except BrokenChain as exc:
+            # 400, not 404, as OpenAI answers it (clients such as Codex recover from a lost
+            # conversation on this code): the request names it, the path does not.
             raise ProxyError(400, f"Previous response with id {exc.missing!r} not found.",
                              code="previous_response_not_found",
                              param="previous_response_id") from None
-    items, resolved = await _resolve(store, owner, req.input, chain)
+    items, resolved = await _resolve(request, owner, req.input, chain)
     native_only = req.native_only or (
         "references to items this proxy does not hold ('item_reference')"
         if any(i.get("type") == "item_reference" for i in items) else None)
@@ -136,7 +141,8 @@ async def create(request: web.Request) -> web.StreamResponse:
                                     lambda a: chat_usage(a.response.get("usage")))
         answer = served.result.response
         answer["model"] = served.route.name
-        await _keep(store, owner, turn, answer, items, served.route.name, served.result.native)
+        await _keep(request, owner, turn, answer, items, served.route.name,
+                    served.result.native)
         return web.Response(body=orjson.dumps(answer), headers={**JSON_HEADERS,
                                                                 **route_headers(served)})
 
@@ -167,7 +173,7 @@ async def create(request: web.Request) -> web.StreamResponse:
         return response
     if lens.final is not None:
         route = stream.served.route
-        await _keep(store, owner, turn, lens.final, items, route.name,
+        await _keep(request, owner, turn, lens.final, items, route.name,
                     native_responses(route.provider) is not None)
     return response
 
@@ -184,7 +190,7 @@ async def _write(response: web.StreamResponse, data: bytes) -> None:
         raise ClientGone from None
 
 
-async def _resolve(store: ResponseStore, owner: str, items: Sequence[dict[str, Any]],
+async def _resolve(request: web.Request, owner: str, items: Sequence[dict[str, Any]],
                    chain: Sequence[Stored]) -> tuple[list[dict[str, Any]],
                                                      dict[str, dict[str, Any]]]:
     """``items`` with each ``item_reference`` replaced by the item it names (from the
@@ -198,7 +204,8 @@ async def _resolve(store: ResponseStore, owner: str, items: Sequence[dict[str, A
     out = []
     for item in items:
         if item.get("type") == "item_reference":
-            found = known.get(item["id"]) or await _stored(store.find_item(owner, item["id"]))
+            found = known.get(item["id"]) or await _stored(
+                request, "read", _store(request).find_item(owner, item["id"]))
             if found is not None:
                 resolved[item["id"]] = found
                 item = found
@@ -271,10 +278,10 @@ async def _aclose(chunks: AsyncIterator[dict[str, Any]]) -> None:
         await close()
 
 
-async def _keep(store: ResponseStore, owner: str, turn: Turn, answer: dict[str, Any],
+async def _keep(request: web.Request, owner: str, turn: Turn, answer: dict[str, Any],
                 items: list[dict[str, Any]], model: str, native: bool) -> None:
     """Store the answer (``store: true``). The answer has gone or goes out either way: a store
-    outage now only costs the continuation, so it is logged, not answered."""
+    outage now only costs the continuation, so it is logged and counted, not answered."""
     if not turn.request.store:
         return
     if turn.request.previous_id:
@@ -282,8 +289,9 @@ async def _keep(store: ResponseStore, owner: str, turn: Turn, answer: dict[str, 
         answer["previous_response_id"] = turn.request.previous_id
     record = Stored(owner, answer, items, model, upstream_stored=native)
     try:
-        await store.put(record)
+        await _store(request).put(record)
     except StoreUnavailable as exc:
+        request.app[METRICS].responses_store_errors.labels("store").inc()
         log.warning("response_not_stored", response_id=record.id, error=str(exc))
 
 
@@ -292,7 +300,8 @@ async def retrieve(request: web.Request) -> web.Response:
     if request.query.get("stream") in ("true", "1"):
         raise ProxyError(400, "streaming a stored response again is not supported; retrieve it "
                          "whole", param="stream")
-    record = await _stored(_store(request).get(owner_of(trace_of(request)), response_id))
+    record = await _stored(request, "read", _store(request).get(owner_of(trace_of(request)),
+                                                                 response_id))
     if record is None:
         raise _not_found(response_id)
     return web.Response(body=orjson.dumps(record.response), headers=JSON_HEADERS)
@@ -301,7 +310,8 @@ async def retrieve(request: web.Request) -> web.Response:
 async def delete(request: web.Request) -> web.Response:
     response_id = _response_id(request)
     trace = trace_of(request)
-    record = await _stored(_store(request).delete(owner_of(trace), response_id))
+    record = await _stored(request, "delete", _store(request).delete(owner_of(trace),
+                                                                     response_id))
     if record is None:
         raise _not_found(response_id)
     if record.upstream_stored and record.origin:
@@ -345,7 +355,8 @@ async def input_items(request: web.Request) -> web.Response:
     order = query.get("order", "desc")
     if order not in ("asc", "desc"):
         raise ProxyError(400, "'order' must be 'asc' or 'desc'", param="order")
-    record = await _stored(_store(request).get(owner_of(trace_of(request)), response_id))
+    record = await _stored(request, "read", _store(request).get(owner_of(trace_of(request)),
+                                                                 response_id))
     if record is None:
         raise _not_found(response_id)
     items = list(record.input) if order == "asc" else list(reversed(record.input))
@@ -361,15 +372,26 @@ async def input_items(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application, settings: Settings) -> None:
-    """The routes, with and without ``/v1``, and the store they share (closed at cleanup)."""
+    """The routes, with and without ``/v1``, and the store they share: Redis with
+    ``REDIS_URL``; else the usage ledger's database when it has one (``DATABASE_URL``, which
+    the CLI always sets: by default an SQLite file beside the config); else memory (an app
+    built without a database, whose ledger is in memory too)."""
     app[RESPONSE_STORE] = make_store(
         settings.redis_url, prefix=settings.redis_prefix,
-        ttl=settings.responses_store_ttl, max_bytes=settings.responses_store_max_bytes)
+        ttl=settings.responses_store_ttl, max_bytes=settings.responses_store_max_bytes,
+        database=app[LEDGER].store if settings.database_url else None)
 
-    async def close(app: web.Application) -> None:
-        await app[RESPONSE_STORE].close()
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        # Registered after the ledger's lifecycle (make_app adds that first), so the database
+        # is open when the store starts and still open when it stops.
+        store = app[RESPONSE_STORE]
+        await store.start()
+        try:
+            yield
+        finally:
+            await store.close()
 
-    app.on_cleanup.append(close)
+    app.cleanup_ctx.append(lifecycle)
     for prefix in ("", "/v1"):
         app.router.add_post(f"{prefix}/responses", create)
         app.router.add_get(f"{prefix}/responses/{{id}}", retrieve)

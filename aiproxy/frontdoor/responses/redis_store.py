@@ -67,6 +67,9 @@ class RedisResponseStore:
         self._deadline = 2 * timeout + 0.5
         self._chain = self._client.register_script(_CHAIN)
 
+    async def start(self) -> None:
+        """Nothing to do: Redis expires the keys itself."""
+
     def _base(self, owner: str) -> str:
         return f"{self.prefix}resp:{{{owner}}}:"
 

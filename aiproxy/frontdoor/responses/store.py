@@ -4,8 +4,10 @@
 Each record holds one response and its own input items; a conversation is the chain of
 ``previous_response_id`` links, read oldest first, and reading it refreshes every link's
 expiry, so a live conversation never loses its beginning. In memory (bounded by bytes, least
-recently used first out, with an expiry) by default; in Redis (:mod:`.redis_store`) when
-``REDIS_URL`` is set, so any replica continues any conversation.
+recently used first out, with an expiry) when nothing else is there; in the usage database
+(:mod:`.database_store`, SQLite or PostgreSQL) when the ledger has one, so conversations
+outlive a restart; in Redis (:mod:`.redis_store`) when ``REDIS_URL`` is set, so any replica
+continues any conversation fast.
 """
 
 from __future__ import annotations
@@ -14,10 +16,13 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 import orjson
+
+if TYPE_CHECKING:
+    from aiproxy.usage.store import UsageStore
 
 __all__ = ["MAX_CHAIN", "BrokenChain", "MemoryResponseStore", "ResponseStore", "StoreUnavailable",
            "Stored", "make_store", "valid_id"]
@@ -34,7 +39,8 @@ def valid_id(response_id: str) -> bool:
 
 
 class StoreUnavailable(Exception):
-    """The store's backend did not answer (Redis down)."""
+    """The store's backend did not answer (Redis or the database down). The message may reach
+    a client: it names no host, port or path."""
 
 
 class BrokenChain(Exception):
@@ -86,6 +92,9 @@ class Stored:
 class ResponseStore(Protocol):
     """Where responses are kept. Every method may raise :class:`StoreUnavailable`."""
 
+    async def start(self) -> None:
+        """Begin any background work (the database store's purge), once the app starts."""
+
     async def put(self, record: Stored) -> None: ...
 
     async def get(self, owner: str, response_id: str) -> Stored | None: ...
@@ -125,6 +134,9 @@ class MemoryResponseStore:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    async def start(self) -> None:
+        """Nothing runs in the background: expired entries leave as new ones come."""
 
     async def put(self, record: Stored) -> None:
         key = (record.owner, record.id)
@@ -206,11 +218,16 @@ class MemoryResponseStore:
                 del self._items[(key[0], item_id)]
 
 
-def make_store(redis_url: str | None, *, prefix: str, ttl: float,
-               max_bytes: int) -> ResponseStore:
-    """Redis when ``REDIS_URL`` is set (every replica sees every conversation), else memory."""
-    if not redis_url:
-        return MemoryResponseStore(ttl=ttl, max_bytes=max_bytes)
-    from aiproxy.frontdoor.responses.redis_store import RedisResponseStore
+def make_store(redis_url: str | None, *, prefix: str, ttl: float, max_bytes: int,
+               database: UsageStore | None = None) -> ResponseStore:
+    """Redis when ``REDIS_URL`` is set (shared, fast); else the usage ``database`` when there
+    is one (persistent; shared by the replicas of one PostgreSQL); else memory."""
+    if redis_url:
+        from aiproxy.frontdoor.responses.redis_store import RedisResponseStore
 
-    return RedisResponseStore(redis_url, prefix=prefix, ttl=ttl)
+        return RedisResponseStore(redis_url, prefix=prefix, ttl=ttl)
+    if database is not None:
+        from aiproxy.frontdoor.responses.database_store import DatabaseResponseStore
+
+        return DatabaseResponseStore(database, ttl=ttl, max_bytes=max_bytes)
+    return MemoryResponseStore(ttl=ttl, max_bytes=max_bytes)
