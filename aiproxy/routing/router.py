@@ -717,9 +717,10 @@ def _continuation(request: ChatRequest, text: str) -> ChatRequest:
 
 
 def _with_usage(request: ChatRequest, route: Route, need_usage: bool) -> ChatRequest:
-    """Ask for the final usage chunk when a token limit needs it, whatever the client asked
-    (the stream keeps it from a client that did not ask)."""
-    if request.include_usage or not (need_usage or route.limits.token_windows):
+    """Ask for the final usage chunk of every stream, whatever the client asked: token
+    limits reconcile with it, and the usage ledger prices and budgets by it (a stream without
+    usage would cost nothing). The stream keeps it from a client that did not ask."""
+    if request.include_usage:
         return request
     body = dict(request.body)
     body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
