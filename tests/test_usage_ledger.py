@@ -380,3 +380,20 @@ def test_settings_reject_an_unknown_database_url():
                                   "http://127.0.0.1:4318/"})
     assert settings.otel_endpoint == "http://127.0.0.1:4318/v1/traces"
     assert attrs.evolve(settings).database_url is None
+
+
+async def test_a_stream_that_asks_for_no_usage_is_priced_all_the_same(start_proxy,
+                                                                     fake_upstream):
+    fake, url = fake_upstream
+    proxy = await start_proxy({"models": [openai_model("openai/gpt-4o", url)],
+                               "keys": keys()})
+    client = client_for(proxy, KEY)
+    stream = await client.chat.completions.create(model="openai/gpt-4o", messages=MSG,
+                                                  stream=True)
+    chunks = [c async for c in stream]
+    await client.close()
+    assert all(c.usage is None for c in chunks)  # the client did not ask: it sees none
+    assert fake.seen[-1].body["stream_options"] == {"include_usage": True}  # we did
+    (row,) = await rows(proxy)
+    assert (row["tokens_in"], row["tokens_out"]) == (7, 5)
+    assert row["cost"] == pytest.approx(GPT4O)
