@@ -145,3 +145,14 @@ class TestDoors:
         async with proxy.http.post(proxy.url("/v1/messages"), json=body,
                                    headers=proxy.auth) as resp:
             assert resp.status == 200, await resp.text()
+
+    @pytest.mark.parametrize("tokens", [0, 2**31, 18446744073709551616])
+    async def test_responses_bound_max_output_tokens(self, start_proxy, tokens):
+        # 18446744073709551616 is past u64: orjson reads it as a float, refused as no integer.
+        proxy = await start_proxy(MOCK)
+        raw = f'{{"model": "m", "input": "hi", "max_output_tokens": {tokens}}}'
+        async with proxy.http.post(proxy.url("/v1/responses"), data=raw,
+                                   headers={**proxy.auth,
+                                            "Content-Type": "application/json"}) as resp:
+            assert resp.status == 400
+            assert (await resp.json())["error"]["param"] == "max_output_tokens"

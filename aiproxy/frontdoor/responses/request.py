@@ -27,6 +27,8 @@ _TOOL_CHOICES = frozenset({"none", "auto", "required"})
 # Numbers and the JSON types they must have (bool is not a number here).
 _NUMBERS: dict[str, tuple[type, ...]] = {"temperature": (int, float), "top_p": (int, float),
                                          "max_output_tokens": (int,), "top_logprobs": (int,)}
+# Chat's bound on output tokens: a number the limiter reserves by.
+MAX_OUTPUT_TOKENS = 2**31 - 1
 _BOOLS = ("stream", "store", "parallel_tool_calls", "background")
 _STRINGS = ("instructions", "previous_response_id", "user", "safety_identifier",
             "prompt_cache_key", "service_tier")
@@ -118,8 +120,9 @@ def _check_scalars(body: Mapping[str, Any]) -> None:
             wanted = "an integer" if types == (int,) else "a number"
             raise _bad(f"'{name}' must be {wanted}, got {_kind(value)}", name)
     tokens = body.get("max_output_tokens")
-    if isinstance(tokens, int) and tokens < 1:
-        raise _bad("'max_output_tokens' must be at least 1", "max_output_tokens")
+    if isinstance(tokens, int) and not 1 <= tokens <= MAX_OUTPUT_TOKENS:
+        raise _bad(f"'max_output_tokens' must be from 1 to {MAX_OUTPUT_TOKENS}",
+                   "max_output_tokens")
     for name in _BOOLS:
         if body.get(name) is not None and not isinstance(body[name], bool):
             raise _bad(f"'{name}' must be a boolean, got {_kind(body[name])}", name)
