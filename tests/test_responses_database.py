@@ -5,6 +5,7 @@ outage that fails no unrelated request."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import subprocess
@@ -162,6 +163,29 @@ class TestDatabaseStore:
         await database.open()  # a second start migrates nothing again
         assert len(await database.fetch("SELECT version FROM aiproxy_schema_migrations",
                                         [])) == 2
+
+
+async def test_workers_on_one_sqlite_file_continue_each_others_conversations(tmp_path):
+    """--workers N: each process has its own connections to the one file."""
+    databases = [SQLiteStore(str(tmp_path / "usage.db")) for _ in range(2)]
+    for database in databases:
+        await database.open()
+    stores = [DatabaseResponseStore(d, ttl=60, max_bytes=10**7) for d in databases]
+    try:
+        previous: str | None = None
+        for turn in range(6):  # one conversation, its turns stored by either process
+            await stores[turn % 2].put(record(f"t{turn}", previous))
+            previous = f"t{turn}"
+        # Many at once from both: the write lock is taken in turn, nothing is lost.
+        await asyncio.gather(*(stores[i % 2].put(record(f"c{i}", "t5")) for i in range(40)))
+        for store in stores:
+            assert [r.id for r in await store.chain("key:a", "t5")] == [
+                f"t{i}" for i in range(6)]
+            assert len(await store.chain("key:a", "c39")) == 7
+        assert await count(databases[0], "stored_responses") == 46
+    finally:
+        for database in databases:
+            await database.close()
 
 
 async def test_the_database_down_is_store_unavailable_without_its_address(own_postgres):
