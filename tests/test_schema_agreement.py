@@ -127,6 +127,7 @@ class TestDoors:
         ({"tools": ["x"]}, "tools.0"),
         ({"stop_sequences": ["a", 1]}, "stop_sequences"),
         ({"max_tokens": 2**31}, "max_tokens"),
+        ({"top_k": -1}, "top_k"),
     ])
     async def test_messages(self, start_proxy, extra, words):
         proxy = await start_proxy(MOCK)

@@ -108,6 +108,9 @@ def _check_members(body: Mapping[str, Any]) -> None:
     stops = body.get("stop_sequences")
     if isinstance(stops, list) and not all(isinstance(stop, str) for stop in stops):
         raise _invalid("stop_sequences: must be an array of strings")
+    top_k = body.get("top_k")
+    if isinstance(top_k, int) and not 0 <= top_k <= MAX_TOKENS:
+        raise _invalid(f"top_k: must be from 0 to {MAX_TOKENS}")
 
 
 def _client_headers(headers: Mapping[str, str]) -> dict[str, str]:
