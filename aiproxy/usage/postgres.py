@@ -63,6 +63,7 @@ class PostgresStore(UsageStore):
         self._pool: asyncpg.Pool | None = None
 
     async def open(self) -> None:
+        await self.close()  # opening again first closes the pool that is open
         try:
             self._pool = await asyncpg.create_pool(
                 self.url, min_size=1, max_size=self.pool_size, timeout=self.timeout,

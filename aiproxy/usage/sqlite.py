@@ -51,15 +51,23 @@ class SQLiteStore(UsageStore):
     async def _connect(self) -> aiosqlite.Connection:
         db = await aiosqlite.connect(self.path, uri=self.memory, isolation_level=None,
                                      timeout=_BUSY_MS / 1000)
-        await db.execute(f"PRAGMA busy_timeout = {_BUSY_MS}")
-        # Off by default in SQLite: a stored response's item index goes with it (CASCADE).
-        await db.execute("PRAGMA foreign_keys = ON")
-        if not self.memory:
-            await db.execute("PRAGMA journal_mode = WAL")
-            await db.execute("PRAGMA synchronous = NORMAL")  # durable at each checkpoint
+        try:
+            await db.execute(f"PRAGMA busy_timeout = {_BUSY_MS}")
+            # Off by default in SQLite: a stored response's item index goes with it (CASCADE).
+            await db.execute("PRAGMA foreign_keys = ON")
+            if not self.memory:
+                await db.execute("PRAGMA journal_mode = WAL")
+                await db.execute("PRAGMA synchronous = NORMAL")  # durable at each checkpoint
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                await db.close()
+            raise
         return db
 
     async def open(self) -> None:
+        # Opening again (a second start, a reconnect) first closes what is open: each
+        # aiosqlite connection holds a thread that keeps the process from exiting.
+        await self.close()
         try:
             if not self.memory:
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
