@@ -214,6 +214,13 @@ class OpenAIProvider(Provider):
     async def stream(self, request: ChatRequest) -> AsyncIterator[dict[str, Any]]:
         body = request.upstream_body(self.upstream_model, **self._continuation(request))
         resp = await self.send("POST", self.chat_url, data=body, headers=self.headers)
+        async for chunk in self._chunks(resp):
+            yield chunk
+
+    async def _chunks(self, resp: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
+        """The chunks of an OpenAI-shaped stream (chat or legacy completions), until [DONE]
+        or a clean end after a finish_reason; a cut or an early end is a PROTOCOL error. An
+        event that is not JSON is yielded as MALFORMED_EVENT, for the core to drop."""
         finished = False
         try:
             try:
@@ -404,27 +411,8 @@ class OpenAIProvider(Provider):
         resp = await self.send("POST", self.endpoint("/completions"),
                                data=self._native_body({**body, "stream": True}),
                                headers=self.headers)
-        finished = False
-        try:
-            try:
-                async for event in iter_sse(resp.content):
-                    if event.data == b"[DONE]":
-                        return
-                    chunk = self._parse_chunk(event.data)
-                    if chunk is MALFORMED_EVENT:
-                        yield chunk
-                        continue
-                    finished = finished or any(isinstance(c, dict) and c.get("finish_reason")
-                                               for c in chunk["choices"])
-                    yield chunk
-            except (aiohttp.ClientError, ValueError) as exc:
-                raise UpstreamError(ErrorKind.PROTOCOL, "the upstream stream broke "
-                                    f"({type(exc).__name__})") from None
-            if not finished:
-                raise UpstreamError(ErrorKind.PROTOCOL,
-                                    "the upstream stream ended before its answer was complete")
-        finally:
-            resp.close()
+        async for chunk in self._chunks(resp):
+            yield chunk
 
     def _parse_event(self, data: bytes) -> dict[str, Any]:
         try:
