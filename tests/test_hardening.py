@@ -179,7 +179,8 @@ class TestHostileUpstreams:
                                    json={"model": "m", "messages": MSG, "stream": True}) as resp:
             body = await resp.read()
         assert resp.status == 502
-        assert b"server-sent event larger than" not in body or b"error" in body
+        error = orjson.loads(body)["error"]  # the envelope, naming the model
+        assert error["type"] == "upstream_error" and "'m'" in error["message"]
         assert fake.sent_bytes < 40 * 1024 * 1024
 
     @pytest.mark.parametrize("mode", ["retry_inf", "retry_huge"])
