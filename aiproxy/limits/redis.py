@@ -1,15 +1,18 @@
-"""The shared backend: the same exact sliding logs, in Redis, one atomic Lua script a decision.
+"""The shared backend: the same exact sliding logs, in Redis, applied by atomic Lua scripts.
 
 Every replica on one Redis sees one set of windows, so N replicas admit L in total, not N*L.
 Time comes from Redis ``TIME`` inside the script, so machines with skewed clocks still agree.
 Times are integer microseconds (exact in a Lua double up to 2**53, i.e. for 285 years).
-Layout, fail modes and expiry are described in ``docs/limits.md``.
+The decisions of one event-loop iteration travel together: one script call per subject, all
+of them in one round trip (see :mod:`aiproxy.limits.batch`). Layout, fail modes, batching and
+expiry are described in ``docs/limits.md``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import os
 import time
@@ -20,10 +23,10 @@ import structlog
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
+from aiproxy.limits import redis_scripts
 from aiproxy.limits.base import (
     Decision,
     LimiterUnavailable,
@@ -34,6 +37,7 @@ from aiproxy.limits.base import (
     bounded_tokens,
     make_decision,
 )
+from aiproxy.limits.batch import Batches, Outcome
 
 __all__ = ["RedisRateLimiter"]
 
@@ -42,147 +46,42 @@ log = structlog.get_logger("aiproxy.limits")
 _US = 1_000_000
 # Seconds between two "Redis unreachable" warnings: one per outage burst, not one per request.
 _WARN_EVERY = 5.0
+# Calls per script run: a burst of thousands in one iteration becomes several runs (in the
+# same round trip), so no single run holds Redis for long.
+_MAX_CALLS = 200
+# Cached script groups (subject, limits); more than this many means reloads left stale ones.
+_MAX_GROUPS = 4096
 
-# `now` in microseconds: ARGV[1] when a test clock is given, else the server's clock.
-_NOW = """
-local function fmt(x) return string.format('%d', x) end  -- tostring() would round to 14 digits
-local now
-if ARGV[1] == '' then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-else
-  now = tonumber(ARGV[1])
-end
-"""
 
-# KEYS: park, request log, then (log, amounts) per token window.
-# ARGV: now, id, tokens, n, (window, limit) * n request windows, m, (window, limit) * m token.
-# A request entry counts while its time > now - window; a token window's amounts hash maps
-# id -> tokens plus a running "total", so a decision never sums the whole log.
-_ACQUIRE = _NOW + """
-local id, tokens = ARGV[2], tonumber(ARGV[3])
-local allowed, retry = 1, 0
-local parked = tonumber(redis.call('GET', KEYS[1]))
-if parked and parked > now then allowed, retry = 0, parked - now end
+class _Script:
+    """A Lua script, sent by SHA1 (``EVALSHA``) and loaded again on ``NOSCRIPT``."""
 
-local function oldest(key, w, skip)  -- time of the (skip+1)-th oldest entry inside the window
-  local e = redis.call('ZRANGEBYSCORE', key, '(' .. fmt(now - w), '+inf', 'WITHSCORES',
-                       'LIMIT', skip, 1)
-  if #e == 0 then return nil end
-  return tonumber(e[2])
-end
+    def __init__(self, text: str, *, answers_each: bool) -> None:
+        self.text = text
+        self.sha = hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()
+        # True: the script returns one answer per call; else one for the whole run.
+        self.answers_each = answers_each
 
-local n = 4
-local req, longest = {}, 0
-for k = 1, tonumber(ARGV[n]) do
-  req[k] = {tonumber(ARGV[n + 1]), tonumber(ARGV[n + 2])}
-  n = n + 2
-  longest = math.max(longest, req[k][1])
-end
-n = n + 1
-if longest > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', fmt(now - longest)) end
-for _, r in ipairs(req) do
-  local w, limit = r[1], r[2]
-  r[3] = redis.call('ZCOUNT', KEYS[2], '(' .. fmt(now - w), '+inf')
-  if r[3] >= limit then
-    allowed = 0
-    retry = math.max(retry, oldest(KEYS[2], w, r[3] - limit) + w - now)
-  end
-end
 
-local tok = {}
-for k = 1, tonumber(ARGV[n]) do
-  local w, limit = tonumber(ARGV[n + 1]), tonumber(ARGV[n + 2])
-  n = n + 2
-  local zlog, amounts = KEYS[1 + 2 * k], KEYS[2 + 2 * k]
-  local old = redis.call('ZRANGEBYSCORE', zlog, '-inf', fmt(now - w))
-  if #old > 0 then
-    local freed = 0
-    for i = 1, #old, 1000 do  -- unpack() in slices: Lua's stack holds ~8000 values
-      local j = math.min(i + 999, #old)
-      for _, a in ipairs(redis.call('HMGET', amounts, unpack(old, i, j))) do
-        if a then freed = freed + tonumber(a) end
-      end
-      redis.call('HDEL', amounts, unpack(old, i, j))
-    end
-    redis.call('ZREMRANGEBYSCORE', zlog, '-inf', fmt(now - w))
-    if redis.call('ZCARD', zlog) == 0 then redis.call('DEL', amounts)  -- no drift survives
-    else redis.call('HINCRBY', amounts, 'total', fmt(-freed)) end
-  end
-  local used = math.max(0, tonumber(redis.call('HGET', amounts, 'total')) or 0)
-  tok[k] = {w, limit, zlog, amounts, used}
-  local need = math.max(1, math.min(tokens, limit))
-  if used + need > limit then
-    allowed = 0
-    local excess, freed, start, at = used + need - limit, 0, 0, nil
-    while not at do  -- oldest first until enough tokens have expired
-      local batch = redis.call('ZRANGE', zlog, start, start + 499, 'WITHSCORES')
-      if #batch == 0 then at = now break end
-      for i = 1, #batch, 2 do
-        freed = freed + (tonumber(redis.call('HGET', amounts, batch[i])) or 0)
-        if freed >= excess then at = tonumber(batch[i + 1]) break end
-      end
-      start = start + 500
-    end
-    retry = math.max(retry, at + w - now)
-  end
-end
+_ACQUIRE = _Script(redis_scripts.ACQUIRE, answers_each=True)
+_RECONCILE = _Script(redis_scripts.RECONCILE, answers_each=False)
+_PARK = _Script(redis_scripts.PARK, answers_each=False)
 
-if allowed == 1 then
-  if longest > 0 then
-    redis.call('ZADD', KEYS[2], fmt(now), id)
-    redis.call('PEXPIRE', KEYS[2], fmt(math.ceil(longest / 1000) + 1000))
-  end
-  for _, t in ipairs(tok) do
-    redis.call('ZADD', t[3], fmt(now), id)
-    redis.call('HSET', t[4], id, fmt(tokens))
-    redis.call('HINCRBY', t[4], 'total', fmt(tokens))
-    redis.call('PEXPIRE', t[3], fmt(math.ceil(t[1] / 1000) + 1000))
-    redis.call('PEXPIRE', t[4], fmt(math.ceil(t[1] / 1000) + 1000))
-    t[5] = t[5] + tokens
-  end
-end
-
--- (limit, remaining, reset) per window, after this decision.
-local rs, ts = {}, {}
-for _, r in ipairs(req) do
-  local first = oldest(KEYS[2], r[1], 0)
-  table.insert(rs, {r[2], r[2] - r[3] - allowed, first and first + r[1] - now or r[1]})
-end
-for _, t in ipairs(tok) do
-  local first = redis.call('ZRANGE', t[3], 0, 0, 'WITHSCORES')
-  table.insert(ts, {t[2], t[2] - t[5], #first > 0 and tonumber(first[2]) + t[1] - now or t[1]})
-end
-return {allowed, retry, now, rs, ts}
-"""
-
-# KEYS: (log, amounts) per token window. ARGV: now (unused), id, actual tokens.
-_RECONCILE = """
-for k = 1, #KEYS, 2 do
-  local old = tonumber(redis.call('HGET', KEYS[k + 1], ARGV[2]))
-  if old then  -- still in this window (the hash entry leaves with the log entry)
-    redis.call('HSET', KEYS[k + 1], ARGV[2], ARGV[3])
-    redis.call('HINCRBY', KEYS[k + 1], 'total', string.format('%d', tonumber(ARGV[3]) - old))
-  end
-end
-return 1
-"""
-
-# KEYS: park. ARGV: now, seconds in microseconds. The value is the end of the park.
-_PARK = _NOW + """
-local seconds = tonumber(ARGV[2])
-local until_ = now + seconds
-if until_ > (tonumber(redis.call('GET', KEYS[1])) or 0) then  -- never shorten a park
-  redis.call('SET', KEYS[1], fmt(until_), 'PX', fmt(math.ceil(seconds / 1000) + 1000))
-end
-return 1
-"""
-
+# One script call: the script, its KEYS (one subject's, so one Cluster slot) and the ARGV
+# that every call of the group shares; an item is one call's own ARGV.
+_Group = tuple[_Script, tuple[str, ...], tuple[int, ...]]
+_Item = tuple[str | int, ...]
 
 # Reservation ids (sorted-set members shared by every process): a random per-process prefix
 # and a counter, as unique as a uuid4 and much cheaper.
 _RID_PREFIX = os.urandom(8).hex()
 _RID_COUNTER = itertools.count(1)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark an unawaited future's outcome as seen (its failure is logged where it happens)."""
+    if not future.cancelled():
+        future.exception()
 
 
 class RedisRateLimiter(RateLimiter):
@@ -192,8 +91,9 @@ class RedisRateLimiter(RateLimiter):
     timeouts and no retries) or a ready ``redis.asyncio.Redis``. ``fail_mode``: ``"open"``
     admits with ``Decision.degraded`` while Redis is unreachable, ``"closed"`` raises
     :class:`LimiterUnavailable`. ``clock``: tests only; replaces Redis ``TIME``.
-    ``timeout``: socket connect/read timeout; a call is abandoned after ``2 * timeout + 0.5``
-    seconds in all. ``max_connections``: size of the owned pool (a burst queues for it).
+    ``timeout``: socket connect/read timeout; a round trip is abandoned after
+    ``2 * timeout + 0.5`` seconds in all. ``max_connections``: size of the owned pool (a burst
+    queues for it).
     """
 
     def __init__(self, url_or_client: str | Redis, *, prefix: str = "aiproxy:",
@@ -201,7 +101,8 @@ class RedisRateLimiter(RateLimiter):
                  timeout: float = 0.5, max_connections: int = 64) -> None:
         if fail_mode not in ("open", "closed"):
             raise ValueError(f"fail_mode must be 'open' or 'closed', not {fail_mode!r}")
-        # Hard ceiling per call (connect + read), also for a caller's client that may retry.
+        # Hard ceiling per round trip (connect + read), also for a caller's client that may
+        # retry. It is the one bound a batch's callers wait under.
         self._deadline = 2 * timeout + 0.5
         self._owns_client = isinstance(url_or_client, str)
         if isinstance(url_or_client, str):
@@ -220,19 +121,40 @@ class RedisRateLimiter(RateLimiter):
         # Outage logging: one warning per _WARN_EVERY, one "reachable again" per outage.
         self._last_warning = float("-inf")
         self._down = False
-        self._acquire = self._client.register_script(_ACQUIRE)
-        self._reconcile = self._client.register_script(_RECONCILE)
-        self._park = self._client.register_script(_PARK)
+        self._batches: Batches[_Group, _Item, Any] = Batches(self._send, orphan=self._orphan)
+        self._groups: dict[tuple[str, Limits], _Group] = {}
+
+    @property
+    def round_trips(self) -> int:
+        """Batches sent to Redis so far (each one round trip, retries aside)."""
+        return self._batches.batches_sent
 
     def _key(self, key: str, suffix: str) -> str:
         # The {hash tag} keeps all keys of one subject in one Redis Cluster slot.
         return f"{self.prefix}limit:{{{key}}}:{suffix}"
 
-    def _token_keys(self, key: str, limits: Limits) -> list[str]:
-        keys = []
+    def _token_keys(self, key: str, limits: Limits) -> tuple[str, ...]:
+        keys: list[str] = []
         for window, _ in limits.token_windows:
             keys += [self._key(key, f"tok:{int(window)}"), self._key(key, f"tok:{int(window)}:amt")]
-        return keys
+        return tuple(keys)
+
+    def _acquire_group(self, key: str, limits: Limits) -> _Group:
+        """The script call of ``key`` under ``limits``, built once: keys and window ARGV."""
+        group = self._groups.get((key, limits))
+        if group is None:
+            head: list[int] = [len(limits.request_windows)]
+            for window, limit in limits.request_windows:
+                head += [round(window * _US), limit]
+            head.append(len(limits.token_windows))
+            for window, limit in limits.token_windows:
+                head += [round(window * _US), limit]
+            keys = (self._key(key, "park"), self._key(key, "req"),
+                    *self._token_keys(key, limits))
+            if len(self._groups) >= _MAX_GROUPS:
+                self._groups.clear()
+            group = self._groups[key, limits] = (_ACQUIRE, keys, tuple(head))
+        return group
 
     def _now_arg(self) -> str:
         return "" if self._clock is None else str(round(self._clock() * _US))
@@ -240,18 +162,14 @@ class RedisRateLimiter(RateLimiter):
     async def acquire(self, key: str, limits: Limits, tokens: int = 0) -> Decision:
         tokens = bounded_tokens(tokens)
         rid = f"{_RID_PREFIX}{next(_RID_COUNTER):x}"
-        args: list[str | int] = [self._now_arg(), rid, tokens, len(limits.request_windows)]
-        for window, limit in limits.request_windows:
-            args += [round(window * _US), limit]
-        args.append(len(limits.token_windows))
-        for window, limit in limits.token_windows:
-            args += [round(window * _US), limit]
-        keys = [self._key(key, "park"), self._key(key, "req"), *self._token_keys(key, limits)]
+        call = self._batches.submit(self._acquire_group(key, limits),
+                                    (self._now_arg(), rid, tokens))
         try:
-            result = await self._run(self._acquire, keys, args)
-        except LimiterUnavailable:
+            result = await call
+        except LimiterUnavailable as exc:
             if self.fail_mode == "closed":
-                raise
+                # A fresh exception each: the batch's one is shared by all of its callers.
+                raise LimiterUnavailable(exc.message) from exc
             self.degraded_decisions += 1
             # A real reservation keeps the caller's reconcile path uniform; it is a no-op.
             return Decision(allowed=True, degraded=True,
@@ -264,23 +182,39 @@ class RedisRateLimiter(RateLimiter):
                              [(int(lim), int(rem), reset / _US) for lim, rem, reset in req],
                              [(int(lim), int(rem), reset / _US) for lim, rem, reset in tok])
 
+    def _orphan(self, group: _Group, item: _Item, result: Any) -> None:
+        """An acquisition applied in Redis whose caller was cancelled while it was in flight.
+
+        Its request slot stays taken (as for any request admitted and then cancelled); its
+        token reservation is given back, as the router does for an admitted request that
+        never reached its upstream.
+        """
+        script, keys, _ = group
+        if script is _ACQUIRE and result[0] and len(keys) > 2:
+            _, rid, _ = item
+            self._batches.submit((_RECONCILE, keys[2:], ()), (rid, 0)).add_done_callback(
+                _retrieve)
+
     async def reconcile(self, reservation: Reservation, limits: Limits, actual_tokens: int) -> None:
         keys = self._token_keys(reservation.key, limits)
         if not keys:
             return
+        call = self._batches.submit((_RECONCILE, keys, ()),
+                                    (reservation.id, bounded_tokens(actual_tokens)))
         # Never raises: a lost reconcile only costs accuracy, and the response is already out.
+        # Shielded: a caller cancelled now still has its usage recorded.
         with contextlib.suppress(LimiterUnavailable):
-            await self._run(self._reconcile, keys,
-                            ["", reservation.id, bounded_tokens(actual_tokens)])
+            await asyncio.shield(call)
 
     async def park(self, key: str, seconds: float) -> None:
         seconds = bounded_seconds(seconds)
         if seconds <= 0:
             return
+        call = self._batches.submit((_PARK, (self._key(key, "park"),), ()),
+                                    (self._now_arg(), round(seconds * _US)))
         # As for reconcile: if lost, the upstream says so again with its next 429.
         with contextlib.suppress(LimiterUnavailable):
-            await self._run(self._park, [self._key(key, "park")],
-                            [self._now_arg(), round(seconds * _US)])
+            await asyncio.shield(call)
 
     async def ping(self) -> bool:
         try:
@@ -291,29 +225,86 @@ class RedisRateLimiter(RateLimiter):
         return True
 
     async def close(self) -> None:
+        await self._batches.drain()
         if self._owns_client:
             await self._client.aclose(close_connection_pool=True)
 
-    async def _run(self, script: AsyncScript, keys: Sequence[str],
-                   args: Sequence[str | int]) -> Any:
-        """Run a script; any failure to get an answer becomes :class:`LimiterUnavailable`."""
+    # --- one round trip per batch ----------------------------------------------------------
+
+    async def _send(self, batch: list[tuple[_Group, list[_Item]]]) -> list[Outcome[Any]]:
+        """Every group's calls as script runs of at most ``_MAX_CALLS``, in one round trip."""
+        commands: list[tuple[str | int, ...]] = []
+        runs: list[tuple[int, _Script, int]] = []  # (group index, script, calls) per command
+        for index, ((script, keys, head), items) in enumerate(batch):
+            for start in range(0, len(items), _MAX_CALLS):
+                chunk = items[start:start + _MAX_CALLS]
+                commands.append(("EVALSHA", script.sha, len(keys), *keys, *head,
+                                 *itertools.chain.from_iterable(chunk)))
+                runs.append((index, script, len(chunk)))
         try:
-            async with asyncio.timeout(self._deadline):
-                try:
-                    result = await script(keys=keys, args=args)
-                except RedisConnectionError:
-                    # A pooled connection from before a Redis restart fails once, on first use;
-                    # a fresh one answers (or fails at once when Redis is still down).
-                    result = await script(keys=keys, args=args)
-        except (RedisError, OSError) as exc:
-            self._warn(exc)
-            # The message may reach clients (a 503): the class name only, no host or port.
-            raise LimiterUnavailable(f"redis unreachable ({type(exc).__name__})") from exc
-        if self._down:
+            replies = await self._run(commands, [script for _, script, _ in runs])
+        except LimiterUnavailable as exc:
+            return [exc] * len(batch)
+        outcomes: list[list[Any] | LimiterUnavailable] = [[] for _ in batch]
+        failed: RedisError | None = None
+        for (index, script, count), reply in zip(runs, replies, strict=True):
+            done = outcomes[index]
+            if isinstance(reply, RedisError):  # this script run failed (OOM, BUSY, ...)
+                failed = reply
+                outcomes[index] = self._unavailable(reply)
+            elif isinstance(done, list):
+                done.extend(reply if script.answers_each else [None] * count)
+        if failed is not None:
+            self._warn(failed)
+        elif self._down:
             self._down = False
             log.info("rate limiter backend reachable again",
                      degraded_decisions=self.degraded_decisions)
-        return result
+        return list[Outcome[Any]](outcomes)
+
+    async def _run(self, commands: Sequence[tuple[str | int, ...]],
+                   scripts: Sequence[_Script]) -> list[Any]:
+        """Send the script runs; the reply (or ``ResponseError``) of each, in order.
+
+        Failing to get answers at all (connection, timeout) becomes :class:`LimiterUnavailable`.
+        """
+        try:
+            async with asyncio.timeout(self._deadline):
+                try:
+                    replies = await self._execute(commands)
+                except RedisConnectionError:
+                    # A pooled connection from before a Redis restart fails once, on first use;
+                    # a fresh one answers (or fails at once when Redis is still down).
+                    replies = await self._execute(commands)
+                missing = [i for i, reply in enumerate(replies)
+                           if isinstance(reply, NoScriptError)]
+                if missing:  # a fresh or flushed Redis: load, then run just those again
+                    for script in {scripts[i] for i in missing}:
+                        await self._client.script_load(script.text)
+                    again = await self._execute([commands[i] for i in missing])
+                    for i, reply in zip(missing, again, strict=True):
+                        replies[i] = reply
+        except (RedisError, OSError) as exc:  # TimeoutError is an OSError
+            self._warn(exc)
+            raise self._unavailable(exc) from exc
+        return replies
+
+    async def _execute(self, commands: Sequence[tuple[str | int, ...]]) -> list[Any]:
+        if len(commands) == 1:  # the common case: no pipeline to build
+            try:
+                return [await self._client.execute_command(  # type: ignore[no-untyped-call]
+                    *commands[0])]
+            except ResponseError as exc:
+                return [exc]
+        async with self._client.pipeline(transaction=False) as pipe:
+            for command in commands:
+                pipe.execute_command(*command)
+            return await pipe.execute(raise_on_error=False)
+
+    @staticmethod
+    def _unavailable(exc: BaseException) -> LimiterUnavailable:
+        # The message may reach clients (a 503): the class name only, no host or port.
+        return LimiterUnavailable(f"redis unreachable ({type(exc).__name__})")
 
     def _warn(self, exc: BaseException) -> None:
         now = time.monotonic()
