@@ -19,6 +19,7 @@ import redis.asyncio
 
 import aiproxy.limits.redis as redis_backend
 from aiproxy.limits import (
+    Decision,
     InMemoryRateLimiter,
     LimiterUnavailable,
     Limits,
@@ -257,3 +258,179 @@ async def test_concurrent_decisions_share_one_connection_pool(
     assert sum(d.allowed for d in decisions) == 700
     assert lim.degraded_decisions == 0
     await lim.close()
+
+
+# --- batching: the decisions of one loop iteration share one round trip ---------------------
+
+
+async def evalsha_calls(client: redis.asyncio.Redis) -> int:
+    """EVALSHA commands Redis has executed (``INFO commandstats``), whoever sent them."""
+    stats = await client.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+def fields(decision: Decision) -> tuple[object, ...]:
+    """Everything a caller reads from a decision, but the reservation's (random) id."""
+    res = decision.reservation
+    return (decision.allowed, decision.retry_after, decision.requests_limit,
+            decision.requests_remaining, decision.requests_reset, decision.tokens_limit,
+            decision.tokens_remaining, decision.tokens_reset, decision.degraded,
+            None if res is None else (res.key, res.tokens, res.at))
+
+
+class TestBatching:
+    async def test_concurrent_acquires_are_one_script_call(
+            self, limiter: RedisRateLimiter, client: redis.asyncio.Redis) -> None:
+        limits = Limits(requests_per_minute=100)
+        await limiter.acquire("m", limits)  # loads the script: NOSCRIPT is not our concern
+        before, trips = await evalsha_calls(client), limiter.round_trips
+        decisions = await asyncio.gather(*(limiter.acquire("m", limits) for _ in range(20)))
+        assert await evalsha_calls(client) - before == 1  # counted by Redis itself
+        assert limiter.round_trips - trips == 1
+        assert [d.requests_remaining for d in decisions] == list(range(98, 78, -1))
+        assert await client.zcard("test:limit:{m}:req") == 21
+
+    async def test_subjects_run_apart_in_one_round_trip(
+            self, limiter: RedisRateLimiter, client: redis.asyncio.Redis) -> None:
+        limits = Limits(requests_per_minute=3)
+        await limiter.acquire("warm", limits)
+        before, trips = await evalsha_calls(client), limiter.round_trips
+        decisions = await asyncio.gather(*(limiter.acquire(key, limits)
+                                           for key in ["a", "b", "a", "b", "a", "b", "a"]))
+        # One script run per subject (all keys of a run share a Cluster slot), one trip.
+        assert await evalsha_calls(client) - before == 2
+        assert limiter.round_trips - trips == 1
+        assert [d.allowed for d in decisions] == [True] * 6 + [False]
+
+    async def test_a_burst_is_split_into_bounded_runs(
+            self, limiter: RedisRateLimiter, client: redis.asyncio.Redis) -> None:
+        limits = Limits(requests_per_minute=450)
+        await limiter.acquire("m", limits)
+        before, trips = await evalsha_calls(client), limiter.round_trips
+        decisions = await asyncio.gather(*(limiter.acquire("m", limits) for _ in range(500)))
+        assert await evalsha_calls(client) - before == 3  # 200 + 200 + 100 calls
+        assert limiter.round_trips - trips == 1
+        assert sum(d.allowed for d in decisions) == 449  # in order: the first 449 of 500
+        assert all(d.allowed for d in decisions[:449])
+
+    async def test_each_caller_gets_the_decision_it_would_get_alone(
+            self, limiter: RedisRateLimiter, clock: FakeClock) -> None:
+        # Requests and tokens at their boundaries, mixed in one batch, against the same
+        # sequence taken one at a time by the in-memory limiter (the reference semantics).
+        limits = Limits(requests_per_minute=4, requests_per_hour=50, tokens_per_minute=100)
+        asks = [30, 50, 40, 10, 0, 20, 5, 0, 15]
+        reference = InMemoryRateLimiter(clock=clock)
+        warm = [await lim.acquire("m", limits, tokens=10) for lim in (limiter, reference)]
+        assert fields(warm[0]) == fields(warm[1])
+        clock.advance(7)
+        alone = [fields(await reference.acquire("m", limits, tokens=t)) for t in asks]
+        together = await asyncio.gather(*(limiter.acquire("m", limits, tokens=t)
+                                          for t in asks))
+        assert [fields(d) for d in together] == alone
+        assert [d.allowed for d in together] == [True, True, False, True] + [False] * 5
+        # The request window frees at 53 s; a token ask waits until enough tokens expire.
+        assert [d.retry_after for d in together if not d.allowed] == [60, 53, 60, 53, 53, 60]
+
+    async def test_the_test_clock_of_each_caller_is_kept(
+            self, redis_server: RedisServer) -> None:
+        times = iter([1000.0, 1061.0])  # the second caller asks a minute after the first
+        lim = RedisRateLimiter(redis_server.url, clock=lambda: next(times), timeout=5)
+        decisions = await asyncio.gather(*(lim.acquire("m", Limits(requests_per_minute=1))
+                                           for _ in range(2)))
+        assert lim.round_trips == 1  # one batch, two moments
+        assert [d.allowed for d in decisions] == [True, True]
+        assert [d.reservation.at for d in decisions if d.reservation] == [1000.0, 1061.0]
+        await lim.close()
+
+    async def test_reconciles_coalesce_too(self, limiter: RedisRateLimiter,
+                                           client: redis.asyncio.Redis) -> None:
+        limits = Limits(tokens_per_minute=1000)
+        reservations = [d.reservation for d in await asyncio.gather(
+            *(limiter.acquire("m", limits, tokens=50) for _ in range(5)))]
+        assert reservations[0] is not None
+        await limiter.reconcile(reservations.pop(0), limits, 10)  # loads the script
+        before = await evalsha_calls(client)
+        await asyncio.gather(*(limiter.reconcile(r, limits, 10) for r in reservations if r))
+        assert await evalsha_calls(client) - before == 1
+        assert await client.hget("test:limit:{m}:tok:60:amt", "total") == "50"
+
+    async def test_a_failing_batch_degrades_every_member(
+            self, redis_server: RedisServer, recorder: Recorder) -> None:
+        lim = RedisRateLimiter(redis_server.url, timeout=2)
+        limits = Limits(requests_per_minute=5)
+        await lim.acquire("m", limits)
+        redis_server.stop()
+        began = time.monotonic()
+        decisions = await asyncio.gather(*(lim.acquire("m", limits, tokens=3)
+                                           for _ in range(10)))
+        assert time.monotonic() - began < 5
+        assert all(d.allowed and d.degraded and d.reservation for d in decisions)
+        assert lim.degraded_decisions == 10
+        assert len(recorder.warnings) == 1
+        await lim.close()
+
+    async def test_a_failing_batch_fails_every_member_closed(
+            self, redis_server: RedisServer) -> None:
+        lim = RedisRateLimiter(redis_server.url, fail_mode="closed", timeout=2)
+        limits = Limits(requests_per_minute=5)
+        await lim.acquire("m", limits)
+        redis_server.stop()
+        outcomes = await asyncio.gather(*(lim.acquire("m", limits) for _ in range(10)),
+                                        return_exceptions=True)
+        assert all(isinstance(o, LimiterUnavailable) for o in outcomes)
+        assert len({id(o) for o in outcomes}) == 10  # each caller raises its own
+        assert lim.degraded_decisions == 0
+        await lim.close()
+
+    async def test_a_failing_subject_does_not_fail_the_others(
+            self, limiter: RedisRateLimiter, client: redis.asyncio.Redis,
+            recorder: Recorder) -> None:
+        limits = Limits(requests_per_minute=5)
+        await client.set("test:limit:{broken}:req", "not a sorted set")  # WRONGTYPE in Lua
+        decisions = await asyncio.gather(*(limiter.acquire(key, limits)
+                                           for key in ["ok", "broken", "ok", "broken"]))
+        assert [(d.allowed, d.degraded) for d in decisions] == [
+            (True, False), (True, True), (True, False), (True, True)]
+        assert [d.requests_remaining for d in decisions[::2]] == [4, 3]
+        assert limiter.degraded_decisions == 2
+        assert [event for event, _ in recorder.warnings] == ["rate limiter backend unreachable"]
+
+    async def test_cancelled_before_the_flush_takes_nothing(
+            self, limiter: RedisRateLimiter, client: redis.asyncio.Redis) -> None:
+        limits = Limits(requests_per_minute=5)
+        tasks = [asyncio.ensure_future(limiter.acquire("m", limits)) for _ in range(4)]
+        await asyncio.sleep(0)  # every task has submitted its call; none is sent yet
+        tasks[1].cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert isinstance(results[1], asyncio.CancelledError)
+        assert [d.requests_remaining for d in results if isinstance(d, Decision)] == [4, 3, 2]
+        assert await client.zcard("test:limit:{m}:req") == 3
+
+    async def test_cancelled_in_flight_gives_its_tokens_back(
+            self, limiter: RedisRateLimiter, client: redis.asyncio.Redis) -> None:
+        limits = Limits(requests_per_minute=5, tokens_per_minute=1000)
+        await limiter.acquire("m", limits, tokens=1)
+        await client.execute_command("CLIENT", "PAUSE", "300", "WRITE")  # holds EVALSHA back
+        tasks = [asyncio.ensure_future(limiter.acquire("m", limits, tokens=100))
+                 for _ in range(3)]
+        await asyncio.sleep(0.1)  # sent, and waiting for Redis
+        tasks[0].cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert isinstance(results[0], asyncio.CancelledError)
+        assert [(d.allowed, d.tokens_remaining) for d in results[1:]
+                if isinstance(d, Decision)] == [(True, 799), (True, 699)]
+        await limiter.close()  # waits for the orphan's reconcile
+        # Its request slot stays taken (it was admitted); its 100 tokens are given back.
+        assert await client.zcard("test:limit:{m}:req") == 4
+        assert await client.hget("test:limit:{m}:tok:60:amt", "total") == "201"
+
+    async def test_a_cancelled_reconcile_is_still_recorded(
+            self, limiter: RedisRateLimiter, client: redis.asyncio.Redis) -> None:
+        limits = Limits(tokens_per_minute=1000)
+        decision = await limiter.acquire("m", limits, tokens=100)
+        assert decision.reservation is not None
+        task = asyncio.ensure_future(limiter.reconcile(decision.reservation, limits, 7))
+        await asyncio.sleep(0)
+        task.cancel()
+        await limiter.close()
+        assert await client.hget("test:limit:{m}:tok:60:amt", "total") == "7"

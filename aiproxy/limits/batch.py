@@ -87,7 +87,8 @@ class Batches(Generic[G, I, R]):
 
     async def drain(self) -> None:
         """Send what is pending now and wait for every batch in flight."""
-        if self._pending:
-            self._flush()
-        while self._tasks:
+        # A batch's settlement may queue more (the reconcile of an orphan): until quiet.
+        while self._pending or self._tasks:
+            if self._pending:
+                self._flush()
             await asyncio.gather(*self._tasks, return_exceptions=True)
