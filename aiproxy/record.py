@@ -53,3 +53,6 @@ class Record:
     stream_error: str | None = None
     error_kind: str | None = None  # the final upstream error kind of a failed request
     client_gone: bool = False
+    # USD at the configured prices, set by the usage ledger as it records the request (the
+    # observers after it, the access line and traces, read it rather than price it again).
+    cost_usd: float | None = None

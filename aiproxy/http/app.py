@@ -42,7 +42,7 @@ from aiproxy.observability import (
 from aiproxy.plugins import ProviderRegistry
 from aiproxy.record import Record
 from aiproxy.tracing import make_tracer
-from aiproxy.usage import Budgets, is_usage
+from aiproxy.usage import Budgets
 
 __all__ = ["access_log", "make_app", "request_metrics"]
 
@@ -137,7 +137,7 @@ def request_metrics(metrics: Metrics) -> Observer:
     return observe
 
 
-def access_log(record: Record, cost: float | None = None) -> None:
+def access_log(record: Record) -> None:
     """The observer that writes one access line per request (with its ``cost_usd`` at the
     configured prices, when the usage ledger priced it)."""
     requested = record.requested
@@ -150,7 +150,7 @@ def access_log(record: Record, cost: float | None = None) -> None:
         "key": record.key_name, "upstream_ms": record.upstream_ms,
         "tokens_in": record.tokens_in, "tokens_out": record.tokens_out,
         "error_kind": record.error_kind, "stream_error": record.stream_error,
-        "total_ms": record.total_ms, "cost_usd": cost})
+        "total_ms": record.total_ms, "cost_usd": record.cost_usd})
 
 
 async def _expect_continue(request: web.Request) -> web.StreamResponse | None:
@@ -176,11 +176,18 @@ async def _expect_continue(request: web.Request) -> web.StreamResponse | None:
     return None
 
 
-async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    request_id = trace_of(request).request_id
-    if request_id:
-        response.headers["X-Request-ID"] = request_id
+async def _on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+    """Before any answer's headers leave: the security headers, the request id, and, for an
+    answer whose budget charge is under way, that charge landed (see ``usage.budget_settled``).
+    One hook for all three: aiohttp awaits each hook of every response."""
+    headers = response.headers
+    headers["X-Content-Type-Options"] = "nosniff"
+    trace = trace_of(request)
+    if trace.request_id:
+        headers["X-Request-ID"] = trace.request_id
+    ledger = request.app[usage.LEDGER]
+    if ledger.owes(trace):
+        await usage.budget_settled(request, response)
 
 
 def make_app(config: Config, settings: Settings, *, registry: ProviderRegistry | None = None,
@@ -204,15 +211,14 @@ def make_app(config: Config, settings: Settings, *, registry: ProviderRegistry |
     app[usage.LEDGER] = ledger = usage.make_ledger(settings, metrics, app)
     app[RUNTIME] = Runtime(ProviderPool(registry or ProviderRegistry(), limiter), metrics,
                            source, guards=(Budgets(ledger, metrics).guard,))
-    app[OBSERVERS] = [request_metrics(metrics), ledger.observe, lambda record: access_log(
-        record, ledger.cost(record) if is_usage(record) else None)]
+    # The ledger prices the record (``cost_usd``) before the access line and traces read it.
+    app[OBSERVERS] = [request_metrics(metrics), ledger.observe, access_log]
     app[BODY_TIMEOUT] = settings.client_body_timeout
     tracer = make_tracer(settings, ledger.cost)
     if tracer is not None:
         app[OBSERVERS].append(tracer.observe)
         app.on_cleanup.append(tracer.close)
-    app.on_response_prepare.append(_security_headers)
-    app.on_response_prepare.append(usage.budget_settled)
+    app.on_response_prepare.append(_on_prepare)
     app.cleanup_ctx.append(_lifecycle)
     app.cleanup_ctx.append(usage.lifecycle)
     chat.add_routes(app)

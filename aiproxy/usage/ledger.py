@@ -166,7 +166,7 @@ class Ledger:
     def observe(self, record: Record) -> None:
         if not is_usage(record):
             return
-        cost = self.cost(record)
+        cost = record.cost_usd = self.cost(record)
         if cost:
             self.metrics.cost.labels(record.model or "", record.key_name or "").inc(cost)
         tokens = (record.tokens_in or 0) + (record.tokens_out or 0)
@@ -247,6 +247,10 @@ class Ledger:
             self._failed("charge", exc)
         finally:
             _add(self._charging, ((c, (-v[0], -v[1])) for c, v in cells.items()))
+
+    def owes(self, record: Record) -> bool:
+        """Whether a budget charge of ``record`` may be under way (see :meth:`charged`)."""
+        return id(record) in self._pending
 
     async def charged(self, record: Record, wait: float = 1.0) -> None:
         """Wait (up to ``wait`` seconds) until the budget charge of ``record`` has landed, so
