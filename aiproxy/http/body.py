@@ -25,8 +25,13 @@ async def read_json(request: web.Request) -> tuple[dict[str, Any], bytes]:
     """The body as a JSON object and its bytes; 400 naming what is wrong, 413 when too large
     (after decompression too), 408 when it does not arrive within the body timeout."""
     try:
-        async with asyncio.timeout(request.app.get(BODY_TIMEOUT)):
+        if request.content.is_eof():
+            # The whole body came with the headers (the common case): nothing to wait for,
+            # so no timer to arm and cancel.
             raw = await request.read()  # aiohttp enforces client_max_size here (413)
+        else:
+            async with asyncio.timeout(request.app.get(BODY_TIMEOUT)):
+                raw = await request.read()
     except TimeoutError:
         raise ProxyError(408, "the request body did not arrive in time",
                          code="request_timeout") from None
@@ -58,9 +63,9 @@ async def read_json(request: web.Request) -> tuple[dict[str, Any], bytes]:
 # no longer holds the number written (orjson reads -9223372036854775809 as -2.0**63), so such a
 # float stays a float and is refused where an integer belongs.
 _EXACT = 2**53
-_INTEGERS = ("max_tokens", "max_completion_tokens", "max_output_tokens", "n", "seed",
-             "top_logprobs", "dimensions", "top_k", "best_of", "logprobs")
-_TOKEN_ARRAYS = ("input", "prompt")  # embeddings and completions take token ids
+_INTEGERS = frozenset({"max_tokens", "max_completion_tokens", "max_output_tokens", "n", "seed",
+                       "top_logprobs", "dimensions", "top_k", "best_of", "logprobs"})
+_TOKEN_ARRAYS = frozenset({"input", "prompt"})  # embeddings and completions take token ids
 
 
 def _is_integral(value: Any) -> TypeGuard[float]:
@@ -74,13 +79,13 @@ def _integral(value: Any) -> Any:
 def _integral_numbers(body: dict[str, Any]) -> bool:
     """Turn integral floats where integers belong into ints, in place; True if any was."""
     changed = False
-    for key in _INTEGERS:
-        value = body.get(key)
+    for key in _INTEGERS.intersection(body):
+        value = body[key]
         if _is_integral(value):
             body[key] = int(value)
             changed = True
-    for key in _TOKEN_ARRAYS:
-        value = body.get(key)
+    for key in _TOKEN_ARRAYS.intersection(body):
+        value = body[key]
         if type(value) is not list or not value or type(value[0]) is str:
             continue  # text, the common case, is not scanned
         for i, item in enumerate(value):

@@ -29,7 +29,9 @@ def route_headers(served: Served[Any]) -> dict[str, str]:
         "x-aiproxy-provider": route.model.provider,
         "x-aiproxy-attempts": str(served.attempts),
     }
-    headers.update(_rate_headers(served.decision))
+    decision = served.decision
+    if decision.requests_limit is not None or decision.tokens_limit is not None:
+        headers.update(_rate_headers(decision))  # the model has limits to report
     return headers
 
 
@@ -56,8 +58,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         served = await router.chat(trace, trace.grant, chat)
         data = served.result.data
         data["model"] = served.route.name
-        return web.Response(body=orjson.dumps(data), headers={**JSON_HEADERS,
-                                                              **route_headers(served)})
+        headers = route_headers(served)
+        headers.update(JSON_HEADERS)
+        return web.Response(body=orjson.dumps(data), headers=headers)
     stream = trace.open_stream = await router.stream(trace, trace.grant, chat)
     response = web.StreamResponse(headers={**SSE_HEADERS, **route_headers(stream.served)})
     await response.prepare(request)
