@@ -313,8 +313,12 @@ class Provider:
     @property
     def client_timeout(self) -> aiohttp.ClientTimeout:
         """Connect bound for upstream calls; the core bounds first token, idle and total."""
-        connect = self.model.timeouts.connect or DEFAULT_CONNECT_TIMEOUT
-        return aiohttp.ClientTimeout(total=None, connect=connect, sock_connect=connect)
+        timeout = self.__dict__.get("_aiproxy_client_timeout")
+        if timeout is None:  # built once: the model's config never changes under a provider
+            connect = self.model.timeouts.connect or DEFAULT_CONNECT_TIMEOUT
+            timeout = self.__dict__["_aiproxy_client_timeout"] = aiohttp.ClientTimeout(
+                total=None, connect=connect, sock_connect=connect)
+        return timeout
 
     async def send(
         self,
@@ -483,6 +487,14 @@ async def _read_bounded(resp: aiohttp.ClientResponse, limit: int, name: str, *,
         resp.close()
         raise UpstreamError(ErrorKind.PROTOCOL, f"{name}: the upstream answer is larger "
                             f"({declared} bytes) than the bound of {limit} bytes", status=502)
+    if declared is not None and declared <= limit and "Content-Encoding" not in resp.headers:
+        # A declared length within the bound: aiohttp's parser delivers exactly that many
+        # bytes (a longer body is a protocol error), so one read is bounded already.
+        try:
+            return await resp.read()
+        except (aiohttp.ClientError, TimeoutError):
+            resp.close()
+            raise
     parts: list[bytes] = []
     size = 0
     try:

@@ -55,21 +55,23 @@ class Limits:
         return cls(model.requests_per_minute, model.requests_per_hour, model.requests_per_day,
                    model.tokens_per_minute, model.tokens_per_day)
 
-    @property
-    def request_windows(self) -> tuple[tuple[float, int], ...]:
-        """``(window seconds, limit)`` of every request limit that is set."""
-        return tuple((w, n) for w, n in ((MINUTE, self.requests_per_minute),
-                                         (HOUR, self.requests_per_hour),
-                                         (DAY, self.requests_per_day)) if n > 0)
+    # Derived once (a Limits is immutable and asked on every request): ``(window seconds,
+    # limit)`` of every request and token limit that is set, and whether none is.
+    request_windows: tuple[tuple[float, int], ...] = attrs.field(init=False, eq=False,
+                                                                 repr=False)
+    token_windows: tuple[tuple[float, int], ...] = attrs.field(init=False, eq=False,
+                                                               repr=False)
+    unlimited: bool = attrs.field(init=False, eq=False, repr=False)
 
-    @property
-    def token_windows(self) -> tuple[tuple[float, int], ...]:
-        return tuple((w, n) for w, n in ((MINUTE, self.tokens_per_minute),
-                                         (DAY, self.tokens_per_day)) if n > 0)
-
-    @property
-    def unlimited(self) -> bool:
-        return not self.request_windows and not self.token_windows
+    def __attrs_post_init__(self) -> None:
+        requests = tuple((w, n) for w, n in ((MINUTE, self.requests_per_minute),
+                                             (HOUR, self.requests_per_hour),
+                                             (DAY, self.requests_per_day)) if n > 0)
+        tokens = tuple((w, n) for w, n in ((MINUTE, self.tokens_per_minute),
+                                           (DAY, self.tokens_per_day)) if n > 0)
+        object.__setattr__(self, "request_windows", requests)
+        object.__setattr__(self, "token_windows", tokens)
+        object.__setattr__(self, "unlimited", not requests and not tokens)
 
 
 @attrs.frozen

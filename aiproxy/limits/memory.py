@@ -106,6 +106,12 @@ class InMemoryRateLimiter(RateLimiter):
         tokens = bounded_tokens(tokens)
         self._maybe_sweep(now)
         state = self._keys.get(key)
+        if limits.unlimited:
+            # Nothing to count (most models): only a park refuses, and no state is kept.
+            if state is not None and state.parked_until > now:
+                return Decision(allowed=False, retry_after=state.parked_until - now)
+            return Decision(allowed=True, reservation=Reservation(
+                key=key, id=str(next(self._ids)), tokens=tokens, at=now))
         if state is None:
             state = self._keys[key] = _KeyState()
         allowed, retry = True, 0.0

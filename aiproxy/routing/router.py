@@ -124,20 +124,26 @@ class Exchange:
         if self.settled:
             return
         self.settled = True
-        await asyncio.shield(self._settle(attempt, verdict, usage, used))
+        owed = self._settle(attempt, verdict, usage, used)
+        if owed:
+            # Only the limiter calls can wait; shielded, so a cancelled request still gives
+            # back what it took. (Most requests owe none: no token limits, nothing to await.)
+            await asyncio.shield(self.router.reconcile_all(owed))
 
-    async def _settle(self, attempt: Attempt | None, verdict: Verdict,
-                      usage: Mapping[str, Any] | None, used: int | None) -> None:
+    def _settle(self, attempt: Attempt | None, verdict: Verdict,
+                usage: Mapping[str, Any] | None, used: int | None) -> list[_Owed]:
+        """Everything of the settlement but the limiter calls, which it returns."""
         router, record = self.router, self.record
         reported = usage_tokens(usage)
         tokens = reported if reported is not None else used
         record.attempts = self.attempts
         record.upstream_ms = round(self.upstream * 1000, 2) if self.attempts else None
+        owed: list[_Owed] = []
         if attempt is not None:
             route = attempt.route
             attempt.probe.end(verdict)
             router.metrics.breaker_state(route.name, route.breaker.state.value)
-            await router.reconcile(attempt.decision.reservation, route.limits, tokens)
+            _owe(owed, attempt.decision.reservation, route.limits, tokens)
             if isinstance(usage, Mapping):
                 for key, direction in (("prompt_tokens", "in"), ("completion_tokens", "out")):
                     value = usage.get(key)
@@ -150,15 +156,18 @@ class Exchange:
                 record.tokens_reasoning = _detail(usage, "completion_tokens_details",
                                                   "reasoning_tokens")
         if self.grant is not None:
-            await router.reconcile(self.key_reservation, self.grant.limits,
-                                   tokens if attempt is not None else 0)
+            _owe(owed, self.key_reservation, self.grant.limits,
+                 tokens if attempt is not None else 0)
+        return owed
 
     async def end_attempt(self, attempt: Attempt, verdict: Verdict, used: int | None) -> None:
         """End one attempt that is not the answer (a hedge that lost, a stream continued
         elsewhere): its breaker verdict, its model reservation settled at ``used``."""
         attempt.probe.end(verdict)
-        await asyncio.shield(self.router.reconcile(attempt.decision.reservation,
-                                                   attempt.route.limits, used))
+        owed: list[_Owed] = []
+        _owe(owed, attempt.decision.reservation, attempt.route.limits, used)
+        if owed:
+            await asyncio.shield(self.router.reconcile_all(owed))
 
     async def run(self, call: Callable[[Route], Awaitable[T]]) -> tuple[Attempt, T]:
         """Candidates in order until one answers, under the retry policy (see
@@ -188,7 +197,6 @@ class Exchange:
         router = self.router
         policy = plan[0].retry
         deadline = router.clock() + policy.max_time
-        fallbacks = self._fallbacks(plan)
         candidates = plan
         for round_no in range(policy.max_retries + 1):
             retry_next: list[Route] = []
@@ -205,6 +213,7 @@ class Exchange:
                     # Every remaining candidate not known to be smaller (an unknown length
                     # may be larger), and the configured fallbacks always.
                     size = route.model.max_request_length
+                    fallbacks = self._fallbacks(plan)
                     queue = [r for r in queue if r.name in fallbacks or not size
                              or not r.model.max_request_length
                              or r.model.max_request_length > size]
@@ -284,8 +293,8 @@ class Exchange:
         """An attempt of ``route``; when it has not answered after its hedge delay and
         another candidate is queued, that one starts beside it and whichever answers first
         wins (the other is cancelled and settled at once). At most one extra call."""
-        delay = route.hedge_delay(self.streaming)
-        if delay is None or not queue:
+        delay = route.hedge_delay(self.streaming) if queue else None
+        if delay is None:
             return await self._attempt(route, call, tally)
         loop = asyncio.get_running_loop()
         primary = loop.create_task(self._attempt(route, call, tally))
@@ -517,13 +526,18 @@ class Router:
 
     async def reconcile(self, reservation: Reservation | None, limits: Limits,
                         tokens: int | None) -> None:
-        """Replace a reservation's estimate by ``tokens`` (``None``: the estimate stands)."""
-        if reservation is None or tokens is None:
+        """Replace a reservation's estimate by ``tokens`` (``None``: the estimate stands).
+        Only token windows count tokens: without one there is nothing to reconcile."""
+        if reservation is None or tokens is None or not limits.token_windows:
             return
         try:
             await self.limiter.reconcile(reservation, limits, tokens)
         except LimiterUnavailable:
             log.warning("reconcile_failed", key=reservation.key)
+
+    async def reconcile_all(self, owed: list[_Owed]) -> None:
+        for reservation, limits, tokens in owed:
+            await self.reconcile(reservation, limits, tokens)
 
     async def park(self, name: str, seconds: float) -> None:
         try:
@@ -682,6 +696,16 @@ class Router:
 
 
 _PLUGIN_FAILED = "provider_failed"
+
+# A reservation to reconcile at settlement: the reservation, its subject's limits, the tokens.
+_Owed = tuple[Reservation, Limits, int]
+
+
+def _owe(owed: list[_Owed], reservation: Reservation | None, limits: Limits,
+         tokens: int | None) -> None:
+    """Note a reconcile that has something to do (see :meth:`Router.reconcile`)."""
+    if reservation is not None and tokens is not None and limits.token_windows:
+        owed.append((reservation, limits, tokens))
 
 
 def _plugin_failure(route: Route, exc: Exception, record: Record) -> UpstreamError:
