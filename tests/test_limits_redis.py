@@ -434,3 +434,23 @@ class TestBatching:
         task.cancel()
         await limiter.close()
         assert await client.hget("test:limit:{m}:tok:60:amt", "total") == "7"
+
+    async def test_a_slow_answer_times_out_and_is_never_read_by_the_next(
+            self, redis_server: RedisServer, client: redis.asyncio.Redis,
+            recorder: Recorder) -> None:
+        lim = RedisRateLimiter(redis_server.url, prefix="test:", timeout=0.2)
+        limits = Limits(requests_per_minute=10)
+        assert (await lim.acquire("m", limits)).requests_remaining == 9
+        await client.execute_command("CLIENT", "PAUSE", "1000", "WRITE")
+        began = time.monotonic()
+        late = await lim.acquire("m", limits)  # sent, answered only after the pause
+        assert time.monotonic() - began < 0.9  # one bound of `timeout` once connected
+        assert late.degraded
+        await asyncio.sleep(1.0)  # the pause ends; the late run's socket is closed by now
+        # Whether Redis still ran the late script or dropped it with its closed client, the
+        # next caller reads its own answer, never the late one.
+        after = await lim.acquire("m", limits)
+        assert not after.degraded
+        assert after.requests_remaining == 10 - await client.zcard("test:limit:{m}:req")
+        assert after.requests_remaining in (7, 8)
+        await lim.close()

@@ -101,8 +101,12 @@ class RedisRateLimiter(RateLimiter):
                  timeout: float = 0.5, max_connections: int = 64) -> None:
         if fail_mode not in ("open", "closed"):
             raise ValueError(f"fail_mode must be 'open' or 'closed', not {fail_mode!r}")
-        # Hard ceiling per round trip (connect + read), also for a caller's client that may
-        # retry. It is the one bound a batch's callers wait under.
+        # Hard ceiling per round trip (a pooled connection, connect, send, read), also for a
+        # caller's client that may retry. Once a connection is in hand the round trip gets
+        # `timeout` (twice that when it must connect first), on the same single timer: one
+        # bound per round trip instead of redis-py's socket timeouts, which cost a Task
+        # (wait_for) on every send and a second timer on every read.
+        self._timeout = timeout
         self._deadline = 2 * timeout + 0.5
         self._owns_client = isinstance(url_or_client, str)
         if isinstance(url_or_client, str):
@@ -110,8 +114,7 @@ class RedisRateLimiter(RateLimiter):
             # failing "too many connections". No retries: a dead Redis must answer at once.
             pool = BlockingConnectionPool.from_url(
                 url_or_client, max_connections=max_connections, timeout=self._deadline,
-                socket_timeout=timeout, socket_connect_timeout=timeout,
-                retry=Retry(NoBackoff(), 0))
+                socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0))
             self._client: Redis = Redis(connection_pool=pool)
         else:
             self._client = url_or_client
@@ -269,37 +272,54 @@ class RedisRateLimiter(RateLimiter):
         Failing to get answers at all (connection, timeout) becomes :class:`LimiterUnavailable`.
         """
         try:
-            async with asyncio.timeout(self._deadline):
+            async with asyncio.timeout(self._deadline) as bound:
                 try:
-                    replies = await self._execute(commands)
+                    replies = await self._execute(commands, bound)
                 except RedisConnectionError:
                     # A pooled connection from before a Redis restart fails once, on first use;
                     # a fresh one answers (or fails at once when Redis is still down).
-                    replies = await self._execute(commands)
+                    replies = await self._execute(commands, bound)
                 missing = [i for i, reply in enumerate(replies)
                            if isinstance(reply, NoScriptError)]
                 if missing:  # a fresh or flushed Redis: load, then run just those again
-                    for script in {scripts[i] for i in missing}:
-                        await self._client.script_load(script.text)
-                    again = await self._execute([commands[i] for i in missing])
-                    for i, reply in zip(missing, again, strict=True):
+                    loads = [("SCRIPT", "LOAD", script.text)
+                             for script in {scripts[i]: None for i in missing}]
+                    again = await self._execute([*loads, *(commands[i] for i in missing)],
+                                                bound)
+                    for i, reply in zip(missing, again[len(loads):], strict=True):
                         replies[i] = reply
         except (RedisError, OSError) as exc:  # TimeoutError is an OSError
             self._warn(exc)
             raise self._unavailable(exc) from exc
         return replies
 
-    async def _execute(self, commands: Sequence[tuple[str | int, ...]]) -> list[Any]:
-        if len(commands) == 1:  # the common case: no pipeline to build
-            try:
-                return [await self._client.execute_command(  # type: ignore[no-untyped-call]
-                    *commands[0])]
-            except ResponseError as exc:
-                return [exc]
-        async with self._client.pipeline(transaction=False) as pipe:
-            for command in commands:
-                pipe.execute_command(*command)
-            return await pipe.execute(raise_on_error=False)
+    async def _execute(self, commands: Sequence[tuple[str | int, ...]],
+                       bound: asyncio.Timeout) -> list[Any]:
+        """One write of every command on one pooled connection, then every reply.
+
+        redis-py's own ``execute_command`` and pipelines wrap this in retries, observability
+        hooks and per-command callbacks, none of which a script call needs. Its connection
+        still connects (with its handshake), packs, parses (hiredis) and disconnects itself on
+        any failure mid-way, so a reply can never be read by the wrong round trip.
+        """
+        pool = self._client.connection_pool
+        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            left = self._timeout if conn.is_connected else 2 * self._timeout
+            when = bound.when()
+            limit = asyncio.get_running_loop().time() + left
+            if when is None or limit < when:
+                bound.reschedule(limit)
+            await conn.send_packed_command(conn.pack_commands(commands))
+            replies: list[Any] = []
+            for _ in commands:
+                try:
+                    replies.append(await conn.read_response())
+                except ResponseError as exc:  # this command failed; the connection is fine
+                    replies.append(exc)
+            return replies
+        finally:
+            await pool.release(conn)
 
     @staticmethod
     def _unavailable(exc: BaseException) -> LimiterUnavailable:
