@@ -14,16 +14,20 @@ last step) and ``ab.py --icount`` use this module; the method, for each server c
 3. Phases: ``callgrind_control -z`` (zero), exactly ``n`` requests from an aiohttp client in
    this process with ``conns`` requests in flight, ``callgrind_control -d`` (dump); the dump's
    ``totals:`` line (Ir, instructions executed in user space, all threads) divided by ``n``.
-   Two phases by default; their relative difference (``spread``) shows how repeatable the
-   figure is, and their mean is reported.
+   Two phases by default; their mean is reported, with their relative difference
+   (``spread``). Phases differ mostly by the full garbage collections that fall in one or
+   the other; with the same code and hash seed that schedule repeats, so the mean of a run
+   repeats more closely than two phases agree (runs of one tree: within ~0.5%).
 
 What is counted: everything the server process executes while the phase runs, including the
-access log's and the usage ledger's periodic flushes. Under valgrind the server is ~50 times slower,
-so a periodic flush (every 0.5 s, 1 s) covers fewer requests than at full speed and weighs a
-little more per request (well under 1% here). Kernel work (syscalls, loopback TCP) is not
-counted: callgrind sees only user space. With ``conns`` requests always waiting (the client is
-far ahead of a server under valgrind), each event-loop iteration handles a steady batch, which
-is also what a server saturated by 32 connections does at full speed.
+access log's and the usage ledger's periodic flushes. Under valgrind the server is ~50 times
+slower, so a periodic flush (every 0.5 s, 1 s) covers fewer requests than at full speed and
+weighs a little more per request (all of the ledger's SQLite work, rows and commits, is ~3%
+of aiproxy's count; the fixed cost per flush is a part of that). Kernel work (syscalls,
+loopback TCP) is not counted: callgrind sees only user space. With ``conns`` requests always
+waiting (the client is far ahead of a server under valgrind), each event-loop iteration
+handles a steady batch, which is also what a server saturated by 32 connections does at
+full speed.
 """
 
 from __future__ import annotations
@@ -32,11 +36,23 @@ import asyncio
 import shutil
 import subprocess
 from pathlib import Path
+from typing import TypedDict
 
 import aiohttp
 
 VALGRIND = "valgrind"
 CALLGRIND_CONTROL = "callgrind_control"
+
+
+class Count(TypedDict):
+    """Instructions per request of one path: the mean of the phases, each phase's figure."""
+
+    per_request: float
+    phases: list[float]
+    spread: float
+    requests: int  # a phase
+    conns: int
+    warmup: int
 
 
 def available() -> str | None:
@@ -158,9 +174,9 @@ async def _count(grind: Callgrind, url: str, req_body: str, headers: dict[str, s
 
 
 def count(grind: Callgrind, url: str, req_body: str, headers: dict[str, str], *, n: int,
-          warmup: int, conns: int, phases: int = 2, stream: bool = False) -> dict:
+          warmup: int, conns: int, phases: int = 2, stream: bool = False) -> Count:
     """Instructions per request of the server behind ``grind`` (see the module docstring)."""
     per_request = asyncio.run(_count(grind, url, req_body, headers, n=n, warmup=warmup,
                                      conns=conns, phases=phases, stream=stream))
-    return {"per_request": sum(per_request) / len(per_request), "phases": per_request,
-            "spread": spread(per_request), "requests": n, "conns": conns, "warmup": warmup}
+    return Count(per_request=sum(per_request) / len(per_request), phases=per_request,
+                 spread=spread(per_request), requests=n, conns=conns, warmup=warmup)

@@ -1,0 +1,211 @@
+"""The benchmark harness's own logic (benchmarks/): callgrind dumps, the ledger's counters,
+the --workers plan and the scoring of targets. Nothing here is timed."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _load(name: str, module: str) -> ModuleType:
+    # benchmarks/ is scripts, not a package: load them by path. run.py's ``import icount``
+    # finds the module registered here.
+    spec = importlib.util.spec_from_file_location(module, BENCH / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[module] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+icount = _load("icount", "icount")
+bench_run = _load("run", "aiproxy_bench_run")
+
+DUMP = """# callgrind format
+version: 1
+creator: callgrind-3.19.0
+pid: 4242
+cmd:  python floor_passthrough.py
+part: 1
+
+desc: I1 cache:
+positions: line
+events: Ir
+summary: 395690470
+
+fn=(1) main
+0 12
+totals: 395690470
+"""
+
+
+class TestCallgrindDump:
+    def test_totals_line_is_the_count(self) -> None:
+        assert icount.parse_totals(DUMP) == 395690470
+
+    def test_totals_win_over_a_differing_summary(self) -> None:
+        # A dump taken while a thread was mid-way: the cost lines hold the truth.
+        text = DUMP.replace("totals: 395690470", "totals: 395690999")
+        assert icount.parse_totals(text) == 395690999
+
+    def test_summary_alone_is_used(self) -> None:
+        assert icount.parse_totals(DUMP.replace("totals: 395690470\n", "")) == 395690470
+
+    def test_first_event_of_several(self) -> None:
+        text = "events: Ir Dr Dw\nsummary: 10 20 30\ntotals: 11 21 31\n"
+        assert icount.parse_totals(text) == 11
+
+    def test_no_count_is_an_error(self) -> None:
+        with pytest.raises(ValueError, match="no totals"):
+            icount.parse_totals("events: Ir\nfn=(1) main\n0 12\n")
+
+    def test_spread(self) -> None:
+        assert icount.spread([99.0, 101.0]) == pytest.approx(0.02)
+        assert icount.spread([5.0]) == 0.0
+
+
+class TestLedgerRecords:
+    METRICS = """# HELP aiproxy_usage_records_written_total Usage records written.
+# TYPE aiproxy_usage_records_written_total counter
+aiproxy_usage_records_written_total 100.0
+# TYPE aiproxy_usage_records_queued gauge
+aiproxy_usage_records_queued 7.0
+aiproxy_usage_records_dropped_total 0.0
+"""
+
+    def test_written_and_queued_count(self) -> None:
+        assert bench_run.ledger_records(self.METRICS) == 107.0
+
+    def test_no_ledger_counters(self) -> None:
+        assert bench_run.ledger_records("aiproxy_requests_total 3.0\n") is None
+
+
+class TestWorkersPlan:
+    def test_two_cores_cannot_scale(self) -> None:
+        assert bench_run.workers_plan(2, 2) is None
+
+    def test_three_cores_cannot_either(self) -> None:
+        assert bench_run.workers_plan(3, 2) is None
+
+    def test_four_cores_two_workers(self) -> None:
+        assert bench_run.workers_plan(4, 2) == ({1: "0", 2: "0-1"}, "2-3", 2)
+
+    def test_the_load_needs_two_cores(self) -> None:
+        assert bench_run.workers_plan(4, 3) is None
+
+    def test_wrk_threads_are_capped(self) -> None:
+        assert bench_run.workers_plan(16, 4) == ({1: "0", 4: "0-3"}, "4-15", 4)
+
+
+def _row(scenario: str, mode: str, conns: int, rps: float, cpu_us: float,
+         p50: float = 1.0) -> dict:
+    return {"scenario": scenario, "mode": mode, "conns": conns, "rps": rps, "cpu_us": cpu_us,
+            "p50": p50, "p90": p50, "p99": p50, "errors": 0, "non2xx": 0, "rss_mb": 40.0,
+            "other_load": 0.0, "ledger": "1000"}
+
+
+@pytest.fixture
+def bench() -> object:
+    made = bench_run.Bench(bench_run.parse_args([]))
+    yield made
+    shutil.rmtree(made.workdir, ignore_errors=True)
+
+
+def _scored(bench: object, **changes: float) -> dict[str, dict]:
+    rows = [
+        _row("direct (mock upstream)", "non-stream", 1, 20000, 40, p50=0.04),
+        _row("floor pass-through", "non-stream", 1, 2000, 300, p50=0.45),
+        _row("aiproxy", "non-stream", 1, 1800, 350, p50=changes.get("p50", 0.53)),
+        _row("floor pass-through", "non-stream", 32, 6000, 150),
+        _row("aiproxy", "non-stream", 32, changes.get("rps", 4800), changes.get("cpu", 195)),
+        _row("aiproxy + in-memory limits", "non-stream", 32, 4500, 205),
+        _row("aiproxy + Redis limits", "non-stream", 32, changes.get("redis", 4100), 230),
+        _row("floor SSE relay", "stream", 32, 1000, 950),
+        _row("aiproxy", "stream", 32, 1800, 560),
+    ]
+    bench.rows = rows  # type: ignore[attr-defined]
+    bench.extra["icount"] = [  # type: ignore[attr-defined]
+        {"scenario": "floor pass-through", "mode": "non-stream", "per_request": 700e3,
+         "phases": [700e3, 700e3], "spread": 0.0, "requests": 800, "conns": 32},
+        {"scenario": "aiproxy", "mode": "non-stream", "per_request": 1050e3,
+         "phases": [1049e3, 1051e3], "spread": 0.002, "requests": 800, "conns": 32}]
+    bench.extra["workers"] = {"n": 2, "cpus": 2, "pinned": False,  # type: ignore[attr-defined]
+                              "one": _row("w1", "non-stream", 32, 3800, 200),
+                              "many": _row("w2", "non-stream", 32, 3100, 250)}
+    bench.evaluate()  # type: ignore[attr-defined]
+    return {t["target"]: t for t in bench.targets}  # type: ignore[attr-defined]
+
+
+def _find(targets: dict[str, dict], start: str) -> dict:
+    return next(t for name, t in targets.items() if name.startswith(start))
+
+
+class TestTargets:
+    def test_cpu_ratio_at_the_limit_passes(self, bench: object) -> None:
+        cpu = _find(_scored(bench, cpu=199.5), "non-stream, 32 conns (LOG_LEVEL=INFO")
+        assert cpu["value"] == pytest.approx(1.33)
+        assert cpu["result"] == "PASS"
+        assert cpu["measured"] == "CPU 200 / 150 us/req"
+
+    def test_cpu_ratio_above_the_limit_fails(self, bench: object) -> None:
+        assert _find(_scored(bench, cpu=210), "non-stream, 32 conns (LOG")["result"] == "FAIL"
+
+    def test_throughput_ratio(self, bench: object) -> None:
+        targets = _scored(bench, rps=4440)
+        assert _find(targets, "non-stream, 32 conns: aiproxy / floor")["result"] == "FAIL"
+
+    def test_one_connection_p50_against_the_floor(self, bench: object) -> None:
+        name = "1 conn, non-stream: p50 aiproxy - floor"
+        assert _find(_scored(bench, p50=0.55), name)["result"] == "PASS"
+        bench.targets = []  # type: ignore[attr-defined]
+        assert _find(_scored(bench, p50=0.56), name)["result"] == "FAIL"
+
+    def test_redis_limit_is_085(self, bench: object) -> None:
+        name = "non-stream, 32 conns: aiproxy + Redis limits"
+        redis = _find(_scored(bench, redis=4080), name)
+        assert redis["limit"] == ">= 0.85"
+        assert redis["result"] == "PASS"
+        assert "CPU 230 / 195 us/req = 1.18x" in redis["measured"]
+        assert _find(_scored(bench, redis=4070), name)["result"] == "FAIL"
+
+    def test_stream_floor_ratio_is_one(self, bench: object) -> None:
+        stream = _find(_scored(bench), "stream (50 chunks)")
+        assert stream["limit"] == ">= 1.00"
+
+    def test_instruction_ratio_comes_first_then_cpu(self, bench: object) -> None:
+        _scored(bench)
+        headline = bench.headline()  # type: ignore[attr-defined]
+        assert headline[0].startswith(
+            "instructions per request (non-stream): aiproxy / floor pass-through = 1.500")
+        assert "informational" in headline[0]
+        assert headline[1].startswith("non-stream, 32 conns (LOG_LEVEL=INFO, metrics, ledger)")
+        assert bench.targets[0]["target"].startswith(  # type: ignore[attr-defined]
+            "instructions per request")
+
+    def test_workers_on_two_cores_is_not_a_scaling_figure(self, bench: object) -> None:
+        workers = _find(_scored(bench), "--workers 2 / --workers 1")
+        assert workers["value"] is None
+        assert "not measurable here: 2 CPUs" in workers["measured"]
+        assert "3100 / 3800 req/s" in workers["measured"]
+
+    def test_workers_pinned_report_the_ratio(self, bench: object) -> None:
+        _scored(bench)
+        bench.extra["workers"]["pinned"] = True  # type: ignore[attr-defined]
+        bench.evaluate()  # type: ignore[attr-defined]
+        workers = next(t for t in bench.targets  # type: ignore[attr-defined]
+                       if t["target"].startswith("--workers 2"))
+        assert workers["value"] == pytest.approx(3100 / 3800)
+
+    def test_icount_only_scores_only_the_counts(self, bench: object) -> None:
+        _scored(bench)
+        bench.rows = []  # type: ignore[attr-defined]
+        bench.evaluate()  # type: ignore[attr-defined]
+        assert [t["target"] for t in bench.targets] == [  # type: ignore[attr-defined]
+            "instructions per request (non-stream): aiproxy / floor pass-through"]
