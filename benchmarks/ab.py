@@ -8,6 +8,13 @@ Each tree is run as ``python -m aiproxy`` with ``PYTHONPATH=<tree>`` (its ``aipr
 ``aiproxy_providers`` packages win over the installed ones), pinned like ``run.py``. Rounds
 alternate A, B, B, A, ... so drift on a shared machine hits both; medians are reported with
 the B/A ratio. Stream mode also reports the per-chunk one-way delay (stamped chunks).
+
+``--icount``: instead of timing, count instructions per request (and per stream) of each tree
+under callgrind, one after the other on the server core (see ``icount.py``): a comparison
+other load on the machine cannot move. Each count is the mean of ``--icount-phases`` phases;
+their spread is printed beside it.
+
+Each tree's aiproxy has its usage ledger on, in an SQLite file of its own.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import icount
 from run import (
     CHUNKS,
     HERE,
@@ -31,12 +39,63 @@ from run import (
     TOKEN,
     Proc,
     _chunk_delays,
+    _headers,
     bench_config,
     body,
     check,
     free_port,
     run_wrk,
 )
+
+
+def tree_env(workdir: Path, name: str, tree: str, extra: list[str]) -> dict[str, str]:
+    """Environment of tree ``name``'s aiproxy: its source tree first on the path, a usage
+    ledger of its own (A and B never share a database file), then --a-env / --b-env."""
+    return {"PYTHONPATH": str(Path(tree).resolve()),
+            "DATABASE_URL": f"sqlite:///{workdir / f'usage-{name}.db'}",
+            **dict(kv.split("=", 1) for kv in extra)}
+
+
+def count_trees(args: argparse.Namespace, workdir: Path, cfg: Path, env: dict[str, str],
+                modes: tuple[str, ...], server_core: str | None) -> int:
+    """--icount: instructions per request of A, then of B, and B/A for each mode."""
+    counts: dict[str, dict[str, dict]] = {}
+    for name, tree, extra in (("A", args.a, args.a_env), ("B", args.b, args.b_env)):
+        print(f"{name} = {tree} {' '.join(extra)}")
+        port = free_port()
+        out = workdir / f"icount-{name}.callgrind"
+        proc = Proc(f"aiproxy-{name}", [*icount.valgrind_argv(out), sys.executable, "-m",
+                                        "aiproxy", "--config", str(cfg), "--addr",
+                                        f"127.0.0.1:{port}"],
+                    core=server_core, port=port, workdir=workdir,
+                    env={**env, **tree_env(workdir, name, tree, extra),
+                         **icount.valgrind_env()})
+        try:
+            proc.wait_ready(timeout=300)
+            url = f"http://127.0.0.1:{port}/v1/chat/completions"
+            grind = icount.Callgrind(proc.pid, out)
+            for mode in modes:
+                stream = mode == "stream"
+                problem = check(url, MODEL, stream)
+                if problem:
+                    raise RuntimeError(f"{name} fails a {mode} request: {problem}\n"
+                                       f"{proc.stderr_tail()}")
+                res = icount.count(grind, url, body(MODEL, stream), _headers(),
+                                   n=args.icount_streams if stream else args.icount_requests,
+                                   warmup=max(1, args.icount_warmup // (10 if stream else 1)),
+                                   conns=args.conns, phases=max(1, args.icount_phases),
+                                   stream=stream)
+                counts.setdefault(mode, {})[name] = res
+                phases = ", ".join(f"{p:,.0f}" for p in res["phases"])
+                print(f"{mode}: {name} {res['per_request']:,.0f} instructions/"
+                      f"{'stream' if stream else 'request'} (phases {phases}; spread "
+                      f"{100 * res['spread']:.2f}%)")
+        finally:
+            proc.stop()
+    for mode, by in counts.items():
+        print(f"{mode}: instructions per request B/A = "
+              f"{by['B']['per_request'] / by['A']['per_request']:.4f}")
+    return 0
 
 
 def main() -> int:
@@ -54,7 +113,18 @@ def main() -> int:
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--chunk-streams", type=int, default=100,
                         help="stamped streams per tree for the per-chunk delay (stream mode)")
+    parser.add_argument("--icount", action="store_true",
+                        help="compare instructions per request under callgrind, not timings")
+    parser.add_argument("--icount-requests", type=int, default=800,
+                        help="non-stream requests per counted phase")
+    parser.add_argument("--icount-streams", type=int, default=50,
+                        help="streams per counted phase")
+    parser.add_argument("--icount-phases", type=int, default=2)
+    parser.add_argument("--icount-warmup", type=int, default=200)
     args = parser.parse_args()
+    if args.icount and (why := icount.available()):
+        print(why, file=sys.stderr)
+        return 2
     pin = (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None
     server_core, load_core = (SERVER_CORE, LOAD_CORE) if pin else (None, None)
     if pin:
@@ -77,21 +147,22 @@ def main() -> int:
             env["REDIS_URL"] = f"redis://127.0.0.1:{rport}/0"
         cfg = workdir / "bench.yaml"
         cfg.write_text(bench_config(mock.port, limits=args.limits != "none"))
+        modes = ("non-stream", "stream") if args.mode == "both" else (args.mode,)
+        if args.icount:
+            return count_trees(args, workdir, cfg, env, modes, server_core)
         procs = {}
         for name, tree, extra in (("A", args.a, args.a_env), ("B", args.b, args.b_env)):
             pport = free_port()
             procs[name] = Proc(f"aiproxy-{name}", [sys.executable, "-m", "aiproxy", "--config",
                                                    str(cfg), "--addr", f"127.0.0.1:{pport}"],
                                core=server_core, port=pport, workdir=workdir,
-                               env={**env, "PYTHONPATH": str(Path(tree).resolve()),
-                                    **dict(kv.split("=", 1) for kv in extra)})
+                               env={**env, **tree_env(workdir, name, tree, extra)})
             procs[name].wait_ready()
         urls = {n: f"http://127.0.0.1:{p.port}/v1/chat/completions" for n, p in procs.items()}
         print(f"A = {args.a} {' '.join(args.a_env)}")
         print(f"B = {args.b} {' '.join(args.b_env)}")
         print(f"{args.conns} connections, {args.rounds} rounds of "
               f"{args.duration:g} s, limits {args.limits}, LOG_LEVEL={args.log_level}")
-        modes = ("non-stream", "stream") if args.mode == "both" else (args.mode,)
         for mode in modes:
             stream = mode == "stream"
             for name, url in urls.items():
