@@ -38,6 +38,7 @@ from aiproxy.provider import (
 )
 from aiproxy.record import AttemptEntry, Record
 from aiproxy.routing.breaker import BreakerState, Probe, Verdict
+from aiproxy.routing.deadline import deadline
 from aiproxy.routing.plan import Planner, Route, Served
 from aiproxy.routing.stream import ChatChunks, RoutedStream, StreamLens
 
@@ -89,7 +90,7 @@ class Attempt:
     started: float
 
 
-@attrs.define(eq=False)
+@attrs.define(eq=False, slots=True)
 class Exchange:
     """One request from admission to settlement; :meth:`settle` runs exactly once."""
 
@@ -372,7 +373,10 @@ class Exchange:
                 await self._failed(attempt, err, tally)
                 return err
             except (asyncio.CancelledError, ProxyError):
-                await asyncio.shield(router.reconcile(decision.reservation, route.limits, 0))
+                owed: list[_Owed] = []
+                _owe(owed, decision.reservation, route.limits, 0)
+                if owed:
+                    await asyncio.shield(router.reconcile_all(owed))
                 raise
             except Exception as exc:  # noqa: BLE001 - a plugin bug must not become a 500
                 bug = _plugin_failure(route, exc, self.record)
@@ -438,18 +442,22 @@ class Exchange:
                  request_id=self.record.request_id)
 
 
-@attrs.define
 class _Tally:
-    """What happened to the candidates of one request, for the final error."""
+    """What happened to the candidates of one request, for the final error. (A plain class:
+    one is made for every request.)"""
 
-    tried: list[str] = attrs.field(factory=list)
-    parked_until: dict[str, float] = attrs.field(factory=dict)  # by a 429's Retry-After
-    refused: tuple[UpstreamError, str] | None = None  # a parameter a candidate cannot take
-    last_error: UpstreamError | None = None
-    last_model: str = ""
-    limited_until: float | None = None  # earliest moment a refused candidate frees up
-    unavailable_until: float | None = None  # earliest breaker re-probe
-    only_rate_limited: bool = True
+    __slots__ = ("last_error", "last_model", "limited_until", "only_rate_limited",
+                 "parked_until", "refused", "tried", "unavailable_until")
+
+    def __init__(self) -> None:
+        self.tried: list[str] = []
+        self.parked_until: dict[str, float] = {}  # by a 429's Retry-After
+        self.refused: tuple[UpstreamError, str] | None = None  # a parameter it cannot take
+        self.last_error: UpstreamError | None = None
+        self.last_model = ""
+        self.limited_until: float | None = None  # earliest moment a refused candidate frees
+        self.unavailable_until: float | None = None  # earliest breaker re-probe
+        self.only_rate_limited = True
 
     def limited(self, seconds: float) -> None:
         self.limited_until = seconds if self.limited_until is None else min(self.limited_until,
@@ -584,7 +592,7 @@ class Router:
                                      length, estimate_tokens(length, request.body))
 
         async def call(route: Route) -> ChatResponse:
-            async with asyncio.timeout(route.timeouts.total):
+            with deadline(route.timeouts.total):
                 return await route.provider.chat(request)
 
         return await self._serve(exchange, call, lambda r: r.data.get("usage"))
@@ -596,7 +604,7 @@ class Router:
                                      Capability.EMBEDDINGS, length, length // 4)
 
         async def call(route: Route) -> EmbeddingsResponse:
-            async with asyncio.timeout(route.timeouts.total):
+            with deadline(route.timeouts.total):
                 return await route.provider.embeddings(request)
 
         return await self._serve(exchange, call, lambda r: r.data.get("usage"))
@@ -608,7 +616,7 @@ class Router:
                                      len(request.raw), 0)
 
         async def call(route: Route) -> ImageResponse:
-            async with asyncio.timeout(route.timeouts.total):
+            with deadline(route.timeouts.total):
                 return await route.provider.images(request)
 
         served = await self._serve(exchange, call, lambda r: None)
@@ -639,7 +647,7 @@ class Router:
         chunks = aiter(stream)
         started = time.monotonic()
         try:
-            async with asyncio.timeout(route.timeouts.first_token):
+            with deadline(route.timeouts.first_token):
                 first = await anext(chunks)
                 while first is MALFORMED_EVENT:
                     self.metrics.malformed.labels(route.name).inc()
@@ -668,7 +676,7 @@ class Router:
         exchange = await self._admit(record, grant, name, capability, length, estimate)
 
         async def bounded(route: Route) -> T:
-            async with asyncio.timeout(route.timeouts.total):
+            with deadline(route.timeouts.total):
                 return await call(route)
 
         return await self._serve(exchange, bounded, usage_of)

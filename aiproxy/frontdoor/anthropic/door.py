@@ -4,7 +4,6 @@ the same routing, limits, retries, failover and accounting as chat completions."
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -19,6 +18,7 @@ from aiproxy.observability import get_logger
 from aiproxy.provider import Capability, ChatRequest, ErrorKind, UpstreamError
 from aiproxy.record import Record
 from aiproxy.routing import RoutedStream, Served
+from aiproxy.routing.deadline import deadline
 from aiproxy.routing.plan import Route
 from aiproxy.routing.router import Router, estimate_tokens
 
@@ -123,7 +123,7 @@ async def count_tokens(router: Router, record: Record, grant: Grant | None,
     if isinstance(provider, SpeaksMessages):
         body, raw = native_body(request)
         try:
-            async with asyncio.timeout(route.timeouts.total):
+            with deadline(route.timeouts.total):
                 return await provider.count_tokens(body, raw, request.headers), True
         except TimeoutError:
             log.info("count_tokens_estimated", model=route.name, reason="timeout",
