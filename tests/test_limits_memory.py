@@ -215,7 +215,8 @@ async def test_park(limiter: RateLimiter, clock: FakeClock) -> None:
 
 async def test_decision_header_fields(limiter: RateLimiter, clock: FakeClock) -> None:
     unlimited = await limiter.acquire("free", Limits(), tokens=10)
-    assert unlimited.allowed and unlimited.reservation is not None
+    # A subject without limits: admitted, nothing counted, so nothing reserved to give back.
+    assert unlimited.allowed and unlimited.reservation is None
     assert (unlimited.requests_limit, unlimited.tokens_limit) == (None, None)
 
     limits = Limits(requests_per_minute=10, requests_per_hour=5, tokens_per_minute=500,

@@ -13,7 +13,8 @@ import attrs
 
 from aiproxy.config import ModelConfig
 
-__all__ = ["MAX_PARK", "MAX_TOKENS", "Decision", "LimiterUnavailable", "Limits", "RateLimiter",
+__all__ = ["ADMITTED", "MAX_PARK", "MAX_TOKENS", "Decision", "LimiterUnavailable", "Limits",
+           "RateLimiter",
            "Reservation", "bounded_seconds", "bounded_tokens", "make_decision",
            "tightest_window"]
 
@@ -89,7 +90,8 @@ class Decision:
     """The answer to one acquisition, with what the ``x-ratelimit-*`` headers report.
 
     When ``allowed`` is false nothing was taken and ``retry_after`` says when the tightest
-    window (or an upstream park) frees up. ``*_limit``/``*_remaining``/``*_reset`` describe the
+    window (or an upstream park) frees up. ``reservation`` is what was taken, to reconcile;
+    a limiter may leave it ``None`` when nothing was counted (a subject without limits). ``*_limit``/``*_remaining``/``*_reset`` describe the
     tightest request and token windows (``None`` when no such limit is set).
     """
 
@@ -104,6 +106,11 @@ class Decision:
     tokens_reset: float | None = None
     # True when the decision was made without the backend (Redis down and fail_open).
     degraded: bool = False
+
+
+# The decision for a subject without limits (and not parked): nothing counted, nothing
+# reserved, nothing to report. Decisions are immutable, so one serves every such request.
+ADMITTED = Decision(allowed=True)
 
 
 class LimiterUnavailable(Exception):

@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Callable
 
 from aiproxy.limits.base import (
+    ADMITTED,
     Decision,
     Limits,
     RateLimiter,
@@ -110,8 +111,7 @@ class InMemoryRateLimiter(RateLimiter):
             # Nothing to count (most models): only a park refuses, and no state is kept.
             if state is not None and state.parked_until > now:
                 return Decision(allowed=False, retry_after=state.parked_until - now)
-            return Decision(allowed=True, reservation=Reservation(
-                key=key, id=str(next(self._ids)), tokens=tokens, at=now))
+            return ADMITTED  # no window holds a reservation: there is nothing to give back
         if state is None:
             state = self._keys[key] = _KeyState()
         allowed, retry = True, 0.0

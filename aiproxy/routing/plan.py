@@ -82,19 +82,20 @@ class Route:
     limits: Limits = attrs.field(init=False)
     timeouts: Timeouts = attrs.field(init=False)
     secrets: Secrets = attrs.field(init=False, repr=False)  # scrubbed from upstream errors
+    # Read several times a request: plain attributes, not properties.
+    name: str = attrs.field(init=False)  # the model's name
+    breaker: CircuitBreaker = attrs.field(init=False, repr=False)  # the state's breaker
+    capabilities: frozenset[Capability] = attrs.field(init=False, repr=False)  # it serves
 
     def __attrs_post_init__(self) -> None:
         object.__setattr__(self, "limits", Limits.of(self.model))
         object.__setattr__(self, "timeouts", Timeouts.of(self.model))
         object.__setattr__(self, "secrets", Secrets.of(self.model.token, self.model.options))
-
-    @property
-    def name(self) -> str:
-        return self.model.name
-
-    @property
-    def breaker(self) -> CircuitBreaker:
-        return self.state.breaker
+        object.__setattr__(self, "name", self.model.name)
+        object.__setattr__(self, "breaker", self.state.breaker)
+        served = self.model.serves
+        object.__setattr__(self, "capabilities", frozenset(
+            c for c in self.provider.capabilities if not served or c.value in served))
 
     @property
     def accepts_continuation(self) -> bool:
@@ -119,9 +120,7 @@ class Route:
         return min(HEDGE_DEFAULT, ceiling) if stream else None
 
     def serves(self, capability: Capability) -> bool:
-        if capability not in self.provider.capabilities:
-            return False
-        return not self.model.serves or capability.value in self.model.serves
+        return capability in self.capabilities
 
 
 @attrs.frozen
