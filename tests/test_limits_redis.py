@@ -454,3 +454,35 @@ class TestBatching:
         assert after.requests_remaining == 10 - await client.zcard("test:limit:{m}:req")
         assert after.requests_remaining in (7, 8)
         await lim.close()
+
+    async def test_calls_made_during_a_flight_leave_together_when_it_lands(
+            self, limiter: RedisRateLimiter, client: redis.asyncio.Redis) -> None:
+        limits = Limits(requests_per_minute=100)
+        await limiter.acquire("m", limits)
+        before, trips = await evalsha_calls(client), limiter.round_trips
+        await client.execute_command("CLIENT", "PAUSE", "200", "WRITE")
+        first = asyncio.ensure_future(limiter.acquire("m", limits))
+        await asyncio.sleep(0.05)  # its batch is out, waiting for Redis
+        later = []
+        for _ in range(3):  # over several loop iterations
+            later += [asyncio.ensure_future(limiter.acquire("m", limits)) for _ in range(3)]
+            await asyncio.sleep(0.01)
+        decisions = await asyncio.gather(first, *later)
+        assert limiter.round_trips - trips == 2
+        assert await evalsha_calls(client) - before == 2
+        assert [d.requests_remaining for d in decisions] == list(range(98, 88, -1))
+
+    async def test_waiting_behind_a_hung_flight_keeps_the_ceiling(
+            self, silent_port: int, recorder: Recorder) -> None:
+        lim = RedisRateLimiter(f"redis://127.0.0.1:{silent_port}/0", timeout=0.3)
+        limits = Limits(requests_per_minute=1)
+        first = asyncio.ensure_future(lim.acquire("m", limits))
+        await asyncio.sleep(0.1)
+        asked = time.monotonic()
+        second = await lim.acquire("m", limits)  # queued behind the hung one
+        # Waiting for the hung flight counts against its own bound: it answers within the
+        # one ceiling (2 * 0.3 + 0.5 s) of its asking, not after the first's bound plus it.
+        assert time.monotonic() - asked < 1.1 + 0.5
+        assert second.degraded and (await first).degraded
+        assert lim.round_trips == 2
+        await lim.close()

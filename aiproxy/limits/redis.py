@@ -179,8 +179,10 @@ class RedisRateLimiter(RateLimiter):
                             reservation=Reservation(key=key, id=rid, tokens=tokens,
                                                     at=time.time()))
         allowed, retry_us, now_us, req, tok = result
+        # Nothing is counted for a subject without limits (only its park is checked), so
+        # there is nothing to reconcile either.
         reservation = (Reservation(key=key, id=rid, tokens=tokens, at=now_us / _US)
-                       if allowed else None)
+                       if allowed and not limits.unlimited else None)
         return make_decision(bool(allowed), retry_us / _US, reservation,
                              [(int(lim), int(rem), reset / _US) for lim, rem, reset in req],
                              [(int(lim), int(rem), reset / _US) for lim, rem, reset in tok])
@@ -234,8 +236,13 @@ class RedisRateLimiter(RateLimiter):
 
     # --- one round trip per batch ----------------------------------------------------------
 
-    async def _send(self, batch: list[tuple[_Group, list[_Item]]]) -> list[Outcome[Any]]:
-        """Every group's calls as script runs of at most ``_MAX_CALLS``, in one round trip."""
+    async def _send(self, batch: list[tuple[_Group, list[_Item]]],
+                    since: float) -> list[Outcome[Any]]:
+        """Every group's calls as script runs of at most ``_MAX_CALLS``, in one round trip.
+
+        ``since``: when the batch's first caller asked; the ceiling counts from then, so a
+        caller that waited for the previous batch is not given a second ceiling.
+        """
         commands: list[tuple[str | int, ...]] = []
         runs: list[tuple[int, _Script, int]] = []  # (group index, script, calls) per command
         for index, ((script, keys, head), items) in enumerate(batch):
@@ -245,7 +252,7 @@ class RedisRateLimiter(RateLimiter):
                                  *itertools.chain.from_iterable(chunk)))
                 runs.append((index, script, len(chunk)))
         try:
-            replies = await self._run(commands, [script for _, script, _ in runs])
+            replies = await self._run(commands, [script for _, script, _ in runs], since)
         except LimiterUnavailable as exc:
             return [exc] * len(batch)
         outcomes: list[list[Any] | LimiterUnavailable] = [[] for _ in batch]
@@ -266,13 +273,13 @@ class RedisRateLimiter(RateLimiter):
         return list[Outcome[Any]](outcomes)
 
     async def _run(self, commands: Sequence[tuple[str | int, ...]],
-                   scripts: Sequence[_Script]) -> list[Any]:
+                   scripts: Sequence[_Script], since: float) -> list[Any]:
         """Send the script runs; the reply (or ``ResponseError``) of each, in order.
 
         Failing to get answers at all (connection, timeout) becomes :class:`LimiterUnavailable`.
         """
         try:
-            async with asyncio.timeout(self._deadline) as bound:
+            async with asyncio.timeout_at(since + self._deadline) as bound:
                 try:
                     replies = await self._execute(commands, bound)
                 except RedisConnectionError:
