@@ -1042,11 +1042,12 @@ class Bench:
         prox = self.row("aiproxy", "non-stream", 32)
         cpu = (prox["cpu_us"] / floor["cpu_us"]
                if floor and prox and floor["cpu_us"] else None)
+        ratio = prox["rps"] / floor["rps"] if floor and prox else None
         t(f"non-stream, 32 conns (LOG_LEVEL={level}, metrics, ledger): aiproxy / floor "
           "pass-through CPU per request",
-          f"CPU {prox['cpu_us']:.0f} / {floor['cpu_us']:.0f} us/req" if cpu else "-", cpu,
+          f"CPU {prox['cpu_us']:.0f} / {floor['cpu_us']:.0f} us/req; throughput ratio "
+          f"{ratio:.3f}" if cpu and ratio else "-", cpu,
           "<= 1.33", cpu is not None and cpu <= 1.33, (floor, prox), headline=True)
-        ratio = prox["rps"] / floor["rps"] if floor and prox else None
         t("non-stream, 32 conns: aiproxy / floor pass-through throughput",
           f"{prox['rps']:.0f} / {floor['rps']:.0f} req/s" if ratio else "-", ratio,
           ">= 0.75", ratio is not None and ratio >= 0.75, (floor, prox), headline=True)

@@ -152,7 +152,7 @@ class TestTargets:
         cpu = _find(_scored(bench, cpu=199.5), "non-stream, 32 conns (LOG_LEVEL=INFO")
         assert cpu["value"] == pytest.approx(1.33)
         assert cpu["result"] == "PASS"
-        assert cpu["measured"] == "CPU 200 / 150 us/req"
+        assert cpu["measured"] == "CPU 200 / 150 us/req; throughput ratio 0.800"
 
     def test_cpu_ratio_above_the_limit_fails(self, bench: object) -> None:
         assert _find(_scored(bench, cpu=210), "non-stream, 32 conns (LOG")["result"] == "FAIL"
@@ -209,3 +209,22 @@ class TestTargets:
         bench.evaluate()  # type: ignore[attr-defined]
         assert [t["target"] for t in bench.targets] == [  # type: ignore[attr-defined]
             "instructions per request (non-stream): aiproxy / floor pass-through"]
+
+
+class TestIcountOptions:
+    def test_defaults_count_both_paths(self) -> None:
+        args = bench_run.parse_args([])
+        assert (args.icount_requests, args.icount_streams, args.icount_no_stream) == (
+            800, 50, False)
+
+    def test_quick_counts_non_stream_only(self) -> None:
+        args = bench_run.parse_args(["--quick"])
+        assert args.icount_no_stream
+        assert args.icount_requests == 150
+
+    def test_quick_icount_only_keeps_the_stream_count(self) -> None:
+        assert not bench_run.parse_args(["--quick", "--icount-only"]).icount_no_stream
+
+    def test_skip_and_only_exclude_each_other(self) -> None:
+        with pytest.raises(SystemExit):
+            bench_run.parse_args(["--no-icount", "--icount-only"])
