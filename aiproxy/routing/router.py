@@ -70,14 +70,23 @@ def estimate_tokens(request_length: int, body: Mapping[str, Any]) -> int:
 
 def usage_tokens(usage: Any) -> int | None:
     """The total tokens an OpenAI ``usage`` object reports, or ``None`` when it reports none."""
-    if not isinstance(usage, Mapping):
-        return None
-    total = usage.get("total_tokens")
-    if isinstance(total, int):
+    if type(usage) is not dict:
+        if not isinstance(usage, Mapping):
+            return None
+        usage = dict(usage)
+    total = _count(usage, "total_tokens")
+    if total is not None:
         return total
-    parts = [p for p in (usage.get("prompt_tokens"), usage.get("completion_tokens"))
-             if isinstance(p, int)]
-    return sum(parts) if parts else None
+    prompt, completion = _count(usage, "prompt_tokens"), _count(usage, "completion_tokens")
+    if prompt is None and completion is None:
+        return None
+    return (prompt or 0) + (completion or 0)
+
+
+def _count(usage: dict[str, Any], name: str) -> int | None:
+    """A token count of a usage object: an integer (JSON's true and false are not counts)."""
+    value = usage.get(name)
+    return value if type(value) is int else None
 
 
 @attrs.define(eq=False, slots=True)
@@ -135,6 +144,8 @@ class Exchange:
                 usage: Mapping[str, Any] | None, used: int | None) -> list[_Owed]:
         """Everything of the settlement but the limiter calls, which it returns."""
         router, record = self.router, self.record
+        if usage is not None and type(usage) is not dict:  # JSON gives dicts; a plugin may not
+            usage = dict(usage) if isinstance(usage, Mapping) else None
         reported = usage_tokens(usage)
         tokens = reported if reported is not None else used
         record.attempts = self.attempts
@@ -145,14 +156,14 @@ class Exchange:
             attempt.probe.end(verdict)
             router.metrics.breaker_state(route.name, route.breaker.state.value)
             _owe(owed, attempt.decision.reservation, route.limits, tokens)
-            if isinstance(usage, Mapping):
-                for key, direction in (("prompt_tokens", "in"), ("completion_tokens", "out")):
-                    value = usage.get(key)
-                    if isinstance(value, int) and value > 0:
-                        router.metrics.tokens.labels(route.name, direction).inc(value)
-                prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-                record.tokens_in = prompt if isinstance(prompt, int) else None
-                record.tokens_out = completion if isinstance(completion, int) else None
+            if usage is not None:
+                prompt, completion = _count(usage, "prompt_tokens"), _count(usage,
+                                                                          "completion_tokens")
+                record.tokens_in, record.tokens_out = prompt, completion
+                if prompt is not None and prompt > 0:
+                    router.metrics.tokens.labels(route.name, "in").inc(prompt)
+                if completion is not None and completion > 0:
+                    router.metrics.tokens.labels(route.name, "out").inc(completion)
                 record.tokens_cached = _detail(usage, "prompt_tokens_details", "cached_tokens")
                 record.tokens_reasoning = _detail(usage, "completion_tokens_details",
                                                   "reasoning_tokens")
@@ -270,7 +281,9 @@ class Exchange:
         quick = policy.same_model
         waited = False
         while True:
-            outcome = await self._hedged(route, call, tally, queue)
+            delay = route.hedge_delay(self.streaming) if queue else None
+            outcome = await (self._attempt(route, call, tally) if delay is None
+                             else self._hedged(route, call, tally, queue, delay))
             if not isinstance(outcome, UpstreamError):
                 return outcome
             err = outcome
@@ -289,14 +302,11 @@ class Exchange:
             return err
 
     async def _hedged(self, route: Route, call: Callable[[Route], Awaitable[T]],
-                      tally: _Tally, queue: list[Route]
+                      tally: _Tally, queue: list[Route], delay: float
                       ) -> tuple[Attempt, T] | UpstreamError | None:
-        """An attempt of ``route``; when it has not answered after its hedge delay and
-        another candidate is queued, that one starts beside it and whichever answers first
-        wins (the other is cancelled and settled at once). At most one extra call."""
-        delay = route.hedge_delay(self.streaming) if queue else None
-        if delay is None:
-            return await self._attempt(route, call, tally)
+        """An attempt of ``route``; when it has not answered after ``delay`` (its hedge
+        delay: another candidate is queued), that one starts beside it and whichever answers
+        first wins (the other is cancelled and settled at once). At most one extra call."""
         loop = asyncio.get_running_loop()
         primary = loop.create_task(self._attempt(route, call, tally))
         done, _ = await asyncio.wait({primary}, timeout=delay)
@@ -388,10 +398,9 @@ class Exchange:
                 self.upstream += elapsed
                 self.record.attempt_log.append(AttemptEntry(
                     route.name, route.model.provider, wall, elapsed, outcome))
-            took = time.monotonic() - attempt.started
-            router.metrics.upstream.labels(route.name, route.model.provider).observe(took)
+            router.metrics.upstream.labels(route.name, route.model.provider).observe(elapsed)
             times = route.state.first_chunk_times if self.streaming else route.state.answer_times
-            times.append(took)
+            times.append(elapsed)
             return attempt, result
         return None  # pragma: no cover - the with block always returns
 
@@ -574,7 +583,8 @@ class Router:
         for guard in self.guards:
             await guard(record, grant, plan)
         exchange = Exchange(self, record, grant, plan, estimate)
-        await exchange.admit_key()
+        if grant is not None:
+            await exchange.admit_key()
         return exchange
 
     async def _serve(self, exchange: Exchange, call: Callable[[Route], Awaitable[T]],
@@ -732,10 +742,9 @@ def _plugin_failure(route: Route, exc: Exception, record: Record) -> UpstreamErr
                          f"({type(exc).__name__})", code=_PLUGIN_FAILED)
 
 
-def _detail(usage: Mapping[str, Any], group: str, name: str) -> int | None:
+def _detail(usage: dict[str, Any], group: str, name: str) -> int | None:
     details = usage.get(group)
-    value = details.get(name) if isinstance(details, Mapping) else None
-    return value if isinstance(value, int) else None
+    return _count(details, name) if type(details) is dict else None
 
 
 def _continuation(request: ChatRequest, text: str) -> ChatRequest:
