@@ -1340,7 +1340,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              help="non-stream requests per counted phase (default 800; 150 "
                                   "with --quick)")
     icount_opts.add_argument("--icount-streams", type=int,
-                             help="streams per counted phase (default 50; 15 with --quick "
+                             help="streams per counted phase (default 50; 25 with --quick "
                                   "--icount-only: --quick alone counts non-stream only)")
     icount_opts.add_argument("--icount-phases", type=int, default=2,
                              help="counted phases per server; their spread shows repeatability")
@@ -1357,7 +1357,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.icount_requests is None:
         args.icount_requests = 150 if args.quick else 800
     if args.icount_streams is None:
-        args.icount_streams = 15 if args.quick else 50
+        args.icount_streams = 25 if args.quick else 50
     if args.quick and not args.icount_only:
         # A smoke run stays within ~3 min: the stream count (and its two servers' startups
         # under valgrind) is left to full runs and --icount-only.
