@@ -91,8 +91,9 @@ class Decision:
 
     When ``allowed`` is false nothing was taken and ``retry_after`` says when the tightest
     window (or an upstream park) frees up. ``reservation`` is what was taken, to reconcile;
-    a limiter may leave it ``None`` when nothing was counted (a subject without limits). ``*_limit``/``*_remaining``/``*_reset`` describe the
-    tightest request and token windows (``None`` when no such limit is set).
+    a limiter may leave it ``None`` when nothing was counted (a subject without limits).
+    ``*_limit``/``*_remaining``/``*_reset`` describe the tightest request and token windows
+    (``None`` when no such limit is set).
     """
 
     allowed: bool

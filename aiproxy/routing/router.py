@@ -761,11 +761,7 @@ def _with_usage(request: ChatRequest, route: Route, need_usage: bool) -> ChatReq
     """Ask for the final usage chunk of every stream, whatever the client asked: token
     limits reconcile with it, and the usage ledger prices and budgets by it (a stream without
     usage would cost nothing). The stream keeps it from a client that did not ask."""
-    if request.include_usage:
-        return request
-    body = dict(request.body)
-    body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-    return ChatRequest(body=body, raw=orjson.dumps(body), stream=True)
+    return request.with_usage_requested()
 
 
 async def _aclose(chunks: AsyncIterator[dict[str, Any]]) -> None:
