@@ -87,7 +87,7 @@ def test_random_bodies_parse_the_same_either_way() -> None:
     def value(depth: int) -> Any:
         pick = rng.random()
         if depth > 2 or pick < 0.4:
-            return rng.choice(words + [1, 2.5, True, None])
+            return rng.choice([*words, 1, 2.5, True, None])
         if pick < 0.7:
             return [value(depth + 1) for _ in range(rng.randint(0, 3))]
         return {rng.choice(words): value(depth + 1) for _ in range(rng.randint(0, 3))}
