@@ -19,7 +19,7 @@ def request(raw: bytes, stream: bool = False) -> ChatRequest:
 
 
 def expected(raw: bytes, **changes: Any) -> dict[str, Any]:
-    body = orjson.loads(raw)
+    body: dict[str, Any] = orjson.loads(raw)
     body.update(changes)
     return body
 
