@@ -65,7 +65,7 @@ CHUNKS = 50
 STAMP_RE = re.compile(rb'"x_sent_ns":(\d+)')
 
 SERVER_CORE, LOAD_CORE = "0", "1"
-# aiproxy picks uvloop when it is installed (--loop auto); the floors run asyncio's own loop.
+# aiproxy picks uvloop when it is installed (--loop auto); the floors choose the same way.
 AIPROXY_LOOP = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
 
 
@@ -768,7 +768,8 @@ class Bench:
         log(f"aiproxy from: {self.aiproxy_origin()}; LOG_LEVEL={args.log_level} "
             "(access log to /dev/null)")
         self.settings["floor pass-through / floor SSE relay"] = (
-            "no auth, parsing, logs, metrics, ledger or limits; asyncio's event loop")
+            "no auth, parsing, logs, metrics, ledger or limits; "
+            f"event loop {AIPROXY_LOOP}, as aiproxy's")
         if args.icount_only:
             self.settings["aiproxy"] = self.proxy_settings()
             self.icount(self.start_mock())
