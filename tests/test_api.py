@@ -275,6 +275,32 @@ class TestEndpoints:
         async with proxy.http.get(proxy.url("/ping")) as resp:
             assert len(resp.headers["X-Request-ID"]) == 32
 
+    async def test_every_kind_of_answer_carries_the_request_id_and_nosniff(self, start_proxy):
+        """Streams (whose headers leave inside the handler), errors, unknown paths and the
+        100-continue refusal are stamped like plain answers."""
+        proxy = await start_proxy({"models": [{"name": "echo", "provider": "mock"}]})
+        chat = {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}
+        cases = [
+            ("POST", "/v1/chat/completions", {**chat, "stream": True}, proxy.auth, 200),
+            ("POST", "/v1/messages", {"model": "echo", "max_tokens": 5, "stream": True,
+                                      "messages": [{"role": "user", "content": "hi"}]},
+             proxy.auth, 200),
+            ("POST", "/v1/chat/completions", chat, {}, 401),
+            ("GET", "/no/such/path", None, proxy.auth, 404),
+        ]
+        for method, path, body, auth, status in cases:
+            async with proxy.http.request(method, proxy.url(path), json=body,
+                                          headers={**auth, "X-Request-ID": "rid-7"}) as resp:
+                await resp.read()
+                assert resp.status == status, path
+                assert resp.headers["X-Request-ID"] == "rid-7", path
+                assert resp.headers["X-Content-Type-Options"] == "nosniff", path
+        async with proxy.http.post(proxy.url("/v1/chat/completions"), data=b"{}",
+                                   headers={"Expect": "100-continue"}) as resp:
+            assert resp.status == 401
+            assert resp.headers["X-Content-Type-Options"] == "nosniff"
+            assert len(resp.headers["X-Request-ID"]) == 32
+
 
 
 async def test_upstream_quoting_the_key_never_leaks_it(start_proxy, aiohttp_server):

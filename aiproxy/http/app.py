@@ -27,7 +27,7 @@ from aiproxy.http.state import (
     TRACE,
     Observer,
     Trace,
-    trace_of,
+    stamp,
 )
 from aiproxy.limits import make_limiter
 from aiproxy.limits.base import RateLimiter
@@ -72,7 +72,8 @@ async def gateway(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         response = await _answer(request, handler, trace)
         status = response.status
-        return response
+        if not response.prepared:
+            stamp(response, trace.request_id)
     except BaseException:
         status = 499 if request.transport is None or request.transport.is_closing() else 500
         raise
@@ -88,6 +89,13 @@ async def gateway(request: web.Request, handler: Handler) -> web.StreamResponse:
         trace.route = info.canonical if info is not None else "unmatched"
         for observe in request.app[OBSERVERS]:
             observe(trace)
+    ledger = request.app[usage.LEDGER]
+    if not response.prepared and ledger.owes(trace):
+        # A plain answer leaves once its budget charge (made as the ledger observed it) has
+        # landed, so that every replica sees the spend. (A stream's headers went out before
+        # its cost was known: it is charged as it ends.)
+        await ledger.charged(trace)
+    return response
 
 
 async def _answer(request: web.Request, handler: Handler, trace: Trace) -> web.StreamResponse:
@@ -158,36 +166,29 @@ async def _expect_continue(request: web.Request) -> web.StreamResponse | None:
     request that would be let in (authenticated, a body within the size limit), so no one
     streams a body the proxy would refuse; otherwise the refusal is the answer."""
     if request.headers.get("Expect", "").lower() != "100-continue":
-        return error_response(ProxyError(417, "only 'Expect: 100-continue' is understood",
-                                         code="expectation_failed"))
+        refused = error_response(ProxyError(417, "only 'Expect: 100-continue' is understood",
+                                            code="expectation_failed"))
+        stamp(refused, "")
+        return refused
     trace = Trace(request_id=new_request_id())
     trace.generation = request.app[RUNTIME].current
+    refusal = None
     try:
         authenticate(request, trace)
     except ProxyError as exc:
-        return error_response(exc)
+        refusal = error_response(exc)
     length = request.content_length
-    if length is not None and length > request.app[SETTINGS].max_body_size:
-        return error_response(ProxyError(413, "request body too large",
-                                         code="request_too_large"))
+    if refusal is None and length is not None and length > request.app[SETTINGS].max_body_size:
+        refusal = error_response(ProxyError(413, "request body too large",
+                                            code="request_too_large"))
+    if refusal is not None:
+        stamp(refusal, trace.request_id)  # answered here, not through the gateway
+        return refusal
     if request.version >= (1, 1):
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         request.writer.output_size = 0  # the answer proper has not started
     return None
 
-
-async def _on_prepare(request: web.Request, response: web.StreamResponse) -> None:
-    """Before any answer's headers leave: the security headers, the request id, and, for an
-    answer whose budget charge is under way, that charge landed (see ``usage.budget_settled``).
-    One hook for all three: aiohttp awaits each hook of every response."""
-    headers = response.headers
-    headers["X-Content-Type-Options"] = "nosniff"
-    trace = trace_of(request)
-    if trace.request_id:
-        headers["X-Request-ID"] = trace.request_id
-    ledger = request.app[usage.LEDGER]
-    if ledger.owes(trace):
-        await usage.budget_settled(request, response)
 
 
 def make_app(config: Config, settings: Settings, *, registry: ProviderRegistry | None = None,
@@ -218,7 +219,6 @@ def make_app(config: Config, settings: Settings, *, registry: ProviderRegistry |
     if tracer is not None:
         app[OBSERVERS].append(tracer.observe)
         app.on_cleanup.append(tracer.close)
-    app.on_response_prepare.append(_on_prepare)
     app.cleanup_ctx.append(_lifecycle)
     app.cleanup_ctx.append(usage.lifecycle)
     chat.add_routes(app)

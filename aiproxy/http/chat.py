@@ -10,7 +10,7 @@ from aiohttp import web
 from aiproxy.errors import ProxyError
 from aiproxy.http.body import parse_chat_request, read_json
 from aiproxy.http.relay import relay
-from aiproxy.http.state import STARTED, generation_of, trace_of
+from aiproxy.http.state import STARTED, generation_of, start_stream, trace_of
 from aiproxy.limits.base import Decision
 from aiproxy.routing import Served
 
@@ -62,8 +62,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         headers.update(JSON_HEADERS)
         return web.Response(body=orjson.dumps(data), headers=headers)
     stream = trace.open_stream = await router.stream(trace, trace.grant, chat)
-    response = web.StreamResponse(headers={**SSE_HEADERS, **route_headers(stream.served)})
-    await response.prepare(request)
+    response = await start_stream(request, {**SSE_HEADERS, **route_headers(stream.served)})
     await relay(response, stream)
     return response
 

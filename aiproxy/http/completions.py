@@ -23,7 +23,7 @@ from aiproxy.frontdoor.native import native_completions
 from aiproxy.http.body import read_json
 from aiproxy.http.chat import JSON_HEADERS, SSE_HEADERS, route_headers
 from aiproxy.http.relay import relay
-from aiproxy.http.state import generation_of, trace_of
+from aiproxy.http.state import generation_of, start_stream, trace_of
 from aiproxy.provider import Capability, ChatResponse, ErrorKind, UpstreamError
 from aiproxy.routing import Route, estimate_tokens
 
@@ -106,8 +106,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     stream = trace.open_stream = await router.open_stream(
         trace, trace.grant, req.model, Capability.CHAT, length, estimate, open_call,
         CompletionChunks(wants_usage=req.include_usage))
-    response = web.StreamResponse(headers={**SSE_HEADERS, **route_headers(stream.served)})
-    await response.prepare(request)
+    response = await start_stream(request, {**SSE_HEADERS, **route_headers(stream.served)})
     await relay(response, stream)
     return response
 

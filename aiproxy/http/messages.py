@@ -25,7 +25,7 @@ from aiproxy.frontdoor.anthropic import (
 )
 from aiproxy.http.body import read_json
 from aiproxy.http.chat import JSON_HEADERS, route_headers
-from aiproxy.http.state import generation_of, trace_of
+from aiproxy.http.state import generation_of, start_stream, trace_of
 from aiproxy.provider import ErrorKind, UpstreamError
 from aiproxy.routing import ClientGone, RoutedStream
 
@@ -126,9 +126,8 @@ async def messages(request: web.Request) -> web.StreamResponse:
         return web.Response(body=orjson.dumps(served.result),
                             headers={**JSON_HEADERS, **route_headers(served), **ids})
     stream = trace.open_stream = await open_message_stream(router, trace, trace.grant, message)
-    response = web.StreamResponse(headers={**SSE_HEADERS, **route_headers(stream.served),
+    response = await start_stream(request, {**SSE_HEADERS, **route_headers(stream.served),
                                            **ids})
-    await response.prepare(request)
     await relay_events(response, stream)
     return response
 

@@ -38,7 +38,7 @@ from aiproxy.frontdoor.responses.store import valid_id
 from aiproxy.generation import Generation
 from aiproxy.http.body import read_json
 from aiproxy.http.chat import JSON_HEADERS, SSE_HEADERS, route_headers
-from aiproxy.http.state import METRICS, Trace, generation_of, trace_of
+from aiproxy.http.state import METRICS, Trace, generation_of, start_stream, trace_of
 from aiproxy.http.usage import LEDGER
 from aiproxy.observability import get_logger
 from aiproxy.provider import Capability, ErrorKind, UpstreamError
@@ -157,8 +157,7 @@ async def create(request: web.Request) -> web.StreamResponse:
     lens = ResponseEvents(req.previous_id)
     stream = trace.open_stream = await router.open_stream(
         trace, trace.grant, req.model, Capability.CHAT, length, estimate, open_call, lens)
-    response = web.StreamResponse(headers={**SSE_HEADERS, **route_headers(stream.served)})
-    await response.prepare(request)
+    response = await start_stream(request, {**SSE_HEADERS, **route_headers(stream.served)})
 
     async def emit(event: dict[str, Any]) -> None:
         await _write(response, _sse(event))

@@ -17,7 +17,7 @@ from aiproxy.record import Record
 from aiproxy.routing import RoutedStream
 
 __all__ = ["LIMITER", "METRICS", "OBSERVERS", "RUNTIME", "STARTED", "TRACE", "Observer",
-           "Trace", "generation_of", "trace_of"]
+           "Trace", "generation_of", "stamp", "start_stream", "trace_of"]
 
 # Called once per request, after it ended and was settled, with its record. An observer must
 # not block: the usage ledger, say, queues the record and writes it elsewhere.
@@ -59,3 +59,22 @@ def generation_of(request: web.Request) -> Generation:
     if generation is None:
         raise ProxyError(503, "the proxy is not ready", code="not_ready")
     return generation
+
+
+def stamp(response: web.StreamResponse, request_id: str) -> None:
+    """The headers every answer carries: ``nosniff`` and the request id. The gateway stamps
+    each answer a handler returns; a stream, whose headers leave before that, is stamped by
+    :func:`start_stream`. (Not an ``on_response_prepare`` hook: aiohttp would await it for
+    every response.)"""
+    headers = response.headers
+    headers["X-Content-Type-Options"] = "nosniff"
+    if request_id:
+        headers["X-Request-ID"] = request_id
+
+
+async def start_stream(request: web.Request, headers: dict[str, str]) -> web.StreamResponse:
+    """A streamed answer with ``headers``, stamped as every answer is, and prepared."""
+    response = web.StreamResponse(headers=headers)
+    stamp(response, trace_of(request).request_id)
+    await response.prepare(request)
+    return response

@@ -11,14 +11,14 @@ from aiohttp import web
 
 from aiproxy.config import Config, Settings
 from aiproxy.errors import ProxyError
-from aiproxy.http.state import RUNTIME, TRACE
+from aiproxy.http.state import RUNTIME
 from aiproxy.metrics import Metrics
 from aiproxy.observability import get_logger
 from aiproxy.usage.ledger import Ledger
 from aiproxy.usage.query import parse_query, summary, to_csv
 from aiproxy.usage.store import StoreUnavailable, make_store
 
-__all__ = ["LEDGER", "add_routes", "budget_settled", "lifecycle", "make_ledger", "usage"]
+__all__ = ["LEDGER", "add_routes", "lifecycle", "make_ledger", "usage"]
 
 LEDGER = web.AppKey("ledger", Ledger)
 log = get_logger("aiproxy.usage")
@@ -59,14 +59,6 @@ def _has_budgets(config: Config) -> bool:
     return any(not m.budget.unlimited for m in config.models) or any(
         not k.budget.unlimited or any(not b.unlimited for b in k.model_budgets.values())
         for k in config.keys)
-
-
-async def budget_settled(request: web.Request, response: web.StreamResponse) -> None:
-    """A plain answer leaves once its budget charge has landed (a stream's headers went out
-    before its cost was known: it is charged as it ends)."""
-    trace = request.get(TRACE)
-    if trace is not None:
-        await request.app[LEDGER].charged(trace)
 
 
 async def usage(request: web.Request) -> web.StreamResponse:
