@@ -21,6 +21,7 @@ from typing import Any
 
 import structlog
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -78,6 +79,17 @@ _RID_PREFIX = os.urandom(8).hex()
 _RID_COUNTER = itertools.count(1)
 
 
+def _bulk(value: str | int) -> bytes:
+    """One argument in the Redis protocol (RESP bulk string)."""
+    data = value.encode() if isinstance(value, str) else b"%d" % value
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+def _pack(*args: str | int) -> bytes:
+    """One command in the Redis protocol."""
+    return b"*%d\r\n" % len(args) + b"".join(map(_bulk, args))
+
+
 def _retrieve(future: asyncio.Future[Any]) -> None:
     """Mark an unawaited future's outcome as seen (its failure is logged where it happens)."""
     if not future.cancelled():
@@ -124,8 +136,15 @@ class RedisRateLimiter(RateLimiter):
         # Outage logging: one warning per _WARN_EVERY, one "reachable again" per outage.
         self._last_warning = float("-inf")
         self._down = False
-        self._batches: Batches[_Group, _Item, Any] = Batches(self._send, orphan=self._orphan)
+        # One batch in flight at a time (see batch.py), so one connection carries them all,
+        # held rather than taken from the pool per round trip: the pool's condition, timer,
+        # health probe and observability hooks cost more than the round trip's own work.
+        self._batches: Batches[_Group, _Item, Any] = Batches(self._send, orphan=self._orphan,
+                                                             max_in_flight=1)
+        self._conn: AbstractConnection | None = None
         self._groups: dict[tuple[str, Limits], _Group] = {}
+        # Per group: its argument count and the packed arguments its calls share.
+        self._prefixes: dict[_Group, tuple[int, bytes]] = {}
 
     @property
     def round_trips(self) -> int:
@@ -231,6 +250,9 @@ class RedisRateLimiter(RateLimiter):
 
     async def close(self) -> None:
         await self._batches.drain()
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await self._client.connection_pool.release(conn)
         if self._owns_client:
             await self._client.aclose(close_connection_pool=True)
 
@@ -243,14 +265,15 @@ class RedisRateLimiter(RateLimiter):
         ``since``: when the batch's first caller asked; the ceiling counts from then, so a
         caller that waited for the previous batch is not given a second ceiling.
         """
-        commands: list[tuple[str | int, ...]] = []
+        commands: list[bytes] = []
         runs: list[tuple[int, _Script, int]] = []  # (group index, script, calls) per command
-        for index, ((script, keys, head), items) in enumerate(batch):
+        for index, (group, items) in enumerate(batch):
+            shared, prefix = self._prefix(group)
             for start in range(0, len(items), _MAX_CALLS):
                 chunk = items[start:start + _MAX_CALLS]
-                commands.append(("EVALSHA", script.sha, len(keys), *keys, *head,
-                                 *itertools.chain.from_iterable(chunk)))
-                runs.append((index, script, len(chunk)))
+                args = [_bulk(arg) for item in chunk for arg in item]
+                commands.append(b"*%d\r\n" % (shared + len(args)) + prefix + b"".join(args))
+                runs.append((index, group[0], len(chunk)))
         try:
             replies = await self._run(commands, [script for _, script, _ in runs], since)
         except LimiterUnavailable as exc:
@@ -272,7 +295,18 @@ class RedisRateLimiter(RateLimiter):
                      degraded_decisions=self.degraded_decisions)
         return list[Outcome[Any]](outcomes)
 
-    async def _run(self, commands: Sequence[tuple[str | int, ...]],
+    def _prefix(self, group: _Group) -> tuple[int, bytes]:
+        """``EVALSHA sha numkeys KEYS... shared ARGV...`` of a group, packed once."""
+        found = self._prefixes.get(group)
+        if found is None:
+            script, keys, head = group
+            args: tuple[str | int, ...] = ("EVALSHA", script.sha, len(keys), *keys, *head)
+            if len(self._prefixes) >= _MAX_GROUPS:
+                self._prefixes.clear()
+            found = self._prefixes[group] = (len(args), b"".join(map(_bulk, args)))
+        return found
+
+    async def _run(self, commands: Sequence[bytes],
                    scripts: Sequence[_Script], since: float) -> list[Any]:
         """Send the script runs; the reply (or ``ResponseError``) of each, in order.
 
@@ -289,7 +323,7 @@ class RedisRateLimiter(RateLimiter):
                 missing = [i for i, reply in enumerate(replies)
                            if isinstance(reply, NoScriptError)]
                 if missing:  # a fresh or flushed Redis: load, then run just those again
-                    loads = [("SCRIPT", "LOAD", script.text)
+                    loads = [_pack("SCRIPT", "LOAD", script.text)
                              for script in {scripts[i]: None for i in missing}]
                     again = await self._execute([*loads, *(commands[i] for i in missing)],
                                                 bound)
@@ -300,33 +334,32 @@ class RedisRateLimiter(RateLimiter):
             raise self._unavailable(exc) from exc
         return replies
 
-    async def _execute(self, commands: Sequence[tuple[str | int, ...]],
-                       bound: asyncio.Timeout) -> list[Any]:
-        """One write of every command on one pooled connection, then every reply.
+    async def _execute(self, commands: Sequence[bytes], bound: asyncio.Timeout) -> list[Any]:
+        """One write of every (packed) command on the limiter's connection, then every reply.
 
-        redis-py's own ``execute_command`` and pipelines wrap this in retries, observability
-        hooks and per-command callbacks, none of which a script call needs. Its connection
-        still connects (with its handshake), packs, parses (hiredis) and disconnects itself on
-        any failure mid-way, so a reply can never be read by the wrong round trip.
+        redis-py's ``execute_command`` and pipelines wrap this in retries, observability hooks
+        and per-command callbacks, none of which a script call needs. Its connection still
+        connects (with its handshake), parses (hiredis) and disconnects itself on any failure
+        mid-way (the next round trip then connects afresh), so a reply can never be read by
+        the wrong round trip.
         """
-        pool = self._client.connection_pool
-        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
-        try:
-            left = self._timeout if conn.is_connected else 2 * self._timeout
-            when = bound.when()
-            limit = asyncio.get_running_loop().time() + left
-            if when is None or limit < when:
-                bound.reschedule(limit)
-            await conn.send_packed_command(conn.pack_commands(commands))
-            replies: list[Any] = []
-            for _ in commands:
-                try:
-                    replies.append(await conn.read_response())
-                except ResponseError as exc:  # this command failed; the connection is fine
-                    replies.append(exc)
-            return replies
-        finally:
-            await pool.release(conn)
+        conn = self._conn
+        if conn is None:
+            pool = self._client.connection_pool
+            conn = self._conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        left = self._timeout if conn.is_connected else 2 * self._timeout
+        when = bound.when()
+        limit = asyncio.get_running_loop().time() + left
+        if when is None or limit < when:
+            bound.reschedule(limit)
+        await conn.send_packed_command(list(commands))
+        replies: list[Any] = []
+        for _ in commands:
+            try:
+                replies.append(await conn.read_response())
+            except ResponseError as exc:  # this command failed; the connection is fine
+                replies.append(exc)
+        return replies
 
     @staticmethod
     def _unavailable(exc: BaseException) -> LimiterUnavailable:
