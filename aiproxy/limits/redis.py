@@ -103,9 +103,10 @@ class RedisRateLimiter(RateLimiter):
     timeouts and no retries) or a ready ``redis.asyncio.Redis``. ``fail_mode``: ``"open"``
     admits with ``Decision.degraded`` while Redis is unreachable, ``"closed"`` raises
     :class:`LimiterUnavailable`. ``clock``: tests only; replaces Redis ``TIME``.
-    ``timeout``: socket connect/read timeout; a round trip is abandoned after
-    ``2 * timeout + 0.5`` seconds in all. ``max_connections``: size of the owned pool (a burst
-    queues for it).
+    ``timeout``: the bound on connecting, and on a round trip once connected; a caller's
+    answer is abandoned ``2 * timeout + 0.5`` seconds after it asked, in all.
+    ``max_connections``: size of the owned pool (the batches hold one of its connections,
+    ``ping`` takes the others).
     """
 
     def __init__(self, url_or_client: str | Redis, *, prefix: str = "aiproxy:",
