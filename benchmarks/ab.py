@@ -71,7 +71,7 @@ def count_trees(args: argparse.Namespace, workdir: Path, cfg: Path, env: dict[st
                                         f"127.0.0.1:{port}"],
                     core=server_core, port=port, workdir=workdir,
                     env={**env, **tree_env(workdir, name, tree, extra),
-                         **icount.valgrind_env()})
+                         **icount.valgrind_env(), **icount.KEEP_CONNECTIONS})
         try:
             proc.wait_ready(timeout=300)
             url = f"http://127.0.0.1:{port}/v1/chat/completions"

@@ -908,6 +908,7 @@ class Bench:
             name = f"icount-{kind}"
             if kind == "aiproxy":
                 argv, env = self.proxy_argv(name, bench_config(mock.port, limits=False), port)
+                env = {**env, **icount.KEEP_CONNECTIONS}
             else:
                 script = "floor_passthrough.py" if kind == "floor" else "floor_sse_relay.py"
                 argv = [sys.executable, str(HERE / script), "--port", str(port),
