@@ -149,6 +149,7 @@ class Ledger:
         self._warned = 0.0
         self._purged = 0.0
         self._periods = ("", "")
+        self._scope_names: dict[tuple[str | None, str | None], tuple[str, ...]] = {}
         self._periods_until = 0.0
 
     # --- on the request's path: price, count, queue (no I/O) ---------------------------
@@ -193,7 +194,11 @@ class Ledger:
         day, month = self._periods
         charge: dict[Cell, tuple[float, int]] | None = None
         later = self._cells
-        for scope in _scopes(record):
+        subject = (record.key_name, record.model)
+        scopes = self._scope_names.get(subject)
+        if scopes is None:  # names from the config: a bounded set, built once each
+            scopes = self._scope_names[subject] = tuple(_scopes(record))
+        for scope in scopes:
             if budgeted is not None and scope in budgeted.scopes:
                 if charge is None:
                     charge = {}
