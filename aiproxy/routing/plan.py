@@ -183,7 +183,13 @@ class Planner:
         name = self.resolve(name)
         route = self.routes.get(name)
         if route is not None and not route.model.fallbacks:
-            plan = [route]  # the common case, without building sets and sorting
+            # The common case, one model: its plan is itself when it may take the request
+            # (else the checks below say why not).
+            longest = route.model.max_request_length
+            if (capability in route.capabilities and (allowed is None or allowed(route))
+                    and (not longest or length <= longest)):
+                return [route]
+            plan = [route]
         elif route is None and name not in self.groups:
             raise ProxyError(404, f"The model {shown(name)} does not exist", code="model_not_found",
                              param="model")
