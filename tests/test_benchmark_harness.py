@@ -175,6 +175,19 @@ class TestTargets:
         assert "CPU 230 / 195 us/req = 1.18x" in redis["measured"]
         assert _find(_scored(bench, redis=4070), name)["result"] == "FAIL"
 
+    def test_redis_instruction_ratio_is_scored_at_085(self, bench: object) -> None:
+        name = "instructions per request (non-stream): aiproxy / aiproxy + Redis limits"
+        for limited, verdict in ((1050e3 / 0.85, "PASS"), (1050e3 / 0.84, "FAIL")):
+            _scored(bench)
+            bench.extra["icount"].append({  # type: ignore[attr-defined]
+                "scenario": "aiproxy + Redis limits", "mode": "non-stream",
+                "per_request": limited, "phases": [limited] * 2, "spread": 0.0,
+                "requests": 800, "conns": 32})
+            bench.evaluate()  # type: ignore[attr-defined]
+            redis = _find({t["target"]: t for t in bench.targets},  # type: ignore[attr-defined]
+                          name)
+            assert (redis["limit"], redis["result"]) == (">= 0.85", verdict)
+
     def test_stream_floor_ratio_is_one(self, bench: object) -> None:
         stream = _find(_scored(bench), "stream (50 chunks)")
         assert stream["limit"] == ">= 1.00"
