@@ -78,7 +78,8 @@ def _stamp(logger: Any, method: str, event: MutableMapping[str, Any]) -> Mutable
         _clock[0] = second
         _clock[1] = datetime.datetime.fromtimestamp(second, datetime.UTC).strftime(
             "%Y-%m-%dT%H:%M:%S")
-    event["timestamp"] = f"{_clock[1]}.{int((now - second) * 1e6):06d}Z"
+    # %-formatting: a third of what an f-string with a format spec costs here; %d truncates.
+    event["timestamp"] = "%s.%06dZ" % (_clock[1], (now - second) * 1e6)  # noqa: UP031
     return event
 
 
@@ -124,14 +125,18 @@ def configure_logging(level: str = "INFO", fmt: str | None = None,
 
 
 def access_line(fields: dict[str, Any]) -> None:
-    """One access line: the same JSON structlog would render, written directly."""
+    """One access line: the same JSON structlog would render, written directly. (A caller
+    that puts ``event``, ``level`` and ``timestamp`` keys in ``fields`` up front spares the
+    dict a resize: they are overwritten here.)"""
     sink = _State.sink
     if sink is not None and _State.json_access:
         fields["event"] = "request"
         fields["level"] = "info"
         _State.stamp(None, "info", fields)
-        sink.write(orjson.dumps(fields, default=str) + b"\n")
+        sink.write(orjson.dumps(fields, default=str, option=orjson.OPT_APPEND_NEWLINE))
     else:
+        for key in ("event", "level", "timestamp"):
+            fields.pop(key, None)
         structlog.get_logger("aiproxy.access").info("request", **fields)
 
 

@@ -152,6 +152,7 @@ def access_log(record: Record) -> None:
     if requested is not None and len(requested) > LOGGED_NAME_MAX:
         requested = requested[:LOGGED_NAME_MAX] + "…"
     access_line({
+        "event": "request", "level": "info", "timestamp": "",  # filled in by access_line
         "request_id": record.request_id, "method": record.method, "path": record.path,
         "status": record.status, "model": record.model, "requested": requested,
         "provider": record.provider, "attempts": record.attempts, "tried": record.tried,
