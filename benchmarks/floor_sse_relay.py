@@ -10,10 +10,10 @@ rewriting, no auth, no logs. aiproxy's streaming throughput is judged against th
 from __future__ import annotations
 
 import argparse
-import asyncio
 
 import aiohttp
 from aiohttp import web
+from loops import CHOICES, new_loop
 
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 URL = web.AppKey("url", str)
@@ -56,24 +56,13 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", required=True, help="upstream base URL, e.g. http://h:p/v1")
-    parser.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
+    parser.add_argument("--loop", choices=CHOICES, default="auto",
                         help="event loop, chosen as aiproxy's --loop chooses (auto: uvloop when "
                              "installed), so that floor and proxy are compared on the same loop")
     args = parser.parse_args()
     web.run_app(make_app(args.upstream), host=args.host, port=args.port, access_log=None,
                 print=None, loop=new_loop(args.loop))
 
-
-def new_loop(choice: str) -> asyncio.AbstractEventLoop:
-    if choice != "asyncio":
-        try:
-            import uvloop  # the same optional speed-up aiproxy uses when installed
-        except ImportError:
-            if choice == "uvloop":
-                raise
-        else:
-            return uvloop.new_event_loop()
-    return asyncio.new_event_loop()
 
 
 if __name__ == "__main__":
