@@ -60,6 +60,10 @@ class TestChatMembers:
         ({"messages": [{"role": "tool", "content": "x", "tool_call_id": []}]},
          "messages[0].tool_call_id"),
         ({"messages": [{"role": "assistant", "tool_calls": ["x"]}]}, "messages[0].tool_calls[0]"),
+        # Two members, no content: still checked (only role + content skip the rest).
+        ({"messages": [{"role": "user", "name": 5}]}, "messages[0].name"),
+        ({"messages": [{"role": "user", "content": "x"}, {"role": "tool", "tool_call_id": 1}]},
+         "messages[1].tool_call_id"),
         ({"tools": [1]}, "tools[0]"),
         ({"stop": ["a", 1]}, "stop"),
         ({"stream_options": {"include_usage": "yes"}}, "stream_options.include_usage"),

@@ -102,12 +102,11 @@ async def gateway(request: web.Request, handler: Handler) -> web.StreamResponse:
 async def _answer(request: web.Request, handler: Handler, trace: Trace) -> web.StreamResponse:
     """Authenticate and run the handler; every error the proxy answers is the OpenAI
     envelope (Anthropic's on the Messages API paths), nothing internal leaks."""
-    envelope = messages.envelope_for(request) or error_response
     try:
         authenticate(request, trace)
         return await handler(request)
     except ProxyError as exc:
-        return envelope(exc)
+        return _envelope(request)(exc)
     except ConnectionError:
         trace.client_gone = True  # the client left; aiohttp drops the connection quietly
         raise
@@ -118,7 +117,7 @@ async def _answer(request: web.Request, handler: Handler, trace: Trace) -> web.S
                    405: f"method {request.method} is not allowed on {request.path}",
                    413: "request body too large"}.get(exc.status, exc.reason)
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-        return envelope(ProxyError(exc.status, message, headers=headers,
+        return _envelope(request)(ProxyError(exc.status, message, headers=headers,
                                    code={404: "not_found", 413: "request_too_large"}
                                    .get(exc.status)))
     except Exception as exc:  # noqa: BLE001 - the last line of defence: log briefly, answer 500
@@ -128,7 +127,13 @@ async def _answer(request: web.Request, handler: Handler, trace: Trace) -> web.S
         where = f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb else "?"
         log.error("internal_error", error=type(exc).__name__, where=where,
                   request_id=trace.request_id)
-        return envelope(ProxyError(500, "internal error", code="internal_error"))
+        return _envelope(request)(ProxyError(500, "internal error", code="internal_error"))
+
+
+def _envelope(request: web.Request) -> Callable[[ProxyError], web.Response]:
+    """How an error of ``request`` is answered: Anthropic's envelope on the Messages API
+    paths, OpenAI's elsewhere (looked up only when there is an error to answer)."""
+    return messages.envelope_for(request) or error_response
 
 
 def request_metrics(metrics: Metrics) -> Observer:

@@ -169,6 +169,9 @@ def type_name(value: Any) -> str:
             float: "number", type(None): "null"}.get(type(value), type(value).__name__)
 
 
+_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+
+
 def parse_chat_request(body: dict[str, Any], raw: bytes) -> ChatRequest:
     """Validate an OpenAI chat completion request enough to route it and fail early."""
     model = body.get("model")
@@ -184,16 +187,18 @@ def parse_chat_request(body: dict[str, Any], raw: bytes) -> ChatRequest:
             raise ProxyError(400, f"'messages[{i}]' must be an object, got "
                              f"{type_name(message)}", param=f"messages[{i}]")
         role = message.get("role")
-        if not isinstance(role, str) or role not in (
-                "system", "developer", "user", "assistant", "tool", "function"):
+        if not isinstance(role, str) or role not in _ROLES:
             raise ProxyError(400, f"'messages[{i}].role' must be one of system, developer, user, "
                              f"assistant, tool; got {role!r}", param=f"messages[{i}].role")
         content = message.get("content")
-        if content is not None and not isinstance(content, str | list):
-            raise ProxyError(400, f"'messages[{i}].content' must be a string or an array, got "
-                             f"{type_name(content)}", param=f"messages[{i}].content")
-        if isinstance(content, list):
-            _objects(content, f"messages[{i}].content")
+        if type(content) is not str:  # the common case, text, needs no more checks
+            if content is not None and not isinstance(content, str | list):
+                raise ProxyError(400, f"'messages[{i}].content' must be a string or an array, "
+                                 f"got {type_name(content)}", param=f"messages[{i}].content")
+            if isinstance(content, list):
+                _objects(content, f"messages[{i}].content")
+        if len(message) == 1 or (len(message) == 2 and "content" in message):
+            continue  # a role (checked above) and content: nothing else to check
         for field in ("name", "tool_call_id"):
             value = message.get(field)
             if value is not None and not isinstance(value, str):

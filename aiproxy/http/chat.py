@@ -53,7 +53,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     chat = parse_chat_request(body, raw)
     trace = trace_of(request)
     trace.requested = body["model"]
-    router = generation_of(request).router
+    router = (trace.generation or generation_of(request)).router  # (503 before the first)
     if not chat.stream:
         served = await router.chat(trace, trace.grant, chat)
         data = served.result.data
