@@ -397,3 +397,32 @@ async def test_a_stream_that_asks_for_no_usage_is_priced_all_the_same(start_prox
     (row,) = await rows(proxy)
     assert (row["tokens_in"], row["tokens_out"]) == (7, 5)
     assert row["cost"] == pytest.approx(GPT4O)
+
+
+async def test_sqlite_writes_batches_of_any_size_exactly(tmp_path):
+    """Rows go in many to a statement (full chunks, then powers of two): every row of every
+    batch size lands once, with its None, bool, int, float and str values as they were."""
+    from aiproxy.usage.store import COLUMNS
+
+    store = SQLiteStore(str(tmp_path / "u.db"))
+    await store.open()
+    try:
+        expected = []
+        for size in (1, 5, 127, 128, 300):
+            rows = []
+            for i in range(size):
+                n = len(expected)
+                values: dict[str, object] = dict.fromkeys(COLUMNS)
+                values.update(ts=1000.0 + n, request_id=f"r{n}", route="/v1/chat/completions",
+                              status=200, stream=n % 2 == 0, tokens_in=i, total_ms=1.5,
+                              latency_bin=3, attempts=1, hedges=0, continuations=0,
+                              cost=None if n % 3 else 0.25)
+                rows.append(tuple(values[c] for c in COLUMNS))
+                expected.append((f"r{n}", int(n % 2 == 0), i, None if n % 3 else 0.25, None))
+            await store.write(rows, {})
+        got = await store.fetch("SELECT request_id, stream, tokens_in, cost, key_name "
+                                "FROM usage_records ORDER BY ts", [])
+        assert [tuple(r) for r in got] == expected
+        assert len(expected) == 561
+    finally:
+        await store.close()

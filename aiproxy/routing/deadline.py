@@ -28,12 +28,14 @@ class deadline:
 
     def __enter__(self) -> deadline:
         if self._delay is not None:
-            task = asyncio.current_task()
+            # One loop lookup (on Python 3.11 each costs a getpid() system call).
+            loop = asyncio.get_running_loop()
+            task = asyncio.current_task(loop)
             if task is None:
                 raise RuntimeError("deadline() must be used inside a task")
             self._task = task
             self._cancelling = task.cancelling()  # cancellations already pending: not ours
-            self._handle = asyncio.get_running_loop().call_later(self._delay, self._fire)
+            self._handle = loop.call_later(self._delay, self._fire)
         return self
 
     def _fire(self) -> None:
