@@ -208,14 +208,14 @@ class Exchange:
         and the request answered at once."""
         router = self.router
         policy = plan[0].retry
-        deadline = router.clock() + policy.max_time
+        give_up_at = router.clock() + policy.max_time
         candidates = plan
         for round_no in range(policy.max_retries + 1):
             retry_next: list[Route] = []
             queue = list(candidates)
             while queue:
                 route = queue.pop(0)
-                outcome = await self._try(route, call, tally, queue, deadline)
+                outcome = await self._try(route, call, tally, queue, give_up_at)
                 if isinstance(outcome, tuple):
                     return outcome
                 if outcome is None:
@@ -251,11 +251,11 @@ class Exchange:
             if not viable:
                 parked = [tally.parked_until.get(r.name, 0.0) - now for r in retry_next]
                 soonest = min(parked) if parked else 0.0
-                if soonest <= 0 or soonest > policy.max_delay or now + soonest > deadline:
+                if soonest <= 0 or soonest > policy.max_delay or now + soonest > give_up_at:
                     break  # nothing would be tried after the wait: answer now
                 wait = soonest + 0.01  # a hair past the park, so the limiter released it
                 viable = retry_next
-            if wait > policy.max_delay or now + wait > deadline:
+            if wait > policy.max_delay or now + wait > give_up_at:
                 break  # an upstream asks for longer than we hold a client: answer now
             log.debug("retry_wait", seconds=round(wait, 3), round=round_no + 1,
                       request_id=self.record.request_id)
@@ -270,7 +270,7 @@ class Exchange:
                          for r in planner.expand(name))
 
     async def _try(self, route: Route, call: Callable[[Route], Awaitable[T]], tally: _Tally,
-                   queue: list[Route], deadline: float
+                   queue: list[Route], give_up_at: float
                    ) -> tuple[Attempt, T] | UpstreamError | None:
         """One candidate, retried on the same model when it is worth it: a 429 whose
         Retry-After fits the budget is waited out once; a 5xx or a connection reset gets
@@ -287,7 +287,7 @@ class Exchange:
             if not isinstance(outcome, UpstreamError):
                 return outcome
             err = outcome
-            left = deadline - router.clock()
+            left = give_up_at - router.clock()
             if (err.kind is ErrorKind.RATE_LIMITED and err.retry_after and not waited
                     and err.retry_after <= min(policy.max_delay, left)):
                 waited = True
