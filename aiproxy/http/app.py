@@ -117,9 +117,8 @@ async def _answer(request: web.Request, handler: Handler, trace: Trace) -> web.S
                    405: f"method {request.method} is not allowed on {request.path}",
                    413: "request body too large"}.get(exc.status, exc.reason)
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-        return _envelope(request)(ProxyError(exc.status, message, headers=headers,
-                                   code={404: "not_found", 413: "request_too_large"}
-                                   .get(exc.status)))
+        code = {404: "not_found", 413: "request_too_large"}.get(exc.status)
+        return _envelope(request)(ProxyError(exc.status, message, headers=headers, code=code))
     except Exception as exc:  # noqa: BLE001 - the last line of defence: log briefly, answer 500
         tb = exc.__traceback__
         while tb is not None and tb.tb_next is not None:
