@@ -96,7 +96,9 @@ class SpanWriter:
         attributes.update({name: value for name, value in optional if value is not None})
         if record.tried:
             attributes["aiproxy.tried"] = list(record.tried)
-        cost = self.cost(record) if self.cost is not None else None
+        cost = record.cost_usd  # priced by the usage ledger, an observer before this one
+        if cost is None and self.cost is not None:
+            cost = self.cost(record)
         if cost is not None:
             attributes["aiproxy.cost_usd"] = cost
         failed = record.error_kind or record.stream_error

@@ -637,10 +637,14 @@ class Router:
                      request: ChatRequest) -> RoutedStream:
         """A chat completion stream: see :meth:`open_stream`."""
         length = len(request.raw)
-        key_counts_tokens = grant is not None and bool(grant.limits.token_windows)
+        # Every stream asks for the final usage chunk, whatever the client asked: token
+        # limits reconcile with it, and the usage ledger prices and budgets by it (a stream
+        # without usage would cost nothing). The lens keeps it from a client that did not ask.
+        # Built once: every candidate gets the same request.
+        asked = request.with_usage_requested()
 
         def call(route: Route) -> AsyncIterator[dict[str, Any]]:
-            return route.provider.stream(_with_usage(request, route, key_counts_tokens))
+            return route.provider.stream(asked)
 
         def continued(route: Route, text: str) -> AsyncIterator[dict[str, Any]]:
             return route.provider.stream(_continuation(request, text))
@@ -755,13 +759,6 @@ def _continuation(request: ChatRequest, text: str) -> ChatRequest:
     body["messages"] = [*body["messages"], {"role": "assistant", "content": text}]
     body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
     return ChatRequest(body=body, raw=orjson.dumps(body), stream=True, continuation=True)
-
-
-def _with_usage(request: ChatRequest, route: Route, need_usage: bool) -> ChatRequest:
-    """Ask for the final usage chunk of every stream, whatever the client asked: token
-    limits reconcile with it, and the usage ledger prices and budgets by it (a stream without
-    usage would cost nothing). The stream keeps it from a client that did not ask."""
-    return request.with_usage_requested()
 
 
 async def _aclose(chunks: AsyncIterator[dict[str, Any]]) -> None:
