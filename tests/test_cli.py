@@ -116,6 +116,20 @@ async def wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
     raise AssertionError("the proxy did not start")
 
 
+def stop_procs(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Stop proxies started by a test: SIGTERM to all, then wait (kill one that hangs)."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    procs.clear()
+
+
 class TestServer:
     @pytest.mark.parametrize("loop", ["auto", "asyncio", "uvloop"])
     async def test_serves_and_shuts_down_gracefully(self, tmp_path, loop):

@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import TOKEN
 from tests.redis_fixture import RedisServer
-from tests.test_cli import free_port, wait_ready
+from tests.test_cli import free_port, stop_procs, wait_ready
 
 LIMIT = 10
 MSG = [{"role": "user", "content": "hi"}]
@@ -46,16 +46,7 @@ class Proxies:
         return url
 
     def stop_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self.procs.clear()
+        stop_procs(self.procs)
 
 
 @pytest.fixture

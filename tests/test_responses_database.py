@@ -28,7 +28,7 @@ from aiproxy.usage.sqlite import SQLiteStore
 from aiproxy.usage.store import UsageStore
 from tests.conftest import TOKEN, make_settings
 from tests.postgres_fixture import PostgresServer, fresh_database
-from tests.test_cli import free_port, wait_ready
+from tests.test_cli import free_port, stop_procs, wait_ready
 from tests.test_responses_store import Clock, record
 
 KEY_A = "resp-key-a-0123456789"
@@ -261,16 +261,7 @@ class Proxies:
         return url
 
     def stop_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self.procs.clear()
+        stop_procs(self.procs)
 
 
 @pytest.fixture
