@@ -28,6 +28,7 @@ from aiproxy.plugins import ProviderRegistry, UnknownProviderError
 from aiproxy.provider import Provider, RateLimitHint
 from aiproxy.routing import Planner, RetryPolicy, Route, Router, RouteState
 from aiproxy.routing.router import AdmissionGuard
+from aiproxy.upstream import UpstreamClient
 
 __all__ = ["RESTART_ONLY", "ConfigSource", "Generation", "ProviderPool", "Runtime",
            "config_warnings", "has_limits", "make_session"]
@@ -89,6 +90,7 @@ class ProviderPool:
         self.registry = registry
         self.limiter = limiter
         self.sessions: dict[float, aiohttp.ClientSession] = {}
+        self.clients: dict[float, UpstreamClient] = {}  # by keep-alive, as the sessions
         self._current: dict[str, _Entry] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -122,6 +124,7 @@ class ProviderPool:
                               f"({type(exc).__name__})")
                 continue
             provider.rate_limit_listener = self._parker(model.name)
+            provider.upstream_client = self._client(model)
             entry = _Entry(model, provider, RouteState.of(model))
             entries[model.name] = entry
             fresh.append(entry)
@@ -149,6 +152,8 @@ class ProviderPool:
         self._current = {}
         for session in self.sessions.values():
             await session.close()
+        for client in self.clients.values():
+            await client.close()
 
     def _session(self, model: ModelConfig) -> aiohttp.ClientSession:
         keepalive = model.http_client_config.idle_conn_timeout_seconds
@@ -156,6 +161,13 @@ class ProviderPool:
         if session is None:
             session = self.sessions[keepalive] = make_session(keepalive)
         return session
+
+    def _client(self, model: ModelConfig) -> UpstreamClient:
+        keepalive = model.http_client_config.idle_conn_timeout_seconds
+        client = self.clients.get(keepalive)
+        if client is None:
+            client = self.clients[keepalive] = UpstreamClient(keepalive)
+        return client
 
     def _parker(self, name: str) -> Callable[[RateLimitHint], None]:
         """The listener a provider calls when its upstream announces an exhausted budget. It

@@ -5,8 +5,8 @@
 - The **values** it exchanges with the core: requests, responses, stream chunks in the OpenAI
   Chat Completions shape, and :class:`UpstreamError` for every failure.
 - The **helpers** it may use: the translation kit (:mod:`aiproxy.kit`), re-exported here.
-- What only the **core** calls (``rate_limit_listener``, ``note_rate_limit``, ``redact``): a
-  plugin neither sets nor overrides them.
+- What only the **core** sets or calls (``rate_limit_listener``, ``upstream_client``,
+  ``note_rate_limit``, ``redact``): a plugin neither sets nor overrides them.
 
 Read ``docs/plugins.md`` for a walk-through; ``PLUGIN_API_VERSION`` changes when this does.
 """
@@ -78,6 +78,7 @@ from aiproxy.kit import (
 )
 from aiproxy.secrets import Secrets
 from aiproxy.sse import SSEEvent, iter_sse
+from aiproxy.upstream import UpstreamClient, UpstreamResponse, handles
 
 # The contract: what a plugin implements and the values it exchanges.
 __all__ = [
@@ -97,6 +98,7 @@ __all__ = [
     "Provider",
     "RateLimitHint",
     "UpstreamError",
+    "UpstreamResponse",
 ]
 # The kit (aiproxy.kit): what a plugin may use.
 __all__ += [
@@ -339,6 +341,9 @@ class Provider:
         # Set by the core once, when it builds the provider: told when the upstream announces
         # an exhausted budget (``note_rate_limit``); the core parks the model until the reset.
         self.rate_limit_listener: Callable[[RateLimitHint], None] | None = None
+        # Set by the core once, when it builds the provider: its pooled upstream client, which
+        # ``send`` uses for plain calls (``None``: every call goes through ``session``).
+        self.upstream_client: UpstreamClient | None = None
         url = model.url or self.default_url
         if not url:
             raise ConfigError([f"{model.name}: url: required for provider {model.provider!r}"])
@@ -381,8 +386,13 @@ class Provider:
         data: bytes | None = None,
         headers: Mapping[str, str] | None = None,
         **kwargs: Any,
-    ) -> aiohttp.ClientResponse:
+    ) -> UpstreamResponse:
         """Make one upstream call; return a 2xx response (caller releases it) or raise.
+
+        The call goes over the core's pooled upstream client (:mod:`aiproxy.upstream`) when
+        the provider was built by the core and the call is plain (a ``bytes`` body or none,
+        ``headers``, at most ``ssl=``); any other ``aiohttp`` keyword goes through
+        ``self.session``. Either way the answer is an :class:`UpstreamResponse`.
 
         Connection failures become ``CONNECTION``/``TIMEOUT`` errors, and a non-2xx answer is read
         and turned into an :class:`UpstreamError` by :meth:`error_from_response`.
@@ -391,10 +401,16 @@ class Provider:
         # Redirects are never followed: a credential header (api-key, x-goog-api-key) would go
         # along to another host, 307/308 would re-send the prompt, and the other server's
         # answer would be served as the model's. An operator configures the final URL.
-        kwargs["allow_redirects"] = False
+        client = self.upstream_client
         try:
-            resp = await self.session.request(method, url, data=data, headers=headers,
-                                              timeout=self.client_timeout, **kwargs)
+            if client is not None and handles(data, kwargs):
+                resp: UpstreamResponse = await client.request(
+                    method, url, data=data, headers=headers, tls=kwargs.get("ssl", True),
+                    connect_timeout=self.model.timeouts.connect or DEFAULT_CONNECT_TIMEOUT)
+            else:
+                kwargs["allow_redirects"] = False
+                resp = await self.session.request(method, url, data=data, headers=headers,
+                                                  timeout=self.client_timeout, **kwargs)
         except TimeoutError:
             raise UpstreamError(ErrorKind.TIMEOUT, f"{self.model.name}: connect timed out",
                                 status=504) from None
@@ -434,8 +450,9 @@ class Provider:
         return False
 
     # --- What only the core calls ---------------------------------------------------------------
-    # ``rate_limit_listener`` (set by the core when it builds the provider), ``redact`` and
-    # ``note_rate_limit`` (called by ``send``): a plugin neither sets nor overrides them.
+    # ``rate_limit_listener`` and ``upstream_client`` (set by the core when it builds the
+    # provider), ``redact`` and ``note_rate_limit`` (called by ``send``): a plugin neither
+    # sets nor overrides them.
 
     def redact(self, text: str) -> str:
         """``text`` without the model's credentials (its token, each half of a
@@ -530,7 +547,7 @@ MAX_ERROR_SIZE = 1024 * 1024
 UPSTREAM_CALLED: ContextVar[bool] = ContextVar("aiproxy_upstream_called", default=False)
 
 
-async def _read_bounded(resp: aiohttp.ClientResponse, limit: int, name: str, *,
+async def _read_bounded(resp: UpstreamResponse, limit: int, name: str, *,
                         truncate: bool = False) -> bytes:
     """The body of ``resp``, at most ``limit`` bytes: past it, an :class:`UpstreamError` (or,
     with ``truncate``, the first ``limit`` bytes and the connection closed). The body is also

@@ -31,6 +31,7 @@ from aiproxy.provider import (
     ModelConfig,
     Provider,
     UpstreamError,
+    UpstreamResponse,
     error_from_status,
     image_media_type,
     iter_sse,
@@ -217,7 +218,7 @@ class OpenAIProvider(Provider):
         async for chunk in self._chunks(resp):
             yield chunk
 
-    async def _chunks(self, resp: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
+    async def _chunks(self, resp: UpstreamResponse) -> AsyncIterator[dict[str, Any]]:
         """The chunks of an OpenAI-shaped stream (chat or legacy completions), until [DONE]
         or a clean end after a finish_reason; a cut or an early end is a PROTOCOL error. An
         event that is not JSON is yielded as MALFORMED_EVENT, for the core to drop."""
@@ -285,7 +286,7 @@ class OpenAIProvider(Provider):
         status = status if isinstance(status, int) and 400 <= status < 600 else 502
         return self.error_from_response(status, orjson.dumps(data), {})
 
-    async def _read_json(self, resp: aiohttp.ClientResponse) -> dict[str, Any]:
+    async def _read_json(self, resp: UpstreamResponse) -> dict[str, Any]:
         try:
             data = orjson.loads(await resp.read())
         except (aiohttp.ClientError, orjson.JSONDecodeError) as exc:

@@ -73,6 +73,10 @@ EXPORTED: dict[str, Any] = {
         " provider_name: 'str | None' = None) -> 'None'"
     ),
     'UpstreamFailure': ('status', 'message', 'codes', 'param', 'retry_after', 'headers'),
+    # A Protocol: by its members (what send() returns, whichever client made the call).
+    'UpstreamResponse': ('_body', 'charset', 'close', 'content', 'content_length',
+                         'content_type', 'headers', 'json', 'method', 'ok', 'raise_for_status',
+                         'read', 'reason', 'release', 'request_info', 'status', 'text', 'url'),
     'assistant_message': (
         "(text: 'str | None', tool_calls: 'Sequence[Mapping[str, Any]]' = ()) -> 'dict[str, Any]'"
     ),
@@ -97,7 +101,7 @@ EXPORTED: dict[str, Any] = {
         "(vectors: 'Sequence[Sequence[float]]', *, model: 'str', prompt_tokens: 'int',"
         ' encoding: "Literal[\'float\', \'base64\']" = \'float\') -> \'dict[str, Any]\''
     ),
-    'end_response': "(resp: 'aiohttp.ClientResponse', *, complete: 'bool') -> 'None'",
+    'end_response': "(resp: 'UpstreamResponse', *, complete: 'bool') -> 'None'",
     'error_from_status': (
         "(status: 'int', message: 'str', *, headers: 'Mapping[str, str] | None' = None,"
         " code: 'str | None' = None, param: 'str | None' = None,"
@@ -141,7 +145,7 @@ EXPORTED: dict[str, Any] = {
         " 'refusal', 'image_url', 'input_audio', 'file')) -> 'list[Part]'"
     ),
     'protocol_error': "(message: 'str') -> 'UpstreamError'",
-    'read_body': "(resp: 'aiohttp.ClientResponse', *, provider: 'str') -> 'bytes'",
+    'read_body': "(resp: 'UpstreamResponse', *, provider: 'str') -> 'bytes'",
     'stop_of': "(body: 'Mapping[str, Any]') -> 'list[str] | None'",
     'structure_options': (
         "(data: 'Mapping[str, Any]', cls: 'type[T]', path: 'str' = 'options') -> 'T'"
@@ -182,7 +186,7 @@ PROVIDER_USES: dict[str, Any] = {
     'client_timeout': 'property',
     'send': (
         "(self, method: 'str', url: 'str', *, data: 'bytes | None' = None, headers: 'Mapping[str,"
-        " str] | None' = None, **kwargs: 'Any') -> 'aiohttp.ClientResponse'"
+        " str] | None' = None, **kwargs: 'Any') -> 'UpstreamResponse'"
     ),
 }
 PROVIDER_CORE_ONLY: dict[str, Any] = {
@@ -215,7 +219,7 @@ STREAM_ASSEMBLER: dict[str, Any] = {
     'end': "(self, reason: 'str' = 'stop') -> 'list[dict[str, Any]]'",
     'complete': 'property',
     'read': (
-        "(self, resp: 'aiohttp.ClientResponse', *, done: 'bytes | None' = b'[DONE]',"
+        "(self, resp: 'UpstreamResponse', *, done: 'bytes | None' = b'[DONE]',"
         ' end: \'str\' = \'its end\', framing: "Literal[\'sse\','
         ' \'ndjson\']" = \'sse\') -> '
         "'contextlib.AbstractAsyncContextManager[AsyncIterator[Event]]'"
@@ -239,6 +243,10 @@ PARAMETERS: dict[str, Any] = {
 
 
 def surface(obj: Any) -> Any:
+    if inspect.isclass(obj) and getattr(obj, "_is_protocol", False):
+        return tuple(sorted(set(obj.__annotations__) | {
+            n for n, v in vars(obj).items()
+            if not n.startswith("__") and (callable(v) or isinstance(v, property))}))
     if inspect.isclass(obj) and attrs.has(obj):
         return tuple(a.name for a in attrs.fields(obj))
     if inspect.isclass(obj) and issubclass(obj, enum.Enum):

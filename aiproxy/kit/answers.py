@@ -18,6 +18,7 @@ import aiohttp
 import orjson
 
 from aiproxy.kit.errors import bad_request, protocol_error
+from aiproxy.upstream import UpstreamResponse
 
 __all__ = [
     "assistant_message",
@@ -172,7 +173,7 @@ def image_media_type(data: bytes) -> str | None:
 # --- Reading the upstream -----------------------------------------------------------------------
 
 
-async def read_body(resp: aiohttp.ClientResponse, *, provider: str) -> bytes:
+async def read_body(resp: UpstreamResponse, *, provider: str) -> bytes:
     """A 2xx answer's body, and the connection back to the pool; a cut is ``PROTOCOL``."""
     try:
         return await resp.read()

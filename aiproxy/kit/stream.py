@@ -22,6 +22,7 @@ import orjson
 from aiproxy.kit.answers import completion_id, tool_call_id
 from aiproxy.kit.errors import protocol_error
 from aiproxy.sse import SSEEvent, iter_sse
+from aiproxy.upstream import UpstreamResponse
 
 __all__ = ["Event", "StreamAssembler", "StreamChunks", "end_response"]
 
@@ -97,7 +98,7 @@ async def _ndjson(content: aiohttp.StreamReader) -> AsyncGenerator[SSEEvent, Non
         yield SSEEvent(buffer)
 
 
-def end_response(resp: aiohttp.ClientResponse, *, complete: bool) -> None:
+def end_response(resp: UpstreamResponse, *, complete: bool) -> None:
     """Let go of a streamed upstream response: call it in the ``finally`` around reading it.
 
     A ``complete`` body (read to its end) releases the connection to the pool for reuse; any
@@ -124,7 +125,7 @@ class _Reading(contextlib.AbstractAsyncContextManager[AsyncIterator[Event]]):
     every async generator on its own, and one more generator around the events would be closed
     twice."""
 
-    def __init__(self, assembler: StreamAssembler, resp: aiohttp.ClientResponse,
+    def __init__(self, assembler: StreamAssembler, resp: UpstreamResponse,
                  events: AsyncGenerator[Event, None]) -> None:
         self.assembler, self.resp, self.events = assembler, resp, events
 
@@ -297,7 +298,7 @@ class StreamAssembler:
 
     # --- Reading the upstream -----------------------------------------------------------------
 
-    def read(self, resp: aiohttp.ClientResponse, *, done: bytes | None = b"[DONE]",
+    def read(self, resp: UpstreamResponse, *, done: bytes | None = b"[DONE]",
              end: str = "its end", framing: Literal["sse", "ndjson"] = "sse",
              ) -> contextlib.AbstractAsyncContextManager[AsyncIterator[Event]]:
         """The upstream's events as JSON objects, until ``done`` (its end marker, ``None`` for

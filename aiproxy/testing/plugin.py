@@ -67,8 +67,10 @@ async def aiproxy_provider(aiproxy_upstream: FakeUpstream,
     ``test/model``, ``url`` to the fake's root); or pass a whole ``model=``.
     """
     from aiproxy.config import ModelConfig
+    from aiproxy.upstream import UpstreamClient
 
     made: list[Provider] = []
+    client = UpstreamClient()
 
     def make(cls: type[Provider], model: ModelConfig | None = None, **fields: Any) -> Provider:
         if model is None:
@@ -76,12 +78,14 @@ async def aiproxy_provider(aiproxy_upstream: FakeUpstream,
                       **fields}
             model = ModelConfig(**fields)
         provider = cls(model, aiproxy_session)
+        provider.upstream_client = client  # as the core builds it: plain calls over the pool
         made.append(provider)
         return provider
 
     yield make
     for provider in made:
         await provider.close()
+    await client.close()
 
 
 class ConformanceReporter:

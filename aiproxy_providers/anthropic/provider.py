@@ -26,6 +26,7 @@ from aiproxy.provider import (
     ModelConfig,
     Provider,
     UpstreamError,
+    UpstreamResponse,
     end_response,
     iter_sse,
 )
@@ -152,7 +153,7 @@ class AnthropicProvider(Provider):
             headers["Accept"] = "text/event-stream"
         return headers
 
-    async def _json(self, resp: aiohttp.ClientResponse) -> dict[str, Any]:
+    async def _json(self, resp: UpstreamResponse) -> dict[str, Any]:
         try:
             data = orjson.loads(await resp.read())
         except (aiohttp.ClientError, orjson.JSONDecodeError) as exc:
@@ -166,7 +167,7 @@ class AnthropicProvider(Provider):
             raise error_from_event(data)
         return data
 
-    async def _events(self, resp: aiohttp.ClientResponse
+    async def _events(self, resp: UpstreamResponse
                       ) -> AsyncGenerator[dict[str, Any], None]:
         """The stream's events as JSON objects; a cut raises PROTOCOL."""
         events = iter_sse(resp.content)

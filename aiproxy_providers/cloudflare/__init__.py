@@ -35,6 +35,7 @@ from aiproxy.provider import (
     RateLimitHint,
     StreamAssembler,
     UpstreamError,
+    UpstreamResponse,
     assistant_message,
     bad_request,
     chat_completion,
@@ -131,7 +132,7 @@ class CloudflareProvider(Provider):
 
     # --- HTTP ---------------------------------------------------------------------------
 
-    async def _post(self, body: bytes, accept: str) -> aiohttp.ClientResponse:
+    async def _post(self, body: bytes, accept: str) -> UpstreamResponse:
         return await self.send("POST", self._run_url, data=body, headers={
             "Authorization": f"Bearer {self.model.token}", "Content-Type": "application/json",
             "Accept": accept})

@@ -35,6 +35,7 @@ from aiproxy.provider import (
     StreamAssembler,
     UpstreamError,
     UpstreamFailure,
+    UpstreamResponse,
     assistant_message,
     chat_completion,
     classify,
@@ -167,7 +168,7 @@ class GigaChatProvider(Provider):
     # --- HTTP ---------------------------------------------------------------------------
 
     async def _send(self, url: str, body: bytes, headers: Mapping[str, str]
-                    ) -> aiohttp.ClientResponse:
+                    ) -> UpstreamResponse:
         try:
             return await self.send("POST", url, data=body, headers=headers, ssl=self._ssl)
         except UpstreamError as err:
@@ -181,7 +182,7 @@ class GigaChatProvider(Provider):
                     "to its PEM file") from None
             raise
 
-    async def _call(self, url: str, body: bytes, accept: str) -> aiohttp.ClientResponse:
+    async def _call(self, url: str, body: bytes, accept: str) -> UpstreamResponse:
         """POST to the API with a cached token; a 401 refreshes the token once and retries once."""
         token = await self._access_token()
         try:
