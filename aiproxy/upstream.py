@@ -328,6 +328,7 @@ class UpstreamClient:
         self._idle: dict[tuple[Any, ...], list[tuple[ResponseHandler, float]]] = {}
         self._open: set[ResponseHandler] = set()
         self._targets: dict[str, _Target] = {}
+        self._heads: dict[tuple[Any, ...], bytes] = {}
         self._dns: dict[tuple[str, int], tuple[float, list[Any]]] = {}
         self._sweep: asyncio.TimerHandle | None = None
         self._closed = False
@@ -350,7 +351,17 @@ class UpstreamClient:
         if target is None:
             target = self._target(url)
         method = method.upper()
-        head = _head(method, target, data, headers)
+        # The head up to the body's length, built once per method, URL and header set (a
+        # provider sends the same few headers on every call).
+        shape = (method, url, tuple(headers.items()) if headers else None, bool(data))
+        head = self._heads.get(shape)
+        if head is None:
+            head = _head(method, target, bool(data), headers)
+            if len(self._heads) >= _URL_CACHE_MAX:
+                self._heads.clear()  # per-call header values (fresh tokens): no hoarding
+            self._heads[shape] = head
+        if data:
+            head += b"Content-Length: %d\r\n\r\n" % len(data)
         context: ssl.SSLContext | None = None
         if target.secure:
             context = (tls if isinstance(tls, ssl.SSLContext) else _VERIFIED if tls
@@ -525,10 +536,11 @@ class UpstreamClient:
 
 
 
-def _head(method: str, target: _Target, data: bytes | None,
+def _head(method: str, target: _Target, body: bool,
           headers: Mapping[str, str] | None) -> bytes:
-    """The request line and headers: the caller's, then the defaults it did not set. A name
-    or value with CR, LF or NUL is refused (it would split the request), as aiohttp does."""
+    """The request line and headers, up to the ``Content-Length`` of a body (``body``): the
+    caller's, then the defaults it did not set. A name or value with CR, LF or NUL is refused
+    (it would split the request), as aiohttp does."""
     lines = [f"{method} {target.target} HTTP/1.1\r\n"]
     given: set[str] = set()
     if headers:
@@ -549,10 +561,9 @@ def _head(method: str, target: _Target, data: bytes | None,
         lines.append(f"Accept-Encoding: {_ACCEPT_ENCODING}\r\n")
     if "user-agent" not in given:
         lines.append(f"User-Agent: {SERVER_SOFTWARE}\r\n")
-    if data:
+    if body:
         if "content-type" not in given:
             lines.append("Content-Type: application/octet-stream\r\n")
-        lines.append(f"Content-Length: {len(data)}\r\n\r\n")
     elif method in _BODY_METHODS:
         lines.append("Content-Length: 0\r\n\r\n")
     else:
