@@ -39,6 +39,7 @@ and ``async with``.
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import ssl
 import time
@@ -226,7 +227,7 @@ class PooledResponse:
         """The body as JSON; like aiohttp's, it refuses an answer of another content type
         (``content_type=None`` accepts any) with ``aiohttp.ContentTypeError``."""
         body = await self.read()
-        if content_type is not None and content_type not in self.content_type:
+        if content_type is not None and not _is_json(content_type, self.content_type):
             raise aiohttp.ContentTypeError(
                 self.request_info, (), status=self.status, headers=self.headers,
                 message=f"Attempt to decode JSON with unexpected mimetype: {self.content_type}")
@@ -244,18 +245,19 @@ class PooledResponse:
     def release(self) -> _Done:
         """Done with the answer: its connection back to the pool if the body arrived whole,
         closed otherwise (an unread rest cannot be skipped on a kept-alive connection)."""
-        self._released = True
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            self._client._drop(conn)
+        self.close()
         return _DONE
 
     def close(self) -> None:
-        """Drop the connection, whatever is left unread."""
+        """Drop the connection, whatever is left unread; a reader still waiting on the body,
+        or reading it later, gets ``ClientConnectionError`` (as from aiohttp)."""
         self._released = True
         conn, self._conn = self._conn, None
         if conn is not None:
             self._client._drop(conn)
+            content = self.content
+            if content.exception() is None:
+                content.set_exception(aiohttp.ClientConnectionError("Connection closed"))
 
     @property
     def closed(self) -> bool:
@@ -385,7 +387,9 @@ class UpstreamClient:
                 message, payload = await conn.read()
                 while 100 <= message.code < 200 and message.code != 101:
                     message, payload = await conn.read()  # informational: the answer follows
-            except aiohttp.ServerDisconnectedError:
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+                # Closed or reset: on a pooled connection, most likely the upstream closed it
+                # while idle, before reading this request (RFC 9112 section 9.3.1).
                 self._drop(conn)
                 if reused and retry:
                     retry = False
@@ -485,6 +489,8 @@ class UpstreamClient:
         except TimeoutError as exc:
             raise aiohttp.ConnectionTimeoutError(
                 f"Connection timeout to host {target.url}") from exc
+        except aiohttp.ClientConnectorError:
+            raise  # the resolver's own (DNS) form, already wrapped
         except ssl.CertificateError as exc:
             raise aiohttp.ClientConnectorCertificateError(key, exc) from exc
         except ssl.SSLError as exc:
@@ -569,6 +575,18 @@ def _head(method: str, target: _Target, body: bool,
     else:
         lines.append("\r\n")
     return "".join(lines).encode("utf-8")
+
+
+_JSON_TYPE = re.compile(r"^application/(?:[\w.+-]+?\+)?json")
+
+
+def _is_json(expected: str, actual: str) -> bool:
+    """Whether ``actual`` is the content type ``json()`` was told to expect: for
+    ``application/json``, also the structured ``application/*+json`` types (RFC 6839), as
+    aiohttp accepts them."""
+    if expected == "application/json":
+        return _JSON_TYPE.match(actual) is not None
+    return expected in actual
 
 
 def _request_info(method: str, url: URL, headers: Mapping[str, str] | None
