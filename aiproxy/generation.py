@@ -221,6 +221,8 @@ class Runtime:
         self._draining: list[Generation] = []
         self._number = 0
         self._idle: asyncio.Event | None = None  # set when the last request in flight ends
+        # The loop the app runs on, once started (the gateway schedules the observers on it).
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def in_flight(self) -> int:

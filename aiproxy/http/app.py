@@ -60,8 +60,9 @@ LOGGED_NAME_MAX = 256
 async def gateway(request: web.Request, handler: Handler) -> web.StreamResponse:
     """What every request passes through, in one middleware (each extra one costs a wrapper
     per request): request id, the generation pin, authentication, the error envelope, and at
-    the end the observers (``app[OBSERVERS]``: request metrics, the access line, ...), each
-    given the request's settled record."""
+    the end the observers (``app[OBSERVERS]``: request metrics, the usage ledger, the access
+    line, ...), each given the request's settled record once the answer has left (before it,
+    when a budget's charge must land first)."""
     started = time.monotonic()
     incoming = request.headers.get("X-Request-ID")
     trace = request[TRACE] = Trace(
@@ -88,15 +89,33 @@ async def gateway(request: web.Request, handler: Handler) -> web.StreamResponse:
         info = request.match_info.route.resource
         # Unmatched paths share one label: a client must not be able to mint label values.
         trace.route = info.canonical if info is not None else "unmatched"
-        for observe in request.app[OBSERVERS]:
-            observe(trace)
-    ledger = request.app[usage.LEDGER]
+        ledger = request.app[usage.LEDGER]
+        loop = runtime.loop
+        if loop is None or ledger.charges_budgets():
+            observe(request.app[OBSERVERS], trace)
+        else:
+            # Once the answer has left: aiohttp writes it as soon as this returns, before the
+            # loop runs what is scheduled now, so the client does not wait for its own access
+            # line, metrics and usage row (the same work, off the answer's latency). The
+            # next request on any connection is read after them.
+            loop.call_soon(observe, request.app[OBSERVERS], trace)
     if not response.prepared and ledger.owes(trace):
         # A plain answer leaves once its budget charge (made as the ledger observed it) has
         # landed, so that every replica sees the spend. (A stream's headers went out before
         # its cost was known: it is charged as it ends.)
         await ledger.charged(trace)
     return response
+
+
+def observe(observers: list[Observer], record: Record) -> None:
+    """Give the settled ``record`` to each observer; one that fails is logged, and the others
+    still see the record."""
+    for observer in observers:
+        try:
+            observer(record)
+        except Exception as exc:  # noqa: BLE001 - an observer's bug must not cost the others
+            log.error("observer_failed", observer=getattr(observer, "__qualname__", "?"),
+                      error=type(exc).__name__, request_id=record.request_id)
 
 
 async def _answer(request: web.Request, handler: Handler, trace: Trace) -> web.StreamResponse:
@@ -253,6 +272,7 @@ def make_app(config: Config, settings: Settings, *, registry: ProviderRegistry |
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     runtime = app[RUNTIME]
+    runtime.loop = asyncio.get_running_loop()
     try:
         generation = runtime.start(app[CONFIG], app[SETTINGS])
     except BaseException:

@@ -253,6 +253,17 @@ class Ledger:
         finally:
             _add(self._charging, ((c, (-v[0], -v[1])) for c, v in cells.items()))
 
+    def charges_budgets(self) -> bool:
+        """Whether the live config has a budget: then each request's charge starts as it is
+        observed, and a plain answer waits for it (:meth:`charged`)."""
+        config = self.current()
+        if config is None:
+            return False
+        budgeted = self._budgeted
+        if budgeted is None or budgeted.config is not config:
+            budgeted = self._budgeted = _Budgeted(config)
+        return bool(budgeted.scopes)
+
     def owes(self, record: Record) -> bool:
         """Whether a budget charge of ``record`` may be under way (see :meth:`charged`)."""
         return id(record) in self._pending
