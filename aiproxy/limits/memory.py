@@ -102,7 +102,10 @@ class InMemoryRateLimiter(RateLimiter):
         self._calls = 0
 
     async def acquire(self, key: str, limits: Limits, tokens: int = 0) -> Decision:
-        # No await below this line: check-then-record is atomic within the event loop.
+        return self.decide_now(key, limits, tokens)
+
+    def decide_now(self, key: str, limits: Limits, tokens: int = 0) -> Decision:
+        # Nothing awaits here: check-then-record is atomic within the event loop.
         now = self._clock()
         tokens = bounded_tokens(tokens)
         self._maybe_sweep(now)

@@ -51,8 +51,9 @@ log = get_logger("aiproxy.router")
 Continuation = Callable[[Route, str], AsyncIterator[dict[str, Any]]]
 
 # Asked at admission, after the plan and before any attempt: raise a ProxyError (e.g. 429 for
-# a spent budget) to refuse the request. Given the record, the key's grant and the plan.
-AdmissionGuard = Callable[[Record, "Grant | None", "list[Route]"], Awaitable[None]]
+# a spent budget) to refuse the request, at once or from the awaitable it returns (``None``:
+# admitted, nothing to wait for). Given the record, the key's grant and the plan.
+AdmissionGuard = Callable[[Record, "Grant | None", "list[Route]"], "Awaitable[None] | None"]
 
 # Failures worth one quick retry on the same model: a 5xx or a reset before the headers.
 _SAME_MODEL_RETRYABLE = frozenset({ErrorKind.OVERLOADED, ErrorKind.CONNECTION})
@@ -60,6 +61,13 @@ _SAME_MODEL_RETRYABLE = frozenset({ErrorKind.OVERLOADED, ErrorKind.CONNECTION})
 # What a failed attempt says about the model's health.
 _UNWELL = frozenset({ErrorKind.OVERLOADED, ErrorKind.TIMEOUT, ErrorKind.CONNECTION,
                      ErrorKind.PROTOCOL, ErrorKind.AUTH})
+
+
+class _Nothing:
+    """No outcome yet (``None`` is one: the candidate was skipped)."""
+
+
+_NOTHING = _Nothing()
 
 
 def estimate_tokens(request_length: int, body: Mapping[str, Any]) -> int:
@@ -119,8 +127,9 @@ class Exchange:
         grant = self.grant
         if grant is None or grant.limits.unlimited:
             return
-        decision = await self.router.acquire(f"key:{grant.key.name}", grant.limits,
-                                             self.estimate)
+        key = f"key:{grant.key.name}"
+        decision = (self.router.limiter.decide_now(key, grant.limits, self.estimate)
+                    or await self.router.acquire(key, grant.limits, self.estimate))
         if not decision.allowed:
             raise ProxyError(429, f"rate limit reached for key {grant.key.name!r}; retry later",
                              code="rate_limit_exceeded", retry_after=decision.retry_after)
@@ -131,14 +140,20 @@ class Exchange:
         """Reconcile both reservations (``used`` tokens; ``None`` keeps the estimate), report
         the breaker's verdict, count tokens and time, and complete the record. Shielded: a
         cancelled request still gives back what it took."""
-        if self.settled:
-            return
-        self.settled = True
-        owed = self._settle(attempt, verdict, usage, used)
+        owed = self.settle_now(attempt, verdict, usage, used)
         if owed:
             # Only the limiter calls can wait; shielded, so a cancelled request still gives
             # back what it took. (Most requests owe none: no token limits, nothing to await.)
             await asyncio.shield(self.router.reconcile_all(owed))
+
+    def settle_now(self, attempt: Attempt | None, verdict: Verdict,
+                   usage: Mapping[str, Any] | None, used: int | None) -> list[_Owed]:
+        """:meth:`settle` but the limiter calls, which it returns for the caller to make
+        (shielded); nothing the second time."""
+        if self.settled:
+            return []
+        self.settled = True
+        return self._settle(attempt, verdict, usage, used)
 
     def _settle(self, attempt: Attempt | None, verdict: Verdict,
                 usage: Mapping[str, Any] | None, used: int | None) -> list[_Owed]:
@@ -186,8 +201,18 @@ class Exchange:
         docs/routing.md): the final error otherwise (and then the request is settled:
         nothing served it)."""
         tally = _Tally()
+        plan = self.plan
+        give_up_at = self.router.clock() + plan[0].retry.max_time
         try:
-            attempt, result = await self._rounds(self.plan, call, tally)
+            outcome: tuple[Attempt, T] | UpstreamError | _Nothing | None = _NOTHING
+            if len(plan) == 1:
+                # The common case, one candidate: no partner to hedge with, so its first
+                # attempt is made here; the rounds take over only when it did not answer.
+                outcome = await self._attempt(plan[0], call, tally)
+            if isinstance(outcome, tuple):
+                attempt, result = outcome
+            else:
+                attempt, result = await self._rounds(plan, call, tally, give_up_at, outcome)
         except BaseException:
             if tally.last_error is not None:
                 self.record.error_kind = tally.last_error.kind.value
@@ -201,21 +226,24 @@ class Exchange:
         return attempt, result
 
     async def _rounds(self, plan: list[Route], call: Callable[[Route], Awaitable[T]],
-                      tally: _Tally) -> tuple[Attempt, T]:
+                      tally: _Tally, give_up_at: float,
+                      first: tuple[Attempt, T] | UpstreamError | _Nothing | None = _NOTHING,
+                      ) -> tuple[Attempt, T]:
         """Rounds over ``plan``: each candidate once (with its same-model retries and a hedge
         beside it when slow), then, while some failed retryably, another round after a
         backoff; a round whose candidates are all open or parked past the wait is skipped
-        and the request answered at once."""
+        and the request answered at once. ``first``: the outcome of the first candidate's
+        first attempt, when it was already made (:meth:`run`)."""
         router = self.router
         policy = plan[0].retry
-        give_up_at = router.clock() + policy.max_time
         candidates = plan
         for round_no in range(policy.max_retries + 1):
             retry_next: list[Route] = []
             queue = list(candidates)
             while queue:
                 route = queue.pop(0)
-                outcome = await self._try(route, call, tally, queue, give_up_at)
+                outcome = await self._try(route, call, tally, queue, give_up_at, first)
+                first = _NOTHING
                 if isinstance(outcome, tuple):
                     return outcome
                 if outcome is None:
@@ -270,7 +298,8 @@ class Exchange:
                          for r in planner.expand(name))
 
     async def _try(self, route: Route, call: Callable[[Route], Awaitable[T]], tally: _Tally,
-                   queue: list[Route], give_up_at: float
+                   queue: list[Route], give_up_at: float,
+                   first: tuple[Attempt, T] | UpstreamError | _Nothing | None = _NOTHING,
                    ) -> tuple[Attempt, T] | UpstreamError | None:
         """One candidate, retried on the same model when it is worth it: a 429 whose
         Retry-After fits the budget is waited out once; a 5xx or a connection reset gets
@@ -281,9 +310,12 @@ class Exchange:
         quick = policy.same_model
         waited = False
         while True:
-            delay = route.hedge_delay(self.streaming) if queue else None
-            outcome = await (self._attempt(route, call, tally) if delay is None
-                             else self._hedged(route, call, tally, queue, delay))
+            if isinstance(first, _Nothing):
+                delay = route.hedge_delay(self.streaming) if queue else None
+                outcome = await (self._attempt(route, call, tally) if delay is None
+                                 else self._hedged(route, call, tally, queue, delay))
+            else:
+                outcome, first = first, _NOTHING  # made already, by run()
             if not isinstance(outcome, UpstreamError):
                 return outcome
             err = outcome
@@ -357,7 +389,8 @@ class Exchange:
             tally.unavailable(route.breaker.retry_after())
             return None
         with probe:  # a permit an exception leaves unended (cancelled, limiter down) is freed
-            decision = await router.acquire(route.name, route.limits, self.estimate)
+            decision = (router.limiter.decide_now(route.name, route.limits, self.estimate)
+                        or await router.acquire(route.name, route.limits, self.estimate))
             if not decision.allowed:
                 probe.end(Verdict.NEUTRAL)
                 tally.limited(decision.retry_after)
@@ -581,7 +614,9 @@ class Router:
             if windows:
                 estimate = min(estimate, min(limit for _, limit in windows))
         for guard in self.guards:
-            await guard(record, grant, plan)
+            pending = guard(record, grant, plan)
+            if pending is not None:
+                await pending
         exchange = Exchange(self, record, grant, plan, estimate)
         if grant is not None:
             await exchange.admit_key()
@@ -590,7 +625,9 @@ class Router:
     async def _serve(self, exchange: Exchange, call: Callable[[Route], Awaitable[T]],
                      usage_of: Callable[[T], Mapping[str, Any] | None]) -> Served[T]:
         attempt, result = await exchange.run(call)
-        await exchange.settle(attempt, Verdict.OK, usage_of(result), None)
+        owed = exchange.settle_now(attempt, Verdict.OK, usage_of(result), None)
+        if owed:
+            await asyncio.shield(self.reconcile_all(owed))  # a cancelled request gives back
         return Served(attempt.route, result, exchange.attempts, attempt.decision)
 
     # --- the capabilities ----------------------------------------------------------------

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import calendar
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiproxy.config.schema import BudgetConfig
 from aiproxy.errors import ProxyError
@@ -59,7 +59,10 @@ class Budgets:
         self.metrics = metrics
         self.clock = clock
 
-    async def guard(self, record: Record, grant: Grant | None, plan: list[Route]) -> None:
+    def guard(self, record: Record, grant: Grant | None,
+              plan: list[Route]) -> Awaitable[None] | None:
+        """The budgets the request falls under; ``None`` when there are none (most requests:
+        nothing to read, nothing to await), else the check of what they have spent."""
         key = grant.key if grant is not None else None
         checks: list[_Check] = []
         if key is not None and not key.budget.unlimited:
@@ -77,7 +80,10 @@ class Budgets:
                                      f"key {key.name!r} on model {route.name!r}", "key_model",
                                      own, route))
         if not checks:
-            return
+            return None
+        return self._check(plan, checks)
+
+    async def _check(self, plan: list[Route], checks: list[_Check]) -> None:
         now = self.clock()
         day, month = periods(now)
         cells = sorted({c for check in checks
