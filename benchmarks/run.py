@@ -723,23 +723,29 @@ class Bench:
             f"other load {row['other_load']:.2f} cores{err}")
         return row
 
-    def paired(self, floor: Proc, proxy: Proc) -> None:
-        """Targets 1 and 2 measured again as interleaved pairs: floor and aiproxy take turns
-        (F A, A F, F A, ...) in short runs, and each pair gives one ratio of CPU per request,
-        one of throughput and one p50 difference; the medians are the targets' figures. A
-        shared VM drifts by tens of percent over the minutes between two rows of the table;
-        within a pair, both sides meet the same machine."""
+    def paired(self, floor: Proc, proxy: Proc, memory: Proc | None,
+               redis: Proc | None) -> None:
+        """The ratio targets measured again as interleaved pairs: the reference and the
+        subject take turns (R S, S R, R S, ...) in short runs, and each pair gives one ratio
+        of CPU per request, one of throughput and one p50 difference; the medians are the
+        targets' figures. A shared VM drifts by tens of percent over the minutes between two
+        rows of the table; within a pair, both sides meet the same machine. Pairs: floor
+        pass-through and aiproxy at 32 connections and at 1 (targets 1, 2), aiproxy and
+        aiproxy with in-memory and with Redis limits at 32 (targets 3, 4)."""
         args = self.args
         if args.pairs <= 0:
             return
-        log(f"\ninterleaved pairs (targets 1 and 2): {args.pairs} pairs of "
-            f"{args.pair_duration:g} s runs, floor pass-through and aiproxy taking turns:")
+        log(f"\ninterleaved pairs: {args.pairs} pairs of {args.pair_duration:g} s runs, the "
+            "reference and the subject taking turns:")
         req = body(MODEL, False)
         paired: dict[str, list[dict]] = {}
-        for conns in (32, 1):
-            pairs = paired[str(conns)] = []
+        sets = [("32", floor, proxy, 32), ("1", floor, proxy, 1)]
+        sets += [(name, proxy, proc, 32) for name, proc in (("memory", memory),
+                                                             ("redis", redis)) if proc]
+        for key, reference, subject, conns in sets:
+            pairs = paired[key] = []
             for i in range(args.pairs):
-                order = (("floor", floor), ("aiproxy", proxy))
+                order = (("reference", reference), ("subject", subject))
                 got: dict[str, dict] = {}
                 for side, proc in (order if i % 2 == 0 else order[::-1]):
                     before = proc.cpu()
@@ -748,13 +754,14 @@ class Bench:
                     got[side] = {"rps": res["rps"], "p50": res["p50"],
                                  "cpu_us": (proc.cpu() - before) / max(1, res["requests"])
                                  * 1e6, "errors": res["errors"] + res["non2xx"]}
-                f, a = got["floor"], got["aiproxy"]
-                pair = {"floor": f, "aiproxy": a,
+                f, a = got["reference"], got["subject"]
+                pair = {"reference": f, "subject": a,
                         "cpu_ratio": a["cpu_us"] / f["cpu_us"] if f["cpu_us"] else None,
                         "rps_ratio": a["rps"] / f["rps"] if f["rps"] else None,
                         "p50_added": a["p50"] - f["p50"]}
                 pairs.append(pair)
-                log(f"  c={conns:<3} pair {i + 1}: CPU {a['cpu_us']:.0f} / {f['cpu_us']:.0f} "
+                log(f"  {key:<6} c={conns:<3} pair {i + 1}: CPU {a['cpu_us']:.0f} / "
+                    f"{f['cpu_us']:.0f} "
                     f"us/req = {pair['cpu_ratio'] or float('nan'):.3f}; "
                     f"{a['rps']:.0f} / {f['rps']:.0f} req/s; "
                     f"p50 {a['p50']:.3f} - {f['p50']:.3f} ms")
@@ -866,7 +873,7 @@ class Bench:
                 if quiet is not None and not stream and conns == 32:
                     self.measure("aiproxy (LOG_LEVEL=WARNING)", quiet, MODEL, False, 32)
 
-        self.paired(floor, proxy)
+        self.paired(floor, proxy, proxy_mem, proxy_redis)
         for proc in (floor, proxy_mem, proxy_redis, quiet, redis_proc):
             if proc is not None:
                 proc.stop()  # idle, but nothing else may run on the cores now
@@ -1117,8 +1124,21 @@ class Bench:
               # wrk's percentiles are in 0.1 us: compare at that resolution, not binary floats.
               added is not None and round(added, 4) <= 0.1, (floor1, prox1))
 
-        for label, limit in (("aiproxy + in-memory limits", 0.9),
-                             ("aiproxy + Redis limits", 0.85)):
+        paired = self.extra.get("paired") or {}
+        for label, limit, key in (("aiproxy + in-memory limits", 0.9, "memory"),
+                                  ("aiproxy + Redis limits", 0.85, "redis")):
+            pairs = paired.get(key)
+            if pairs:
+                ratios = [p["rps_ratio"] for p in pairs if p["rps_ratio"] is not None]
+                cpus = [p["cpu_ratio"] for p in pairs if p["cpu_ratio"] is not None]
+                ratio = statistics.median(ratios) if ratios else None
+                bad = any(p["reference"]["errors"] or p["subject"]["errors"] for p in pairs)
+                t(f"non-stream, 32 conns: {label} / aiproxy without limits, throughput, "
+                  "median of interleaved pairs",
+                  f"{len(pairs)} pairs: {', '.join(f'{r:.3f}' for r in ratios)}; CPU "
+                  f"{statistics.median(cpus):.2f}x" if ratio is not None and cpus else "-",
+                  ratio, f">= {limit:.2f}", ratio is not None and ratio >= limit and not bad)
+                continue
             lim = self.row(label, "non-stream", 32)
             ratio = lim["rps"] / prox["rps"] if lim and prox else None
             cpu = (f"; CPU {lim['cpu_us']:.0f} / {prox['cpu_us']:.0f} us/req = "
@@ -1164,7 +1184,7 @@ class Bench:
             return ", ".join(format(p[key], fmt) for p in pairs if p[key] is not None)
 
         def errors(pairs: list[dict]) -> bool:
-            return any(p["floor"]["errors"] or p["aiproxy"]["errors"] for p in pairs)
+            return any(p["reference"]["errors"] or p["subject"]["errors"] for p in pairs)
 
         many, one = paired["32"], paired["1"]
         cpu, ratio = median(many, "cpu_ratio"), median(many, "rps_ratio")

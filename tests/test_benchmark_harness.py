@@ -208,7 +208,7 @@ class TestTargets:
             floor = {"rps": 3000.0, "p50": 0.5, "cpu_us": 300.0, "errors": 0}
             ours = {"rps": 3000.0 / cpu_ratio, "p50": 0.5 + p50_added,
                     "cpu_us": 300.0 * cpu_ratio, "errors": errors}
-            return {"floor": floor, "aiproxy": ours, "cpu_ratio": cpu_ratio,
+            return {"reference": floor, "subject": ours, "cpu_ratio": cpu_ratio,
                     "rps_ratio": 1 / cpu_ratio, "p50_added": p50_added}
 
         # The table's own rows fail both (cpu 210/150 = 1.4, p50 +0.2); the pairs' medians
@@ -230,6 +230,23 @@ class TestTargets:
         bench.targets = []  # type: ignore[attr-defined]
         targets = _scored(bench)
         assert _find(targets, "non-stream, 32 conns (LOG_LEVEL=INFO")["result"] == "FAIL"
+
+    def test_limit_targets_from_their_pairs(self, bench: object) -> None:
+        def pair(rps_ratio: float) -> dict:
+            side = {"rps": 3000.0, "p50": 0.5, "cpu_us": 300.0, "errors": 0}
+            return {"reference": side, "subject": side, "cpu_ratio": 1 / rps_ratio,
+                    "rps_ratio": rps_ratio, "p50_added": 0.0}
+
+        # The rows say 4500/4800 = 0.94 and 4100/4800 = 0.85; the pairs decide.
+        bench.extra["paired"] = {  # type: ignore[attr-defined]
+            "memory": [pair(0.95), pair(0.5), pair(0.91)],
+            "redis": [pair(0.84), pair(0.86), pair(0.80)]}
+        targets = _scored(bench)
+        memory = _find(targets, "non-stream, 32 conns: aiproxy + in-memory limits")
+        assert (memory["value"], memory["result"]) == (pytest.approx(0.91), "PASS")
+        assert memory["measured"].startswith("3 pairs: 0.950, 0.500, 0.910; CPU 1.10x")
+        redis = _find(targets, "non-stream, 32 conns: aiproxy + Redis limits")
+        assert (redis["value"], redis["result"]) == (pytest.approx(0.84), "FAIL")
 
     def test_without_pairs_the_rows_decide(self, bench: object) -> None:
         cpu = _find(_scored(bench, cpu=199.5), "non-stream, 32 conns (LOG_LEVEL=INFO")
