@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -40,33 +41,43 @@ def post_in_thread(port: int, done: threading.Event, got: list[Any]) -> threadin
     return thread
 
 
-async def until(flag: threading.Event) -> None:
+async def observed_while_answering(proxy: Any, observer: Callable[[Record, threading.Event],
+                                                                None]) -> tuple[int, Any]:
+    """One request from a thread of its own, with ``observer(record, answered)`` added to the
+    observers (``answered`` is set once the client has the whole answer); returns the
+    client's status and body, after the observer ran."""
+    answered, observed = threading.Event(), threading.Event()
+
+    def observe(record: Record) -> None:
+        observer(record, answered)
+        observed.set()
+
+    proxy.app[OBSERVERS].append(observe)
+    got: list[Any] = []
+    thread = post_in_thread(proxy.server.port, answered, got)
     for _ in range(int(GUARD * 100)):
-        if flag.is_set():
-            return
+        if observed.is_set():
+            break
         await asyncio.sleep(0.01)
-    raise AssertionError("the event never came")
+    else:
+        raise AssertionError("the observer never ran")
+    thread.join(GUARD)
+    return got[0]
 
 
 class TestAfterTheAnswer:
     async def test_the_answer_leaves_before_the_observers_run(self, start_proxy):
         proxy = await start_proxy({"models": [{"name": "echo", "provider": "mock"}]})
-        answered, observed = threading.Event(), threading.Event()
         seen: list[tuple[str, bool]] = []
 
-        def hold(record: Record) -> None:
+        def hold(record: Record, answered: threading.Event) -> None:
             # Holds the server's event loop until the client has the whole answer. Run before
             # the answer was written, it would wait out the guard and see no answer.
             seen.append((record.request_id, answered.wait(GUARD)))
-            observed.set()
 
-        proxy.app[OBSERVERS].append(hold)
-        got: list[Any] = []
-        thread = post_in_thread(proxy.server.port, answered, got)
-        await until(observed)
-        thread.join(GUARD)
-        assert got[0][0] == 200
-        assert got[0][1]["choices"][0]["message"]["content"] == "You said: hi"
+        status, body = await observed_while_answering(proxy, hold)
+        assert status == 200
+        assert body["choices"][0]["message"]["content"] == "You said: hi"
         assert len(seen) == 1 and seen[0][1] is True  # the client had its answer first
 
     async def test_the_next_request_sees_what_the_last_one_recorded(self, start_proxy):
@@ -104,18 +115,12 @@ class TestBeforeTheAnswer:
     async def test_with_a_budget_the_charge_is_observed_before_the_answer(self, start_proxy):
         config = {"models": [{"name": "echo", "provider": "mock", "budget": {"daily": 100}}]}
         proxy = await start_proxy(config)
-        answered, observed = threading.Event(), threading.Event()
         order: list[str] = []
 
-        def note(record: Record) -> None:
+        def note(record: Record, answered: threading.Event) -> None:
             order.append("answered" if answered.is_set() else "observed")
-            observed.set()
 
-        proxy.app[OBSERVERS].append(note)
-        got: list[Any] = []
-        thread = post_in_thread(proxy.server.port, answered, got)
-        await until(observed)
-        thread.join(GUARD)
-        assert got[0][0] == 200
+        status, _ = await observed_while_answering(proxy, note)
+        assert status == 200
         # Observed inline: the answer could not have left before.
         assert order == ["observed"]

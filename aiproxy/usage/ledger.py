@@ -183,10 +183,7 @@ class Ledger:
                 self._wake.set()
 
     def _count(self, record: Record, cost: float, tokens: int) -> None:
-        config = self.current()
-        budgeted = self._budgeted
-        if config is not None and (budgeted is None or budgeted.config is not config):
-            budgeted = self._budgeted = _Budgeted(config)
+        budgeted = self._budgets()
         now = self.clock()
         if now >= self._periods_until:  # once a day: the UTC day and month of now
             self._periods = periods(now)
@@ -256,13 +253,16 @@ class Ledger:
     def charges_budgets(self) -> bool:
         """Whether the live config has a budget: then each request's charge starts as it is
         observed, and a plain answer waits for it (:meth:`charged`)."""
+        budgeted = self._budgets()
+        return budgeted is not None and bool(budgeted.scopes)
+
+    def _budgets(self) -> _Budgeted | None:
+        """The live config's budgeted counters, looked up once per config."""
         config = self.current()
-        if config is None:
-            return False
         budgeted = self._budgeted
-        if budgeted is None or budgeted.config is not config:
+        if config is not None and (budgeted is None or budgeted.config is not config):
             budgeted = self._budgeted = _Budgeted(config)
-        return bool(budgeted.scopes)
+        return budgeted if config is not None else None
 
     def owes(self, record: Record) -> bool:
         """Whether a budget charge of ``record`` may be under way (see :meth:`charged`)."""
