@@ -238,13 +238,33 @@ async def test_decision_header_fields(limiter: RateLimiter, clock: FakeClock) ->
 
 async def test_reconcile_is_a_no_op_without_token_windows(limiter: RateLimiter) -> None:
     d = await limiter.acquire("m", Limits(requests_per_minute=1), tokens=50)
-    assert d.reservation is not None
-    await limiter.reconcile(d.reservation, Limits(requests_per_minute=1), 5000)
+    # Nothing to reconcile: the in-memory limiter reserves nothing for request windows
+    # alone; Redis hands out a reservation whose reconcile changes nothing.
+    if d.reservation is not None:
+        await limiter.reconcile(d.reservation, Limits(requests_per_minute=1), 5000)
     limits = Limits(tokens_per_minute=100)
     assert (await limiter.acquire("m", limits, tokens=100)).tokens_remaining == 0
 
 
 # --- in-memory only -----------------------------------------------------------------------
+
+
+async def test_request_windows_alone_reserve_nothing(clock: FakeClock) -> None:
+    limiter = InMemoryRateLimiter(clock=clock)
+    limits = Limits(requests_per_minute=2)
+    first = await limiter.acquire("m", limits, tokens=10)
+    clock.advance(10)
+    second = await limiter.acquire("m", limits)
+    clock.advance(5)
+    third = await limiter.acquire("m", limits)
+    assert [d.reservation for d in (first, second, third)] == [None, None, None]
+    assert [(d.allowed, d.requests_remaining) for d in (first, second, third)] == [
+        (True, 1), (True, 0), (False, 0)]
+    assert third.retry_after == approx(45)  # the first request leaves the window at 60 s
+    assert third.requests_reset == approx(45)
+    clock.advance(45)
+    assert (await limiter.acquire("m", limits)).allowed
+
 
 
 async def test_memory_is_bounded_by_the_limits(clock: FakeClock) -> None:

@@ -37,15 +37,21 @@ def route_headers(served: Served[Any]) -> dict[str, str]:
 
 def _rate_headers(decision: Decision) -> dict[str, str]:
     headers: dict[str, str] = {}
-    for kind in ("requests", "tokens"):
-        limit = getattr(decision, f"{kind}_limit")
-        if limit is None:
-            continue
-        headers[f"x-ratelimit-limit-{kind}"] = str(limit)
-        headers[f"x-ratelimit-remaining-{kind}"] = str(getattr(decision, f"{kind}_remaining"))
-        reset = getattr(decision, f"{kind}_reset") or 0.0
-        headers[f"x-ratelimit-reset-{kind}"] = f"{reset:.3f}s".replace(".000s", "s")
+    if decision.requests_limit is not None:
+        headers["x-ratelimit-limit-requests"] = str(decision.requests_limit)
+        headers["x-ratelimit-remaining-requests"] = str(decision.requests_remaining)
+        headers["x-ratelimit-reset-requests"] = _reset(decision.requests_reset)
+    if decision.tokens_limit is not None:
+        headers["x-ratelimit-limit-tokens"] = str(decision.tokens_limit)
+        headers["x-ratelimit-remaining-tokens"] = str(decision.tokens_remaining)
+        headers["x-ratelimit-reset-tokens"] = _reset(decision.tokens_reset)
     return headers
+
+
+def _reset(seconds: float | None) -> str:
+    """A reset in seconds to the millisecond, whole seconds without decimals (``20s``,
+    ``1.500s``)."""
+    return f"{seconds or 0.0:.3f}s".replace(".000s", "s")
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:

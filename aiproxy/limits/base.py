@@ -91,7 +91,7 @@ class Decision:
 
     When ``allowed`` is false nothing was taken and ``retry_after`` says when the tightest
     window (or an upstream park) frees up. ``reservation`` is what was taken, to reconcile;
-    a limiter may leave it ``None`` when nothing was counted (a subject without limits).
+    a limiter may leave it ``None`` when there is nothing to reconcile (no token window).
     ``*_limit``/``*_remaining``/``*_reset`` describe the tightest request and token windows
     (``None`` when no such limit is set).
     """

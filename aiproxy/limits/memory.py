@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from aiproxy.limits.base import (
     ADMITTED,
+    MAX_TOKENS,
     Decision,
     Limits,
     RateLimiter,
@@ -107,8 +108,11 @@ class InMemoryRateLimiter(RateLimiter):
     def decide_now(self, key: str, limits: Limits, tokens: int = 0) -> Decision:
         # Nothing awaits here: check-then-record is atomic within the event loop.
         now = self._clock()
-        tokens = bounded_tokens(tokens)
-        self._maybe_sweep(now)
+        if type(tokens) is not int or not 0 <= tokens <= MAX_TOKENS:
+            tokens = bounded_tokens(tokens)
+        self._calls += 1
+        if not self._calls % _SWEEP_EVERY:
+            self._sweep(now)
         state = self._keys.get(key)
         if limits.unlimited:
             # Nothing to count (most models): only a park refuses, and no state is kept.
@@ -120,6 +124,9 @@ class InMemoryRateLimiter(RateLimiter):
         allowed, retry = True, 0.0
         if state.parked_until > now:
             allowed, retry = False, state.parked_until - now
+        if not limits.token_windows and len(limits.request_windows) == 1:
+            return self._one_request_window(state, limits.request_windows[0], now, allowed,
+                                            retry)
 
         req_logs: list[tuple[float, int, deque[float]]] = []
         for window, limit in limits.request_windows:
@@ -182,10 +189,29 @@ class InMemoryRateLimiter(RateLimiter):
         # Never shorten a park another response asked for.
         state.parked_until = max(state.parked_until, self._clock() + seconds)
 
-    def _maybe_sweep(self, now: float) -> None:
-        self._calls += 1
-        if self._calls % _SWEEP_EVERY:
-            return
+    @staticmethod
+    def _one_request_window(state: _KeyState, window_limit: tuple[float, int], now: float,
+                            allowed: bool, retry: float) -> Decision:
+        """:meth:`decide_now` for the most common limited subject, one request window and no
+        token window: the same decision, without the general case's lists. Nothing is
+        reserved (a request slot is never given back, and there are no tokens to reconcile)."""
+        window, limit = window_limit
+        log = state.requests.get(window)
+        if log is None:
+            log = state.requests[window] = deque()
+        cutoff = now - window
+        while log and log[0] <= cutoff:
+            log.popleft()
+        if len(log) >= limit:
+            allowed = False
+            retry = max(retry, log[len(log) - limit] + window - now)
+        if allowed:
+            log.append(now)
+        return Decision(allowed=allowed, retry_after=retry, requests_limit=limit,
+                        requests_remaining=max(0, limit - len(log)),
+                        requests_reset=log[0] + window - now if log else window)
+
+    def _sweep(self, now: float) -> None:
         for key in list(self._keys):
             state = self._keys[key]
             state.prune(now)
