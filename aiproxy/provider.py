@@ -406,7 +406,7 @@ class Provider:
             if client is not None and handles(data, kwargs):
                 resp: UpstreamResponse = await client.request(
                     method, url, data=data, headers=headers, tls=kwargs.get("ssl", True),
-                    connect_timeout=self.model.timeouts.connect or DEFAULT_CONNECT_TIMEOUT)
+                    connect_timeout=self.client_timeout.sock_connect)
             else:
                 kwargs["allow_redirects"] = False
                 resp = await self.session.request(method, url, data=data, headers=headers,

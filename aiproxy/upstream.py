@@ -182,9 +182,9 @@ class PooledResponse:
     ``release()`` it (or leave an ``async with`` block): a connection whose answer was read to
     the end goes back to the pool, any other is closed. ``close()`` drops the connection."""
 
-    __slots__ = ("_body", "_client", "_conn", "_content_type", "_key", "_released",
-                 "_request_headers", "content", "headers", "method", "raw_headers", "reason",
-                 "status", "url", "version")
+    __slots__ = ("_body", "_client", "_conn", "_content_type", "_key", "_request_headers",
+                 "content", "headers", "method", "raw_headers", "reason", "status", "url",
+                 "version")
 
     def __init__(self, client: UpstreamClient, key: tuple[Any, ...], conn: ResponseHandler,
                  method: str, url: URL, request_headers: Mapping[str, str],
@@ -194,7 +194,6 @@ class PooledResponse:
         self._conn: ResponseHandler | None = conn
         self._body: bytes | None = None
         self._content_type: tuple[str, str | None] | None = None
-        self._released = False
         self._request_headers = request_headers
         self.method = method
         self.url = url
@@ -251,7 +250,6 @@ class PooledResponse:
     def close(self) -> None:
         """Drop the connection, whatever is left unread; a reader still waiting on the body,
         or reading it later, gets ``ClientConnectionError`` (as from aiohttp)."""
-        self._released = True
         conn, self._conn = self._conn, None
         if conn is not None:
             self._client._drop(conn)
@@ -307,9 +305,7 @@ class PooledResponse:
 
     @property
     def request_info(self) -> aiohttp.RequestInfo:
-        return aiohttp.RequestInfo(self.url, self.method,
-                                   CIMultiDictProxy(CIMultiDict(self._request_headers)),
-                                   self.url)
+        return _request_info(self.method, self.url, self._request_headers)
 
     def raise_for_status(self) -> None:
         if self.status >= 400:
@@ -452,10 +448,11 @@ class UpstreamClient:
         now = time.monotonic()
         soonest = 0.0
         for key, idle in list(self._idle.items()):
-            keep = [(conn, expires) for conn, expires in idle if expires > now
-                    and conn.is_connected()]
+            keep = []
             for conn, expires in idle:
-                if expires <= now or not conn.is_connected():
+                if expires > now and conn.is_connected():
+                    keep.append((conn, expires))
+                else:
                     self._drop(conn)
             if keep:
                 self._idle[key] = keep

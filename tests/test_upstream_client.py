@@ -951,8 +951,10 @@ class TestThroughProvider:
                                                 provider: Callable[..., OpenAIProvider]) -> None:
         up = await raw(silent)
         gpt = provider(up.url("/v1", scheme="https"), timeouts=TimeoutConfig(connect=0.1))
+        # The model's connect bound, not the 10 s default: that would outlast this guard.
         with pytest.raises(UpstreamError) as info:
-            await gpt.chat(self.chat_request())
+            async with asyncio.timeout(5):
+                await gpt.chat(self.chat_request())
         assert info.value.kind is ErrorKind.TIMEOUT
 
     async def test_a_redirect_is_not_followed(self, upstream: StartApp,

@@ -199,9 +199,7 @@ class InMemoryRateLimiter(RateLimiter):
         log = state.requests.get(window)
         if log is None:
             log = state.requests[window] = deque()
-        cutoff = now - window
-        while log and log[0] <= cutoff:
-            log.popleft()
+        _prune(log, now - window)
         if len(log) >= limit:
             allowed = False
             retry = max(retry, log[len(log) - limit] + window - now)
