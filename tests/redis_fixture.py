@@ -27,8 +27,9 @@ def free_port() -> int:
 class RedisServer:
     """One redis-server process; ``stop()`` kills it hard (a crash), ``start()`` brings it back."""
 
-    def __init__(self, port: int, workdir: Path) -> None:
+    def __init__(self, port: int, workdir: Path, *extra: str) -> None:
         self.port, self.workdir = port, workdir
+        self.extra = extra  # more redis-server arguments (--requirepass x, --unixsocket p...)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -39,7 +40,7 @@ class RedisServer:
         assert self.process is None, "already running"
         self.process = subprocess.Popen(
             [REDIS_SERVER, "--port", str(self.port), "--save", "", "--appendonly", "no",
-             "--bind", "127.0.0.1", "--dir", str(self.workdir)],
+             "--bind", "127.0.0.1", "--dir", str(self.workdir), *self.extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while not self.ping():
@@ -60,7 +61,8 @@ class RedisServer:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
                 sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
+                # A server with a password refuses PING (-NOAUTH), but it is up.
+                return sock.recv(16).startswith((b"+PONG", b"-NOAUTH"))
         except OSError:
             return False
 

@@ -48,6 +48,20 @@ from tests.test_limits_memory import (  # noqa: F401 - run again here, on this m
 )
 
 
+@pytest.fixture(autouse=True, params=["own connection", "redis-py connection"])
+def connection(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs on both of the limiter's connections: its own (``resp.Pipe``, for the
+    URLs it can speak to) and redis-py's (TLS and other URLs, or a given client)."""
+    if request.param == "redis-py connection":
+        monkeypatch.setattr(redis_backend.resp, "pipe_target", lambda url: None)
+    return str(request.param)
+
+
+def test_the_connection_under_test(redis_server: RedisServer, connection: str) -> None:
+    lim = RedisRateLimiter(redis_server.url)
+    assert (lim._target is not None) == (connection == "own connection")
+
+
 @pytest.fixture
 async def limiter(redis_server: RedisServer, clock: FakeClock) -> AsyncIterator[RateLimiter]:
     # A generous timeout: these tests are about exactness, and a loaded CI box must not turn
@@ -165,7 +179,8 @@ async def test_fail_open_admits_degraded_and_recovers(
     # Open is the default. A refused connection fails at once whatever the timeout; 2 s only
     # keeps a loaded CI box from degrading the decisions after the restart.
     lim = RedisRateLimiter(redis_server.url, timeout=2)
-    limits = Limits(requests_per_minute=5)
+    # A token window: a degraded decision still hands out a reservation to reconcile.
+    limits = Limits(requests_per_minute=5, tokens_per_minute=1000)
     assert (await lim.acquire("m", limits)).allowed
     redis_server.stop()  # killed mid-run
     began = time.monotonic()
@@ -335,8 +350,8 @@ class TestBatching:
             self, redis_server: RedisServer) -> None:
         times = iter([1000.0, 1061.0])  # the second caller asks a minute after the first
         lim = RedisRateLimiter(redis_server.url, clock=lambda: next(times), timeout=5)
-        decisions = await asyncio.gather(*(lim.acquire("m", Limits(requests_per_minute=1))
-                                           for _ in range(2)))
+        limits = Limits(requests_per_minute=1, tokens_per_minute=1000)  # reserves: .at
+        decisions = await asyncio.gather(*(lim.acquire("m", limits) for _ in range(2)))
         assert lim.round_trips == 1  # one batch, two moments
         assert [d.allowed for d in decisions] == [True, True]
         assert [d.reservation.at for d in decisions if d.reservation] == [1000.0, 1061.0]
@@ -364,7 +379,9 @@ class TestBatching:
         decisions = await asyncio.gather(*(lim.acquire("m", limits, tokens=3)
                                            for _ in range(10)))
         assert time.monotonic() - began < 5
-        assert all(d.allowed and d.degraded and d.reservation for d in decisions)
+        assert all(d.allowed and d.degraded for d in decisions)
+        # No token window: nothing to reconcile, so nothing reserved, degraded or not.
+        assert all(d.reservation is None for d in decisions)
         assert lim.degraded_decisions == 10
         assert len(recorder.warnings) == 1
         await lim.close()

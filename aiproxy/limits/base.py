@@ -41,7 +41,7 @@ def bounded_seconds(seconds: float) -> float:
     return min(float(seconds), MAX_PARK)
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)  # a key of the Redis backend's per-subject caches
 class Limits:
     """The limits of one subject (a model, or a client key); 0 = unlimited."""
 

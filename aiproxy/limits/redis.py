@@ -27,8 +27,9 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
-from aiproxy.limits import redis_scripts
+from aiproxy.limits import redis_scripts, resp
 from aiproxy.limits.base import (
+    MAX_TOKENS,
     Decision,
     LimiterUnavailable,
     Limits,
@@ -77,17 +78,6 @@ _Item = tuple[str | int, ...]
 # and a counter, as unique as a uuid4 and much cheaper.
 _RID_PREFIX = os.urandom(8).hex()
 _RID_COUNTER = itertools.count(1)
-
-
-def _bulk(value: str | int) -> bytes:
-    """One argument in the Redis protocol (RESP bulk string)."""
-    data = value.encode() if isinstance(value, str) else b"%d" % value
-    return b"$%d\r\n%s\r\n" % (len(data), data)
-
-
-def _pack(*args: str | int) -> bytes:
-    """One command in the Redis protocol."""
-    return b"*%d\r\n" % len(args) + b"".join(map(_bulk, args))
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:
@@ -143,6 +133,10 @@ class RedisRateLimiter(RateLimiter):
         self._batches: Batches[_Group, _Item, Any] = Batches(self._send, orphan=self._orphan,
                                                              max_in_flight=1)
         self._conn: AbstractConnection | None = None
+        # The limiter's own connection, for a URL it can speak to directly (see resp.py).
+        self._target = (resp.pipe_target(url_or_client)
+                        if isinstance(url_or_client, str) and resp.AVAILABLE else None)
+        self._pipe: resp.Pipe | None = None
         self._groups: dict[tuple[str, Limits], _Group] = {}
         # Per group: its argument count and the packed arguments its calls share.
         self._prefixes: dict[_Group, tuple[int, bytes]] = {}
@@ -183,7 +177,8 @@ class RedisRateLimiter(RateLimiter):
         return "" if self._clock is None else str(round(self._clock() * _US))
 
     async def acquire(self, key: str, limits: Limits, tokens: int = 0) -> Decision:
-        tokens = bounded_tokens(tokens)
+        if type(tokens) is not int or not 0 <= tokens <= MAX_TOKENS:
+            tokens = bounded_tokens(tokens)
         rid = f"{_RID_PREFIX}{next(_RID_COUNTER):x}"
         call = self._batches.submit(self._acquire_group(key, limits),
                                     (self._now_arg(), rid, tokens))
@@ -194,15 +189,24 @@ class RedisRateLimiter(RateLimiter):
                 # A fresh exception each: the batch's one is shared by all of its callers.
                 raise LimiterUnavailable(exc.message) from exc
             self.degraded_decisions += 1
-            # A real reservation keeps the caller's reconcile path uniform; it is a no-op.
+            # With token windows, a real reservation keeps the caller's reconcile path
+            # uniform (a no-op); without, there is nothing to reconcile.
             return Decision(allowed=True, degraded=True,
                             reservation=Reservation(key=key, id=rid, tokens=tokens,
-                                                    at=time.time()))
+                                                    at=time.time())
+                            if limits.token_windows else None)
         allowed, retry_us, now_us, req, tok = result
-        # Nothing is counted for a subject without limits (only its park is checked), so
-        # there is nothing to reconcile either.
+        if not tok and len(req) == 1:
+            # One request window and no token window (the common limited subject): nothing to
+            # reconcile, so nothing reserved, and one window to report.
+            limit, remaining, reset = req[0]
+            return Decision(allowed=allowed == 1, retry_after=retry_us / _US,
+                            requests_limit=limit, requests_remaining=max(0, remaining),
+                            requests_reset=reset / _US)
+        # Only token windows are reconciled: a subject without one (or without limits: only
+        # its park is checked) gets no reservation.
         reservation = (Reservation(key=key, id=rid, tokens=tokens, at=now_us / _US)
-                       if allowed and not limits.unlimited else None)
+                       if allowed and limits.token_windows else None)
         return make_decision(bool(allowed), retry_us / _US, reservation,
                              [(int(lim), int(rem), reset / _US) for lim, rem, reset in req],
                              [(int(lim), int(rem), reset / _US) for lim, rem, reset in tok])
@@ -251,6 +255,9 @@ class RedisRateLimiter(RateLimiter):
 
     async def close(self) -> None:
         await self._batches.drain()
+        if self._pipe is not None:
+            self._pipe.close()
+            self._pipe = None
         if self._conn is not None:
             conn, self._conn = self._conn, None
             await self._client.connection_pool.release(conn)
@@ -272,7 +279,11 @@ class RedisRateLimiter(RateLimiter):
             shared, prefix = self._prefix(group)
             for start in range(0, len(items), _MAX_CALLS):
                 chunk = items[start:start + _MAX_CALLS]
-                args = [_bulk(arg) for item in chunk for arg in item]
+                args: list[bytes] = []  # resp.bulk, inlined: a batch packs thousands
+                for item in chunk:
+                    for arg in item:
+                        data = arg.encode() if isinstance(arg, str) else b"%d" % arg
+                        args.append(b"$%d\r\n%s\r\n" % (len(data), data))
                 commands.append(b"*%d\r\n" % (shared + len(args)) + prefix + b"".join(args))
                 runs.append((index, group[0], len(chunk)))
         try:
@@ -304,7 +315,7 @@ class RedisRateLimiter(RateLimiter):
             args: tuple[str | int, ...] = ("EVALSHA", script.sha, len(keys), *keys, *head)
             if len(self._prefixes) >= _MAX_GROUPS:
                 self._prefixes.clear()
-            found = self._prefixes[group] = (len(args), b"".join(map(_bulk, args)))
+            found = self._prefixes[group] = (len(args), b"".join(map(resp.bulk, args)))
         return found
 
     async def _run(self, commands: Sequence[bytes],
@@ -324,7 +335,7 @@ class RedisRateLimiter(RateLimiter):
                 missing = [i for i, reply in enumerate(replies)
                            if isinstance(reply, NoScriptError)]
                 if missing:  # a fresh or flushed Redis: load, then run just those again
-                    loads = [_pack("SCRIPT", "LOAD", script.text)
+                    loads = [resp.pack("SCRIPT", "LOAD", script.text)
                              for script in {scripts[i]: None for i in missing}]
                     again = await self._execute([*loads, *(commands[i] for i in missing)],
                                                 bound)
@@ -338,21 +349,20 @@ class RedisRateLimiter(RateLimiter):
     async def _execute(self, commands: Sequence[bytes], bound: asyncio.Timeout) -> list[Any]:
         """One write of every (packed) command on the limiter's connection, then every reply.
 
-        redis-py's ``execute_command`` and pipelines wrap this in retries, observability hooks
-        and per-command callbacks, none of which a script call needs. Its connection still
-        connects (with its handshake), parses (hiredis) and disconnects itself on any failure
-        mid-way (the next round trip then connects afresh), so a reply can never be read by
-        the wrong round trip.
+        On the limiter's own :class:`~aiproxy.limits.resp.Pipe` when the URL allows it, else
+        on one connection of redis-py's pool: its ``execute_command`` and pipelines wrap this
+        in retries, observability hooks and per-command callbacks, none of which a script
+        call needs. Either connection connects (with the handshake), parses with hiredis and
+        is dropped on any failure mid-way (the next round trip then connects afresh), so a
+        reply can never be read by the wrong round trip.
         """
+        if self._target is not None:
+            return await self._execute_on_pipe(self._target, commands, bound)
         conn = self._conn
         if conn is None:
             pool = self._client.connection_pool
             conn = self._conn = await pool.get_connection()  # type: ignore[no-untyped-call]
-        left = self._timeout if conn.is_connected else 2 * self._timeout
-        when = bound.when()
-        limit = asyncio.get_running_loop().time() + left
-        if when is None or limit < when:
-            bound.reschedule(limit)
+        self._bound(bound, self._timeout if conn.is_connected else 2 * self._timeout)
         await conn.send_packed_command(list(commands))
         replies: list[Any] = []
         for _ in commands:
@@ -361,6 +371,29 @@ class RedisRateLimiter(RateLimiter):
             except ResponseError as exc:  # this command failed; the connection is fine
                 replies.append(exc)
         return replies
+
+    async def _execute_on_pipe(self, target: resp.Target, commands: Sequence[bytes],
+                               bound: asyncio.Timeout) -> list[Any]:
+        pipe = self._pipe
+        if pipe is None or pipe.closed:
+            self._bound(bound, 2 * self._timeout)  # connect and handshake, then the write
+            pipe = self._pipe = await resp.Pipe.open(target)
+        else:
+            self._bound(bound, self._timeout)
+        try:
+            return await pipe.ask(commands)
+        except BaseException:
+            # Timed out or cancelled: the replies still owed must never reach the next batch.
+            pipe.close()
+            raise
+
+    @staticmethod
+    def _bound(bound: asyncio.Timeout, seconds: float) -> None:
+        """Bring the round trip's timer forward to ``seconds`` from now (never back)."""
+        when = bound.when()
+        limit = asyncio.get_running_loop().time() + seconds
+        if when is None or limit < when:
+            bound.reschedule(limit)
 
     @staticmethod
     def _unavailable(exc: BaseException) -> LimiterUnavailable:
