@@ -281,3 +281,34 @@ async def test_memory_is_bounded_by_the_limits(clock: FakeClock) -> None:
     for _ in range(_SWEEP_EVERY):  # long idle keys are dropped by the periodic sweep
         await limiter.acquire("only", limits)
     assert set(limiter._keys) == {"only"}
+
+
+async def test_a_busy_window_stays_exact_as_it_slides(clock: FakeClock) -> None:
+    # 100 requests a second for 5 minutes against 3,000 a minute: the log fills, slides and
+    # sheds its expired head many times over. Every decision must be the sliding log's:
+    # admitted iff fewer than 3,000 were admitted in the 60 s before it, with its remaining
+    # count and reset.
+    from collections import deque
+
+    limiter = InMemoryRateLimiter(clock=clock)
+    limits = Limits(requests_per_minute=3000)
+    admitted: deque[float] = deque()
+    longest = 0
+    for _ in range(30_000):
+        now = clock()
+        while admitted and admitted[0] <= now - 60:
+            admitted.popleft()
+        expect = len(admitted) < 3000
+        if expect:
+            admitted.append(now)
+        d = limiter.decide_now("m", limits)
+        assert d is not None and d.allowed == expect
+        assert d.requests_remaining == 3000 - len(admitted)
+        assert d.requests_reset == approx(admitted[0] + 60 - now)
+        if not expect:
+            assert d.retry_after == approx(admitted[0] + 60 - now)
+        log = limiter._keys["m"].requests[60.0]
+        longest = max(longest, len(log))
+        clock.advance(0.01)
+    assert longest == 3000  # bounded by the limit, not by the traffic
+    assert len(log) == len(admitted)
