@@ -35,9 +35,12 @@ async def _write(response: web.StreamResponse, data: bytes) -> None:
 
 
 class _Coalescer:
-    """Write-behind: the events produced while the relay runs without suspending (a burst
-    parsed from one upstream read) leave in one socket write, made once the relay waits for
-    the upstream. A paced stream still gets each chunk out in the same loop iteration."""
+    """Write-through, then write-behind: the first event the relay produces goes out at once;
+    the events produced after it before the relay next waits for the upstream (the rest of a
+    burst parsed from one upstream read) leave together in one socket write, made by a task
+    of their own once the relay waits. A paced stream (one event a read, as models emit
+    tokens) gets each chunk out the moment it is parsed, never behind the other streams'
+    work of that loop iteration."""
 
     HIGH_WATER = 64 * 1024  # past this much unwritten, the relay waits (client backpressure)
 
@@ -49,6 +52,9 @@ class _Coalescer:
         self.idle = asyncio.Event()
         self.idle.set()
         self.gone = False
+        # An event went out at once since the writer task last ran: the relay has not waited
+        # since, so what it produces now is the rest of a burst.
+        self.burst = False
         self.task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
@@ -57,12 +63,14 @@ class _Coalescer:
                 await self.wake.wait()
                 self.wake.clear()
                 while self.parts:
+                    await self.idle.wait()  # a write-through still draining goes first
                     data = b"".join(self.parts)
                     self.parts.clear()
                     self.size = 0
                     self.idle.clear()
                     await self.response.write(data)  # drains when the client is slow
                     self.idle.set()
+                self.burst = False
         except Exception:  # noqa: BLE001 - any failed write means this client is lost
             self.gone = True
             self.idle.set()
@@ -70,9 +78,20 @@ class _Coalescer:
     async def write(self, data: bytes) -> None:
         if self.gone:
             raise ClientGone
+        self.wake.set()
+        if not self.burst and not self.parts and self.idle.is_set():
+            self.burst = True  # cleared by the writer task, which runs once the relay waits
+            self.idle.clear()
+            try:
+                await self.response.write(data)
+            except Exception:  # noqa: BLE001 - as in _run: this client is lost
+                self.gone = True
+                raise ClientGone from None
+            finally:
+                self.idle.set()
+            return
         self.parts.append(data)
         self.size += len(data)
-        self.wake.set()
         if self.size > self.HIGH_WATER:
             await self.idle.wait()  # let the writer catch up before reading more upstream
             if self.gone:
