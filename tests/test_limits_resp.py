@@ -227,3 +227,14 @@ async def test_a_closed_limiter_closes_its_connection() -> None:
         await lim.close()
         assert pipe.closed and lim._pipe is None
 
+
+
+def test_without_hiredis_or_for_a_given_client_redis_py_carries_the_batches(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import aiproxy.limits.resp as resp
+
+    assert RedisRateLimiter("redis://127.0.0.1:1/0")._target is not None
+    client = redis.asyncio.Redis.from_url("redis://127.0.0.1:1/0")
+    assert RedisRateLimiter(client)._target is None
+    monkeypatch.setattr(resp, "AVAILABLE", False)
+    assert RedisRateLimiter("redis://127.0.0.1:1/0")._target is None
