@@ -52,10 +52,11 @@ class _Coalescer:
         self.idle = asyncio.Event()
         self.idle.set()
         self.gone = False
-        # An event went out at once since the writer task last ran: the relay has not waited
-        # since, so what it produces now is the rest of a burst.
+        # An event went out at once and the relay has not yielded since: what it produces
+        # now is the rest of a burst (one upstream read), for the writer task.
         self.burst = False
-        self.task = asyncio.get_running_loop().create_task(self._run())
+        self._loop = asyncio.get_running_loop()
+        self.task = self._loop.create_task(self._run())
 
     async def _run(self) -> None:
         try:
@@ -70,17 +71,23 @@ class _Coalescer:
                     self.idle.clear()
                     await self.response.write(data)  # drains when the client is slow
                     self.idle.set()
-                self.burst = False
         except Exception:  # noqa: BLE001 - any failed write means this client is lost
             self.gone = True
             self.idle.set()
 
+    def _burst_over(self) -> None:
+        """Called soon after a write-through, so once the relay has yielded: the events it
+        queued meanwhile (the rest of the burst) go to the writer task in one write."""
+        self.burst = False
+        if self.parts:
+            self.wake.set()
+
     async def write(self, data: bytes) -> None:
         if self.gone:
             raise ClientGone
-        self.wake.set()
         if not self.burst and not self.parts and self.idle.is_set():
-            self.burst = True  # cleared by the writer task, which runs once the relay waits
+            self.burst = True
+            self._loop.call_soon(self._burst_over)  # a callback: no task step a chunk
             self.idle.clear()
             try:
                 await self.response.write(data)
@@ -92,6 +99,8 @@ class _Coalescer:
             return
         self.parts.append(data)
         self.size += len(data)
+        if not self.burst:
+            self.wake.set()  # behind a write still draining: the writer takes it after
         if self.size > self.HIGH_WATER:
             await self.idle.wait()  # let the writer catch up before reading more upstream
             if self.gone:
