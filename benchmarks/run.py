@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
 import datetime
 import importlib.util
@@ -767,6 +768,48 @@ class Bench:
                     f"p50 {a['p50']:.3f} - {f['p50']:.3f} ms")
         self.extra["paired"] = paired
 
+    def colocated(self, floor: Proc, proxy: Proc, memory: Proc | None,
+                  redis: Proc | None) -> None:
+        """The CPU ratios of targets 1, 3 and 4 measured with both servers under load at the
+        same time: two wrk runs at once, one a server, both servers on the server core. Each
+        run's two figures of CPU per request then come from the same seconds of the same
+        machine, however it drifts (the pairs' two halves are seconds apart, and a shared VM
+        moves by tens of percent within seconds). The servers share the core, so this is not
+        the throughput of one alone: it is printed beside the scored figures, as a check."""
+        args = self.args
+        if args.colocated <= 0:
+            return
+        log(f"\nco-located: {args.colocated} runs of {args.pair_duration:g} s, the reference and "
+            "the subject loaded at once on the server core:")
+        req = body(MODEL, False)
+        sets = [("32", floor, proxy)]
+        sets += [(name, proxy, proc) for name, proc in (("memory", memory), ("redis", redis))
+                 if proc]
+        out: dict[str, list[dict]] = {}
+        for key, reference, subject in sets:
+            runs = out[key] = []
+            for i in range(args.colocated):
+                sides = (("reference", reference), ("subject", subject))
+                before = {side: proc.cpu() for side, proc in sides}
+                with concurrent.futures.ThreadPoolExecutor(2) as pool:
+                    started = {side: pool.submit(run_wrk, self.url(proc), req, 32,
+                                                 args.pair_duration, core=self.load_core)
+                               for side, proc in sides}
+                    res = {side: job.result() for side, job in started.items()}
+                got = {side: {"rps": res[side]["rps"],
+                              "cpu_us": (proc.cpu() - before[side])
+                              / max(1, res[side]["requests"]) * 1e6,
+                              "errors": res[side]["errors"] + res[side]["non2xx"]}
+                       for side, proc in sides}
+                f, a = got["reference"], got["subject"]
+                run = {"reference": f, "subject": a,
+                       "cpu_ratio": a["cpu_us"] / f["cpu_us"] if f["cpu_us"] else None}
+                runs.append(run)
+                log(f"  {key:<6} c=32  run {i + 1}: CPU {a['cpu_us']:.0f} / {f['cpu_us']:.0f} "
+                    f"us/req = {run['cpu_ratio'] or float('nan'):.3f}; "
+                    f"{a['rps']:.0f} + {f['rps']:.0f} req/s")
+        self.extra["colocated"] = out
+
     @staticmethod
     def ledger_delta(proc: Proc, before: float | None) -> str:
         """The usage records ``proc`` took during the row's measured runs, from its /metrics
@@ -874,6 +917,7 @@ class Bench:
                     self.measure("aiproxy (LOG_LEVEL=WARNING)", quiet, MODEL, False, 32)
 
         self.paired(floor, proxy, proxy_mem, proxy_redis)
+        self.colocated(floor, proxy, proxy_mem, proxy_redis)
         for proc in (floor, proxy_mem, proxy_redis, quiet, redis_proc):
             if proc is not None:
                 proc.stop()  # idle, but nothing else may run on the cores now
@@ -1165,8 +1209,33 @@ class Bench:
           f"{cp['p99']:.3f} - {cd['p99']:.3f} ms{floor_added}" if added is not None else "-",
           added, "<= 1.0 ms", added is not None and added <= 1.0 and not cp["failures"])
 
+        self.evaluate_colocated()
         self.evaluate_memory()
         self.evaluate_workers()
+
+    def evaluate_colocated(self) -> None:
+        """The co-located CPU ratios (:meth:`colocated`): informational lines beside targets
+        1, 3 and 4, each with the bound its target implies for a CPU ratio."""
+        colocated = self.extra.get("colocated") or {}
+        for key, label, bound in (
+                ("32", "aiproxy / floor pass-through", "target 1: <= 1.33"),
+                ("memory", "aiproxy + in-memory limits / aiproxy without limits",
+                 "target 4 as CPU: <= 1/0.90 = 1.11"),
+                ("redis", "aiproxy + Redis limits / aiproxy without limits",
+                 "target 3 as CPU: <= 1/0.85 = 1.18")):
+            runs = colocated.get(key)
+            if not runs:
+                continue
+            ratios = [r["cpu_ratio"] for r in runs if r["cpu_ratio"] is not None]
+            bad = any(r["reference"]["errors"] or r["subject"]["errors"] for r in runs)
+            measured = f"{len(runs)} runs: {', '.join(f'{r:.3f}' for r in ratios)}" \
+                + ("; ERRORS" if bad else "") if ratios else "-"
+            self.targets.append({
+                "target": f"non-stream, 32 conns: {label} CPU per request, co-located (both "
+                          f"loaded at once on the server core), median of {len(runs)} runs",
+                "measured": measured,
+                "value": statistics.median(ratios) if ratios else None,
+                "limit": f"(informational; {bound})", "result": "-", "headline": False})
 
     def evaluate_paired(self, level: str) -> bool:
         """Targets 1 and 2 from the interleaved pairs (:meth:`paired`), if they ran: the
@@ -1439,7 +1508,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="interleaved floor/aiproxy pairs for targets 1 and 2 (0: judge "
                              "them by the table's rows instead)")
     parser.add_argument("--pair-duration", type=float, default=3.0,
-                        help="seconds of each run of a pair")
+                        help="seconds of each run of a pair (and of a co-located run)")
+    parser.add_argument("--colocated", type=int, default=3,
+                        help="co-located runs (reference and aiproxy loaded at once) for the "
+                             "CPU ratios printed beside targets 1, 3 and 4 (0: none)")
     parser.add_argument("--soak", action="store_true",
                         help="also send --soak-requests requests and check RSS/fd growth")
     parser.add_argument("--soak-requests", type=int, default=100_000)
@@ -1507,6 +1579,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.repeat = max(1, args.repeat)
     if args.quick:
         args.pairs = min(args.pairs, 3)
+        args.colocated = min(args.colocated, 1)
         args.pair_duration = min(args.pair_duration, 1.0)
     return args
 

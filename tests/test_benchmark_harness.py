@@ -248,6 +248,30 @@ class TestTargets:
         redis = _find(targets, "non-stream, 32 conns: aiproxy + Redis limits")
         assert (redis["value"], redis["result"]) == (pytest.approx(0.84), "FAIL")
 
+    def test_colocated_ratios_are_printed_beside_the_targets_not_scored(
+            self, bench: object) -> None:
+        def run(cpu_ratio: float, errors: int = 0) -> dict:
+            floor = {"rps": 1500.0, "cpu_us": 300.0, "errors": 0}
+            ours = {"rps": 1500.0 / cpu_ratio, "cpu_us": 300.0 * cpu_ratio, "errors": errors}
+            return {"reference": floor, "subject": ours, "cpu_ratio": cpu_ratio}
+
+        bench.extra["colocated"] = {  # type: ignore[attr-defined]
+            "32": [run(1.28), run(1.5), run(1.25)],
+            "redis": [run(1.10), run(1.12, errors=2), run(1.09)]}
+        targets = _scored(bench)
+        ours = _find(targets, "non-stream, 32 conns: aiproxy / floor pass-through CPU per "
+                              "request, co-located")
+        assert (ours["value"], ours["result"]) == (pytest.approx(1.28), "-")
+        assert ours["measured"] == "3 runs: 1.280, 1.500, 1.250"
+        assert ours["limit"] == "(informational; target 1: <= 1.33)"
+        redis = _find(targets, "non-stream, 32 conns: aiproxy + Redis limits / aiproxy "
+                               "without limits CPU per request, co-located")
+        assert redis["value"] == pytest.approx(1.10) and redis["measured"].endswith("ERRORS")
+        assert not any("in-memory limits / aiproxy without limits CPU per request, co-located"
+                       in name for name in targets)  # not measured: no line
+        # Target 1 is still scored by its pairs (here: absent, so by the rows, 195/150 = 1.3).
+        assert _find(targets, "non-stream, 32 conns (LOG_LEVEL=INFO")["result"] == "PASS"
+
     def test_without_pairs_the_rows_decide(self, bench: object) -> None:
         cpu = _find(_scored(bench, cpu=199.5), "non-stream, 32 conns (LOG_LEVEL=INFO")
         assert not cpu["target"].endswith("pairs")
