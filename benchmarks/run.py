@@ -380,6 +380,15 @@ def workers_plan(cpus: int, n: int) -> tuple[dict[int, str], str, int] | None:
 # --------------------------------------------------------------------------- wrk
 
 
+def _against(floor: Proc, proxy: Proc, memory: Proc | None,
+             redis: Proc | None) -> list[tuple[str, Proc, Proc]]:
+    """``(key, reference, subject)`` of the ratio targets at 32 connections: aiproxy against
+    the floor pass-through (target 1), aiproxy with in-memory and with Redis limits against
+    aiproxy without (targets 4 and 3), those that run."""
+    return [("32", floor, proxy)] + [(name, proxy, proc) for name, proc in
+                                     (("memory", memory), ("redis", redis)) if proc]
+
+
 def run_wrk(url: str, req_body: str, conns: int, duration: float, *, core: str | None,
             max_requests: int = 0, body2: str = "", every: int = 10, threads: int = 1) -> dict:
     env = {**os.environ, "WRK_BODY": req_body, "WRK_TOKEN": TOKEN,
@@ -740,9 +749,9 @@ class Bench:
             "reference and the subject taking turns:")
         req = body(MODEL, False)
         paired: dict[str, list[dict]] = {}
-        sets = [("32", floor, proxy, 32), ("1", floor, proxy, 1)]
-        sets += [(name, proxy, proc, 32) for name, proc in (("memory", memory),
-                                                             ("redis", redis)) if proc]
+        sets = [(key, reference, subject, 32)
+                for key, reference, subject in _against(floor, proxy, memory, redis)]
+        sets.insert(1, ("1", floor, proxy, 1))
         for key, reference, subject, conns in sets:
             pairs = paired[key] = []
             for i in range(args.pairs):
@@ -782,11 +791,8 @@ class Bench:
         log(f"\nco-located: {args.colocated} runs of {args.pair_duration:g} s, the reference and "
             "the subject loaded at once on the server core:")
         req = body(MODEL, False)
-        sets = [("32", floor, proxy)]
-        sets += [(name, proxy, proc) for name, proc in (("memory", memory), ("redis", redis))
-                 if proc]
         out: dict[str, list[dict]] = {}
-        for key, reference, subject in sets:
+        for key, reference, subject in _against(floor, proxy, memory, redis):
             runs = out[key] = []
             for i in range(args.colocated):
                 sides = (("reference", reference), ("subject", subject))
