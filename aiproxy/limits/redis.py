@@ -279,11 +279,7 @@ class RedisRateLimiter(RateLimiter):
             shared, prefix = self._prefix(group)
             for start in range(0, len(items), _MAX_CALLS):
                 chunk = items[start:start + _MAX_CALLS]
-                args: list[bytes] = []  # resp.bulk, inlined: a batch packs thousands
-                for item in chunk:
-                    for arg in item:
-                        data = arg.encode() if isinstance(arg, str) else b"%d" % arg
-                        args.append(b"$%d\r\n%s\r\n" % (len(data), data))
+                args = resp.bulks(arg for item in chunk for arg in item)
                 commands.append(b"*%d\r\n" % (shared + len(args)) + prefix + b"".join(args))
                 runs.append((index, group[0], len(chunk)))
         try:
@@ -315,7 +311,7 @@ class RedisRateLimiter(RateLimiter):
             args: tuple[str | int, ...] = ("EVALSHA", script.sha, len(keys), *keys, *head)
             if len(self._prefixes) >= _MAX_GROUPS:
                 self._prefixes.clear()
-            found = self._prefixes[group] = (len(args), b"".join(map(resp.bulk, args)))
+            found = self._prefixes[group] = (len(args), b"".join(resp.bulks(args)))
         return found
 
     async def _run(self, commands: Sequence[bytes],
