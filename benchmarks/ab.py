@@ -2,13 +2,18 @@
 
     .venv/bin/python benchmarks/ab.py --b /tmp/aiproxy-patched [--a /work/main]
         [--rounds 5] [--duration 3] [--conns 32] [--mode non-stream|stream|both]
-        [--limits none|memory|redis] [--log-level INFO]
+        [--limits none|memory|redis] [--log-level INFO] [--colocated]
         [--icount [--icount-requests 800] [--icount-streams 50] [--icount-phases 2]]
 
 Each tree is run as ``python -m aiproxy`` with ``PYTHONPATH=<tree>`` (its ``aiproxy`` and
 ``aiproxy_providers`` packages win over the installed ones), pinned like ``run.py``. Rounds
 alternate A, B, B, A, ... so drift on a shared machine hits both; medians are reported with
 the B/A ratio. Stream mode also reports the per-chunk one-way delay (stamped chunks).
+
+``--colocated``: each round loads A and B at once (two wrk runs, both servers on the server
+core), so that the CPU per request of the two comes from the same seconds; the machine's
+drift, tens of percent within seconds on a shared VM, then hits both alike. The throughputs
+are of two servers sharing a core: compare the CPU figures.
 
 ``--icount``: instead of timing, count instructions per request (and per stream) of each tree
 under callgrind, one after the other on the server core (see ``icount.py``): a comparison
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import os
 import shutil
 import statistics
@@ -100,6 +106,22 @@ def count_trees(args: argparse.Namespace, workdir: Path, cfg: Path, env: dict[st
     return 0
 
 
+def colocated_round(procs: dict[str, Proc], urls: dict[str, str], req: str,
+                    args: argparse.Namespace, load_core: str | None,
+                    rps: dict[str, list[float]], p99: dict[str, list[float]],
+                    cpu: dict[str, list[float]]) -> None:
+    """--colocated: one round with A and B under load at the same time."""
+    before = {name: proc.cpu() for name, proc in procs.items()}
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        jobs = {name: pool.submit(run_wrk, urls[name], req, args.conns, args.duration,
+                                  core=load_core) for name in procs}
+        res = {name: job.result() for name, job in jobs.items()}
+    for name, proc in procs.items():
+        cpu[name].append((proc.cpu() - before[name]) / max(1, res[name]["requests"]) * 1e6)
+        rps[name].append(res[name]["rps"])
+        p99[name].append(res[name]["p99"])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--a", default=str(REPO), help="baseline source tree (default: repo)")
@@ -115,6 +137,10 @@ def main() -> int:
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--chunk-streams", type=int, default=100,
                         help="stamped streams per tree for the per-chunk delay (stream mode)")
+    parser.add_argument("--colocated", action="store_true",
+                        help="load A and B at once (two wrk runs, both servers on the server "
+                        "core) and compare their CPU per request: the machine's drift within "
+                        "seconds hits both alike (non-stream and stream)")
     parser.add_argument("--icount", action="store_true",
                         help="compare instructions per request under callgrind, not timings")
     parser.add_argument("--icount-requests", type=int, default=800,
@@ -164,7 +190,8 @@ def main() -> int:
         print(f"A = {args.a} {' '.join(args.a_env)}")
         print(f"B = {args.b} {' '.join(args.b_env)}")
         print(f"{args.conns} connections, {args.rounds} rounds of "
-              f"{args.duration:g} s, limits {args.limits}, LOG_LEVEL={args.log_level}")
+              f"{args.duration:g} s, limits {args.limits}, LOG_LEVEL={args.log_level}"
+              f"{', A and B loaded at once' if args.colocated else ''}")
         for mode in modes:
             stream = mode == "stream"
             for name, url in urls.items():
@@ -177,6 +204,10 @@ def main() -> int:
             p99: dict[str, list[float]] = {"A": [], "B": []}
             cpu: dict[str, list[float]] = {"A": [], "B": []}
             for i in range(args.rounds):
+                if args.colocated:
+                    colocated_round(procs, urls, body(MODEL, stream), args, load_core,
+                                    rps, p99, cpu)
+                    continue
                 for name in ("A", "B") if i % 2 == 0 else ("B", "A"):
                     before = procs[name].cpu()
                     res = run_wrk(urls[name], body(MODEL, stream), args.conns, args.duration,

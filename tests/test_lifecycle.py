@@ -4,12 +4,14 @@ from outside (a real server, the openai SDK, reloads through ``POST /admin/reloa
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import re
 import signal
 import socket
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +21,11 @@ import openai
 import orjson
 import pytest
 import yaml
+from aiohttp import web
 
-from aiproxy.config import ConfigError, load_config
+from aiproxy.config import ConfigError, load_config, parse_config
+from aiproxy.http import make_app
+from aiproxy.http.app import GC_YOUNG_THRESHOLD
 from tests.conftest import TOKEN, make_settings, openai_model
 from tests.fakes import FakeOpenAI
 from tests.test_cli import ROOT, free_port, run_cli, wait_ready
@@ -390,3 +395,36 @@ def test_config_error_never_hides_behind_another(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(path, {})
     assert info.value.errors == ["models[0].priority: expected an integer, got 'high'"]
+
+
+class TestGarbageCollector:
+    """While the app serves, the cyclic collector runs less often (a request's objects are
+    freed by reference counting; docs/performance.md) but still runs, and the process gets its
+    thresholds back when the app stops."""
+
+    async def test_cycles_are_still_collected_and_the_thresholds_come_back(self):
+        before = gc.get_threshold()
+        app = make_app(parse_config({"models": [{"name": "echo", "provider": "mock"}]}, {}),
+                       make_settings())
+        runner = web.AppRunner(app)
+        await runner.setup()
+        try:
+            assert gc.isenabled()
+            assert gc.get_threshold() == (max(before[0], GC_YOUNG_THRESHOLD), *before[1:])
+
+            class Node:
+                pass
+
+            collected: list[bool] = []
+            node = Node()
+            node.loop = node  # type: ignore[attr-defined]  # a cycle: refcounts cannot free it
+            weakref.finalize(node, collected.append, True)
+            del node
+            # No explicit gc.collect(): allocating more than the threshold's worth of live
+            # container objects is what starts a collection in a serving proxy.
+            held = [[] for _ in range(GC_YOUNG_THRESHOLD * 2)]
+            assert collected == [True]
+            del held
+        finally:
+            await runner.cleanup()
+        assert gc.get_threshold() == before
