@@ -38,6 +38,15 @@ async def iter_sse(content: aiohttp.StreamReader,
     held = 0  # bytes of the event being assembled: its data lines and the unparsed buffer
     event: str | None = None
     async for chunk in content.iter_any():
+        if not buffer and not data and event is None and chunk.startswith(b"data: "):
+            # The common read: exactly one event, one data line and its blank line
+            # (``data: {...}\n\n``, as a model's token arrives), yielded without the line loop.
+            end = chunk.find(b"\n")
+            if end == len(chunk) - 2 and chunk[end + 1] == 0x0A and chunk[end - 1] != 0x0D:
+                if len(chunk) > max_event:
+                    raise ValueError(f"server-sent event larger than {max_event} bytes")
+                yield SSEEvent(chunk[6:end])
+                continue
         buffer = buffer + chunk if buffer else chunk
         if held + len(buffer) > max_event:
             raise ValueError(f"server-sent event larger than {max_event} bytes")

@@ -212,16 +212,18 @@ class OpenAIProvider(Provider):
                 ErrorKind.PROTOCOL, "the upstream answer has no choices")
         return ChatResponse(data)
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[dict[str, Any]]:
+    def stream(self, request: ChatRequest) -> AsyncIterator[dict[str, Any]]:
         body = request.upstream_body(self.upstream_model, **self._continuation(request))
-        resp = await self.send("POST", self.chat_url, data=body, headers=self.headers)
-        async for chunk in self._chunks(resp):
-            yield chunk
+        # The call is made as the first chunk is asked for; no generator of its own around
+        # _chunks (each layer is one more step for every chunk of the stream).
+        return self._chunks(self.chat_url, body)
 
-    async def _chunks(self, resp: UpstreamResponse) -> AsyncIterator[dict[str, Any]]:
-        """The chunks of an OpenAI-shaped stream (chat or legacy completions), until [DONE]
-        or a clean end after a finish_reason; a cut or an early end is a PROTOCOL error. An
-        event that is not JSON is yielded as MALFORMED_EVENT, for the core to drop."""
+    async def _chunks(self, url: str, body: bytes) -> AsyncIterator[dict[str, Any]]:
+        """POST ``body`` to ``url`` and yield the chunks of the OpenAI-shaped stream it
+        answers (chat or legacy completions), until [DONE] or a clean end after a
+        finish_reason; a cut or an early end is a PROTOCOL error. An event that is not JSON
+        is yielded as MALFORMED_EVENT, for the core to drop."""
+        resp = await self.send("POST", url, data=body, headers=self.headers)
         finished = False
         try:
             try:
@@ -407,13 +409,9 @@ class OpenAIProvider(Provider):
                 ErrorKind.PROTOCOL, "the upstream answer has no choices")
         return data
 
-    async def completions_stream(self, body: Mapping[str, Any]
-                                 ) -> AsyncIterator[dict[str, Any]]:
-        resp = await self.send("POST", self.endpoint("/completions"),
-                               data=self._native_body({**body, "stream": True}),
-                               headers=self.headers)
-        async for chunk in self._chunks(resp):
-            yield chunk
+    def completions_stream(self, body: Mapping[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        return self._chunks(self.endpoint("/completions"),
+                            self._native_body({**body, "stream": True}))
 
     def _parse_event(self, data: bytes) -> dict[str, Any]:
         try:
