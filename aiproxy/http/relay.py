@@ -40,7 +40,8 @@ class _Coalescer:
     burst parsed from one upstream read) leave together in one socket write, made by a task
     of their own once the relay waits. A paced stream (one event a read, as models emit
     tokens) gets each chunk out the moment it is parsed, never behind the other streams'
-    work of that loop iteration."""
+    work of that loop iteration; it never needs the writer task, which is started only
+    when a burst first leaves events behind."""
 
     HIGH_WATER = 64 * 1024  # past this much unwritten, the relay waits (client backpressure)
 
@@ -56,7 +57,12 @@ class _Coalescer:
         # now is the rest of a burst (one upstream read), for the writer task.
         self.burst = False
         self._loop = asyncio.get_running_loop()
-        self.task = self._loop.create_task(self._run())
+        self.task: asyncio.Task[None] | None = None
+
+    def _wake_writer(self) -> None:
+        if self.task is None:
+            self.task = self._loop.create_task(self._run())
+        self.wake.set()
 
     async def _run(self) -> None:
         try:
@@ -80,7 +86,7 @@ class _Coalescer:
         queued meanwhile (the rest of the burst) go to the writer task in one write."""
         self.burst = False
         if self.parts:
-            self.wake.set()
+            self._wake_writer()
 
     async def write(self, data: bytes) -> None:
         if self.gone:
@@ -100,16 +106,17 @@ class _Coalescer:
         self.parts.append(data)
         self.size += len(data)
         if not self.burst:
-            self.wake.set()  # behind a write still draining: the writer takes it after
+            self._wake_writer()  # behind a write still draining: the writer takes it after
         if self.size > self.HIGH_WATER:
             await self.idle.wait()  # let the writer catch up before reading more upstream
             if self.gone:
                 raise ClientGone
 
     async def finish(self, last: bytes | None) -> None:
-        self.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.task
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
         if self.gone:
             raise ClientGone
         if last is not None:
@@ -142,4 +149,5 @@ async def relay(response: web.StreamResponse, stream: RoutedStream) -> None:
     except (ClientGone, ConnectionError):
         stream.client_left()
     finally:
-        out.task.cancel()
+        if out.task is not None:
+            out.task.cancel()
