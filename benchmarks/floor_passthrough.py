@@ -10,6 +10,7 @@ aiproxy's throughput is judged against this (``benchmarks/run.py``).
 from __future__ import annotations
 
 import argparse
+import gc
 
 import aiohttp
 from aiohttp import web
@@ -53,7 +54,12 @@ def main() -> None:
     parser.add_argument("--loop", choices=CHOICES, default="auto",
                         help="event loop, chosen as aiproxy's --loop chooses (auto: uvloop when "
                              "installed), so that floor and proxy are compared on the same loop")
+    parser.add_argument("--gc-young", type=int, metavar="N",
+                        help="the cyclic collector's young-generation threshold (default: "
+                             "CPython's); run.py starts a second floor with aiproxy's")
     args = parser.parse_args()
+    if args.gc_young:
+        gc.set_threshold(args.gc_young)
     web.run_app(make_app(args.upstream), host=args.host, port=args.port, access_log=None,
                 print=None, loop=new_loop(args.loop))
 

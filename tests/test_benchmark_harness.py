@@ -11,6 +11,8 @@ from types import ModuleType
 
 import pytest
 
+from aiproxy.http.app import GC_YOUNG_THRESHOLD
+
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
@@ -257,6 +259,7 @@ class TestTargets:
 
         bench.extra["colocated"] = {  # type: ignore[attr-defined]
             "32": [run(1.28), run(1.5), run(1.25)],
+            "32gc": [run(1.31), run(1.30), run(1.35)],
             "redis": [run(1.10), run(1.12, errors=2), run(1.09)]}
         targets = _scored(bench)
         ours = _find(targets, "non-stream, 32 conns: aiproxy / floor pass-through CPU per "
@@ -264,6 +267,10 @@ class TestTargets:
         assert (ours["value"], ours["result"]) == (pytest.approx(1.28), "-")
         assert ours["measured"] == "3 runs: 1.280, 1.500, 1.250"
         assert ours["limit"] == "(informational; target 1: <= 1.33)"
+        tuned = _find(targets, "non-stream, 32 conns: aiproxy / floor pass-through run with "
+                               "aiproxy's collector threshold (gc young 10,000)")
+        assert (tuned["value"], tuned["result"]) == (pytest.approx(1.31), "-")
+        assert "against a reference tuned alike" in tuned["limit"]
         redis = _find(targets, "non-stream, 32 conns: aiproxy + Redis limits / aiproxy "
                                "without limits CPU per request, co-located")
         assert redis["value"] == pytest.approx(1.10) and redis["measured"].endswith("ERRORS")
@@ -315,3 +322,8 @@ class TestIcountOptions:
     def test_skip_and_only_exclude_each_other(self) -> None:
         with pytest.raises(SystemExit):
             bench_run.parse_args(["--no-icount", "--icount-only"])
+
+
+def test_the_tuned_floor_runs_with_aiproxys_collector_threshold() -> None:
+    """The second floor of the co-located runs is given the threshold aiproxy serves with."""
+    assert bench_run.FLOOR_GC_YOUNG == GC_YOUNG_THRESHOLD
