@@ -428,3 +428,43 @@ class TestGarbageCollector:
         finally:
             await runner.cleanup()
         assert gc.get_threshold() == before
+
+    @pytest.mark.parametrize(("path", "body"), [
+        ("/v1/chat/completions", {"model": "echo", "messages": MSG}),
+        ("/v1/chat/completions", {"model": "echo", "messages": MSG, "stream": True}),
+        ("/v1/messages", {"model": "echo", "max_tokens": 16, "messages": MSG}),
+        ("/v1/messages", {"model": "echo", "max_tokens": 16, "messages": MSG, "stream": True}),
+        ("/v1/responses", {"model": "echo", "input": "hello", "stream": True}),
+    ])
+    async def test_a_request_leaves_no_reference_cycle_behind(self, start_proxy, path, body):
+        """Everything of a finished request is freed by reference counting: a cycle among
+        its objects would wait for the collector, which now runs rarely, and then cost a
+        pause (a stream's objects were once kept so, through its watchdog's closure)."""
+        proxy = await start_proxy({"models": [{"name": "echo", "provider": "mock"}]})
+
+        async def ask() -> None:
+            async with proxy.http.post(proxy.url(path), json=body,
+                                       headers={**proxy.auth, "anthropic-version": "2023-06-01"},
+                                       ) as resp:
+                assert resp.status == 200
+                await resp.read()
+            await asyncio.sleep(0.05)  # the observers run once the answer has left
+
+        def ours(obj: Any) -> bool:
+            code = getattr(obj, "cr_code", None) or getattr(obj, "ag_code", None) or getattr(
+                obj, "__code__", None)
+            if code is not None:
+                return "/aiproxy" in code.co_filename
+            return type(obj).__module__.startswith("aiproxy")
+
+        await ask()  # first use: caches, imports
+        gc.collect()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            await ask()
+            gc.collect()
+        finally:
+            gc.set_debug(0)
+        leaked = [obj for obj in gc.garbage if ours(obj)]
+        gc.garbage.clear()
+        assert not leaked, sorted({type(obj).__qualname__ for obj in leaked})

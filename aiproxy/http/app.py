@@ -87,8 +87,12 @@ async def gateway(request: web.Request, handler: Handler) -> web.StreamResponse:
         status = 499 if request.transport is None or request.transport.is_closing() else 500
         raise
     finally:
-        if trace.open_stream is not None:
-            await trace.open_stream.aclose()  # settles a stream the handler never pumped
+        stream, trace.open_stream = trace.open_stream, None
+        if stream is not None:
+            # Settles a stream the handler never pumped. And the record lets go of it: the
+            # stream's exchange holds the record, so keeping both would leave a reference
+            # cycle of the whole request's objects for the garbage collector.
+            await stream.aclose()
         if generation is not None:
             runtime.leave(generation)
         trace.status = 499 if trace.client_gone else status

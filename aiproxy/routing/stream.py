@@ -127,6 +127,32 @@ class ChatChunks:
         return out
 
 
+class _Watchdog:
+    """The stall and total bounds of one stream segment: one loop timer, re-armed lazily when
+    it finds a chunk came since (a chunk only sets ``last``); when a bound is past, it expires
+    ``timeout`` now. An object rather than closures: a closure that re-arms itself refers to
+    itself, a reference cycle that kept every stream's objects for the garbage collector."""
+
+    __slots__ = ("deadline", "handle", "idle", "last", "loop", "timeout")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: asyncio.Timeout, idle: float,
+                 deadline: float | None) -> None:
+        self.loop, self.timeout, self.idle, self.deadline = loop, timeout, idle, deadline
+        self.last = loop.time()
+        self.handle = loop.call_at(self.due(), self.check)
+
+    def due(self) -> float:
+        stall = self.last + self.idle
+        return stall if self.deadline is None else min(stall, self.deadline)
+
+    def check(self) -> None:
+        now = self.loop.time()
+        if now >= self.due():
+            self.timeout.reschedule(now)  # expire now
+        else:
+            self.handle = self.loop.call_at(self.due(), self.check)
+
+
 class RoutedStream:
     """One streamed answer. Iterate it only through :meth:`pump`."""
 
@@ -190,35 +216,22 @@ class RoutedStream:
         idle, total = route.timeouts.idle, route.timeouts.stream_total
         loop = asyncio.get_running_loop()
         deadline = None if total is None else loop.time() + total
-        last = loop.time()
-        handle: asyncio.TimerHandle | None = None
         metrics = self._exchange.router.metrics
         chunk = self._first
-
-        def due() -> float:
-            return last + idle if deadline is None else min(last + idle, deadline)
-
+        dog: _Watchdog | None = None
         try:
             # One watchdog timer per stream instead of one asyncio.timeout per chunk: a
             # chunk only records when it came; the timer re-arms itself lazily.
             async with asyncio.timeout(None) as watchdog:
                 self._watchdog = watchdog
-
-                def check() -> None:
-                    nonlocal handle
-                    if loop.time() >= due():
-                        watchdog.reschedule(loop.time())  # expire now
-                    else:
-                        handle = loop.call_at(due(), check)
-
-                handle = loop.call_at(due(), check)
+                dog = _Watchdog(loop, watchdog, idle, deadline)
                 while True:
                     if chunk is MALFORMED_EVENT:
                         self._malformed(route.name, metrics)
                     elif lens.rewrite(chunk, route.name):
                         await emit(chunk)
                         self.chunks += 1
-                    last = loop.time()
+                    dog.last = loop.time()
                     try:
                         chunk = await anext(self._chunks)
                     except StopAsyncIteration:
@@ -238,8 +251,8 @@ class RoutedStream:
             return exc if isinstance(exc, UpstreamError) else UpstreamError(
                 ErrorKind.PROTOCOL, f"the provider failed ({type(exc).__name__})")
         finally:
-            if handle is not None:
-                handle.cancel()
+            if dog is not None:
+                dog.handle.cancel()
             self._watchdog = None
 
     def _malformed(self, model: str, metrics: Any) -> None:
