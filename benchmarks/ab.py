@@ -226,7 +226,8 @@ def main() -> int:
                 for name, url in urls.items():
                     res = asyncio.run(_chunk_delays(url, MODEL, args.chunk_streams, 16, 10.0))
                     print(f"{mode}: {name} per-chunk one-way delay p50 {res['p50']:.3f} "
-                          f"p99 {res['p99']:.3f} ms ({res['chunks']} chunks)")
+                          f"p99 {res['p99']:.3f} ms, mid-stream p99 {res['mid_p99']:.3f} ms "
+                          f"({res['chunks']} chunks)")
     finally:
         Proc.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)

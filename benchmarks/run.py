@@ -507,11 +507,14 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def _chunk_samples(url: str, model: str, streams: int, concurrency: int,
-                         delay_ms: float) -> tuple[list[float], list[float], int]:
+                         delay_ms: float) -> tuple[list[float], list[float], int, list[float]]:
     """Per-chunk one-way delays (client arrival time minus the mock's x_sent_ns stamp) and
-    inter-arrival gaps, in ms, of ``streams`` stamped streams; and the failed streams."""
+    inter-arrival gaps, in ms, of ``streams`` stamped streams; the failed streams; and the
+    delays of the mid-stream chunks alone (all but each stream's first and last two: those
+    meet the other streams' openings and settlements, the rest only their chunks)."""
     delays: list[float] = []
     gaps: list[float] = []
+    middle: list[float] = []
     failures = 0
     sem = asyncio.Semaphore(concurrency)
     req = body(model, True, mock_stamp=True, mock_chunk_delay_ms=delay_ms)
@@ -525,34 +528,40 @@ async def _chunk_samples(url: str, model: str, streams: int, concurrency: int,
                     async with session.post(url, data=req, headers=_headers(),
                                             timeout=aiohttp.ClientTimeout(total=60)) as resp:
                         last = None
+                        mine: list[float] = []
                         async for line in resp.content:
                             now = time.monotonic_ns()
                             match = STAMP_RE.search(line)
                             if match is None:
                                 continue
-                            delays.append((now - int(match.group(1))) / 1e6)
+                            mine.append((now - int(match.group(1))) / 1e6)
                             if last is not None:
                                 gaps.append((now - last) / 1e6)
                             last = now
+                        delays.extend(mine)
+                        middle.extend(mine[1:-2])
                 except (aiohttp.ClientError, TimeoutError):
                     failures += 1
 
         await asyncio.gather(*(one() for _ in range(streams)))
-    return delays, gaps, failures
+    return delays, gaps, failures, middle
 
 
-def chunk_stats(delays: list[float], gaps: list[float], failures: int, streams: int) -> dict:
-    delays, gaps = sorted(delays), sorted(gaps)
+def chunk_stats(delays: list[float], gaps: list[float], failures: int, streams: int,
+                middle: list[float] | None = None) -> dict:
+    delays, gaps, middle = sorted(delays), sorted(gaps), sorted(middle or [])
     return {"chunks": len(delays), "streams": streams, "failures": failures,
             "p50": pct(delays, 50), "p90": pct(delays, 90), "p99": pct(delays, 99),
             "max": delays[-1] if delays else float("nan"),
-            "gap_p50": pct(gaps, 50), "gap_p99": pct(gaps, 99)}
+            "gap_p50": pct(gaps, 50), "gap_p99": pct(gaps, 99),
+            "mid_p99": pct(middle, 99) if middle else float("nan")}
 
 
 async def _chunk_delays(url: str, model: str, streams: int, concurrency: int,
                         delay_ms: float) -> dict:
-    delays, gaps, failures = await _chunk_samples(url, model, streams, concurrency, delay_ms)
-    return chunk_stats(delays, gaps, failures, streams)
+    delays, gaps, failures, middle = await _chunk_samples(url, model, streams, concurrency,
+                                                          delay_ms)
+    return chunk_stats(delays, gaps, failures, streams, middle)
 
 
 async def _hold_streams(url: str, model: str, count: int, proc: Proc, hold: float) -> dict:
@@ -960,28 +969,30 @@ class Bench:
             f"{args.stream_concurrency} at a time):")
         paths = (("direct (mock upstream)", mock, "gpt-4o-mini"),
                  ("floor SSE relay", relay, MODEL), ("aiproxy", proxy, MODEL))
-        samples: dict[str, tuple[list[float], list[float], list[int]]] = {
-            label: ([], [], [0]) for label, _, _ in paths}
+        samples: dict[str, tuple[list[float], list[float], list[int], list[float]]] = {
+            label: ([], [], [0], []) for label, _, _ in paths}
         ours = [p for p in Proc.all if p.alive()]
         busy, mine = busy_seconds(), sum(p.cpu() for p in ours) + self_cpu()
         start = time.monotonic()
         for _ in range(rounds):
             for label, proc, model in paths:
-                delays, gaps, failures = asyncio.run(_chunk_samples(
+                delays, gaps, failures, middle = asyncio.run(_chunk_samples(
                     self.url(proc), model, max(1, args.streams // rounds),
                     args.stream_concurrency, args.chunk_delay_ms))
                 samples[label][0].extend(delays)
                 samples[label][1].extend(gaps)
                 samples[label][2][0] += failures
+                samples[label][3].extend(middle)
         foreign = (busy_seconds() - busy) - (sum(p.cpu() for p in ours) + self_cpu() - mine)
         other = max(0.0, foreign / (time.monotonic() - start))
         chunk: dict[str, dict] = {}
-        for label, (delays, gaps, failures) in samples.items():
-            res = chunk[label] = chunk_stats(delays, gaps, failures[0], args.streams)
+        for label, (delays, gaps, failures, middle) in samples.items():
+            res = chunk[label] = chunk_stats(delays, gaps, failures[0], args.streams, middle)
             res["other_load"] = other
             log(f"  {label:<28} {res['chunks']} chunks: one-way delay p50 {res['p50']:.3f}  "
-                f"p90 {res['p90']:.3f}  p99 {res['p99']:.3f}  max {res['max']:.3f} ms; "
-                f"inter-arrival p99 {res['gap_p99']:.3f} ms; failures {res['failures']}")
+                f"p90 {res['p90']:.3f}  p99 {res['p99']:.3f}  max {res['max']:.3f} ms "
+                f"(mid-stream p99 {res['mid_p99']:.3f}); inter-arrival p99 "
+                f"{res['gap_p99']:.3f} ms; failures {res['failures']}")
         log(f"  other load during the test: {other:.2f} cores")
         self.extra["chunk_delay"] = chunk
 
@@ -1421,11 +1432,16 @@ class Bench:
             lines += ["", f"Per-chunk one-way delay (mock stamps each chunk, chunks every "
                       f"{args.chunk_delay_ms:g} ms, {args.streams} streams, "
                       f"{args.stream_concurrency} concurrent):", "",
-                      "| path | chunks | p50 ms | p90 ms | p99 ms | max ms | failures |",
-                      "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+                      "| path | chunks | p50 ms | p90 ms | p99 ms | p99 mid-stream ms | max ms "
+                      "| failures |",
+                      "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
             for label, c in chunk.items():
+                mid = c.get("mid_p99")  # absent from runs before it was measured
                 lines.append(f"| {label} | {c['chunks']} | {c['p50']:.3f} | {c['p90']:.3f} | "
-                             f"{c['p99']:.3f} | {c['max']:.3f} | {c['failures']} |")
+                             f"{c['p99']:.3f} | {'-' if mid is None else f'{mid:.3f}'} | "
+                             f"{c['max']:.3f} | {c['failures']} |")
+            lines += ["", "Mid-stream: all chunks but each stream's first and last two (those "
+                      "meet the other streams' openings and settlements)."]
             other = next(iter(chunk.values())).get("other_load")
             if other is not None:
                 lines += ["", f"Other load during the per-chunk test: {other:.2f} cores."]

@@ -327,3 +327,22 @@ class TestIcountOptions:
 def test_the_tuned_floor_runs_with_aiproxys_collector_threshold() -> None:
     """The second floor of the co-located runs is given the threshold aiproxy serves with."""
     assert bench_run.FLOOR_GC_YOUNG == GC_YOUNG_THRESHOLD
+
+
+class TestChunkDelays:
+    def test_mid_stream_chunks_have_their_own_p99(self) -> None:
+        # Two streams: their first and last two chunks slow (openings, settlements).
+        stream = [9.0, 1.0, 1.0, 1.0, 1.0, 8.0, 7.0]
+        middle = stream[1:-2] * 2
+        stats = bench_run.chunk_stats(stream * 2, [], 0, 2, middle)
+        assert stats["p99"] > 8.0 and stats["mid_p99"] == pytest.approx(1.0)
+        assert bench_run.chunk_stats([1.0], [], 0, 1)["mid_p99"] != 1.0  # none measured: nan
+
+    def test_the_report_prints_it_and_reads_runs_without_it(self, bench: object) -> None:
+        _scored(bench)
+        old = {"chunks": 10, "p50": 1.0, "p90": 2.0, "p99": 3.0, "max": 4.0, "failures": 0}
+        bench.extra["chunk_delay"] = {  # type: ignore[attr-defined]
+            "direct (mock upstream)": old, "aiproxy": {**old, "p99": 3.5, "mid_p99": 1.25}}
+        text = bench.report()  # type: ignore[attr-defined]
+        assert "| aiproxy | 10 | 1.000 | 2.000 | 3.500 | 1.250 | 4.000 | 0 |" in text
+        assert "| direct (mock upstream) | 10 | 1.000 | 2.000 | 3.000 | - | 4.000 | 0 |" in text
