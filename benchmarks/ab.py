@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import concurrent.futures
 import os
 import shutil
 import statistics
@@ -53,6 +52,7 @@ from run import (
     check,
     free_port,
     run_wrk,
+    run_wrk_at_once,
 )
 
 
@@ -111,15 +111,12 @@ def colocated_round(procs: dict[str, Proc], urls: dict[str, str], req: str,
                     rps: dict[str, list[float]], p99: dict[str, list[float]],
                     cpu: dict[str, list[float]]) -> None:
     """--colocated: one round with A and B under load at the same time."""
-    before = {name: proc.cpu() for name, proc in procs.items()}
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        jobs = {name: pool.submit(run_wrk, urls[name], req, args.conns, args.duration,
-                                  core=load_core) for name in procs}
-        res = {name: job.result() for name, job in jobs.items()}
-    for name, proc in procs.items():
-        cpu[name].append((proc.cpu() - before[name]) / max(1, res[name]["requests"]) * 1e6)
-        rps[name].append(res[name]["rps"])
-        p99[name].append(res[name]["p99"])
+    res = run_wrk_at_once({name: (proc, urls[name]) for name, proc in procs.items()}, req,
+                          args.conns, args.duration, core=load_core)
+    for name, got in res.items():
+        cpu[name].append(got["cpu_us"])
+        rps[name].append(got["rps"])
+        p99[name].append(got["p99"])
 
 
 def main() -> int:

@@ -443,6 +443,21 @@ def run_wrk(url: str, req_body: str, conns: int, duration: float, *, core: str |
 # --------------------------------------------------------------------------- the usage ledger
 
 
+def run_wrk_at_once(targets: dict[str, tuple[Proc, str]], req_body: str, conns: int,
+                    duration: float, *, core: str | None) -> dict[str, dict]:
+    """wrk against several servers at the same time (one run each, in threads), keyed as
+    ``targets`` (``name: (server, url)``); each result also has ``cpu_us``, the server's CPU
+    time per request over the run."""
+    before = {name: proc.cpu() for name, (proc, _) in targets.items()}
+    with concurrent.futures.ThreadPoolExecutor(len(targets)) as pool:
+        jobs = {name: pool.submit(run_wrk, url, req_body, conns, duration, core=core)
+                for name, (_, url) in targets.items()}
+        res = {name: job.result() for name, job in jobs.items()}
+    for name, (proc, _) in targets.items():
+        res[name]["cpu_us"] = (proc.cpu() - before[name]) / max(1, res[name]["requests"]) * 1e6
+    return res
+
+
 def ledger_records(metrics_text: str) -> float | None:
     """Usage records a proxy has taken (written to its database, or queued for it), from its
     /metrics; None when the text has no ledger counters (a ledger that is off)."""
@@ -814,18 +829,11 @@ class Bench:
         for key, reference, subject in against:
             runs = out[key] = []
             for i in range(args.colocated):
-                sides = (("reference", reference), ("subject", subject))
-                before = {side: proc.cpu() for side, proc in sides}
-                with concurrent.futures.ThreadPoolExecutor(2) as pool:
-                    started = {side: pool.submit(run_wrk, self.url(proc), req, 32,
-                                                 args.pair_duration, core=self.load_core)
-                               for side, proc in sides}
-                    res = {side: job.result() for side, job in started.items()}
-                got = {side: {"rps": res[side]["rps"],
-                              "cpu_us": (proc.cpu() - before[side])
-                              / max(1, res[side]["requests"]) * 1e6,
-                              "errors": res[side]["errors"] + res[side]["non2xx"]}
-                       for side, proc in sides}
+                res = run_wrk_at_once({side: (proc, self.url(proc)) for side, proc in
+                                       (("reference", reference), ("subject", subject))},
+                                      req, 32, args.pair_duration, core=self.load_core)
+                got = {side: {"rps": r["rps"], "cpu_us": r["cpu_us"],
+                              "errors": r["errors"] + r["non2xx"]} for side, r in res.items()}
                 f, a = got["reference"], got["subject"]
                 run = {"reference": f, "subject": a,
                        "cpu_ratio": a["cpu_us"] / f["cpu_us"] if f["cpu_us"] else None}
@@ -942,7 +950,8 @@ class Bench:
                     self.measure("aiproxy (LOG_LEVEL=WARNING)", quiet, MODEL, False, 32)
 
         self.paired(floor, proxy, proxy_mem, proxy_redis)
-        floor_gc = self.start_floor("floor-gc", mock, "--gc-young", str(FLOOR_GC_YOUNG))
+        floor_gc = (self.start_floor("floor-gc", mock, "--gc-young", str(FLOOR_GC_YOUNG))
+                    if args.colocated > 0 else None)
         self.colocated(floor, proxy, proxy_mem, proxy_redis, floor_gc)
         for proc in (floor, floor_gc, proxy_mem, proxy_redis, quiet, redis_proc):
             if proc is not None:

@@ -346,3 +346,28 @@ class TestChunkDelays:
         text = bench.report()  # type: ignore[attr-defined]
         assert "| aiproxy | 10 | 1.000 | 2.000 | 3.500 | 1.250 | 4.000 | 0 |" in text
         assert "| direct (mock upstream) | 10 | 1.000 | 2.000 | 3.000 | - | 4.000 | 0 |" in text
+
+
+def test_wrk_at_once_gives_each_server_its_cpu_per_request(monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    class Server:
+        def __init__(self, seconds: float) -> None:
+            self.spent, self.step = 0.0, seconds
+
+        def cpu(self) -> float:
+            return self.spent
+
+    servers = {"a": Server(0.5), "b": Server(0.2)}
+    urls = {"http://a": servers["a"], "http://b": servers["b"]}
+
+    def wrk(url: str, *_: object, **__: object) -> dict:
+        urls[url].spent += urls[url].step  # the server's CPU over the run
+        return {"requests": 1000, "rps": 500.0}
+
+    monkeypatch.setattr(bench_run, "run_wrk", wrk)
+    res = bench_run.run_wrk_at_once({name: (server, f"http://{name}")
+                                     for name, server in servers.items()}, "{}", 32, 1.0,
+                                    core=None)
+    assert {name: r["cpu_us"] for name, r in res.items()} == {
+        "a": pytest.approx(500.0), "b": pytest.approx(200.0)}
+    assert res["a"]["rps"] == 500.0
