@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import aiohttp
 import openai
 import orjson
 import pytest
+from aiohttp import web
 
-from tests.conftest import openai_model
+from aiproxy.config import parse_config
+from aiproxy.http import make_app
+from tests.conftest import TOKEN, make_settings, openai_model
 
 
 def demo_config(url: str) -> dict[str, Any]:
@@ -224,7 +228,47 @@ class TestErrors:
         async with proxy.http.get(proxy.url("/v1/chat/completions"),
                                   headers=proxy.auth) as resp:
             assert resp.status == 405
+            assert resp.headers["Allow"] == "POST"
             assert "error" in await resp.json()
+            assert resp.headers["X-Request-ID"]
+        # The methods of every route on the path, a dynamic one included.
+        async with proxy.http.post(proxy.url("/v1/responses/resp_1"), headers=proxy.auth,
+                                   json={}) as resp:
+            assert resp.status == 405
+            assert set(resp.headers["Allow"].split(",")) == {"GET", "HEAD", "DELETE"}
+            assert (await resp.json())["error"]["message"] == (
+                "method POST is not allowed on /v1/responses/resp_1")
+        for method, path in (("PATCH", "/deep/er/path"), ("GET", "/"),
+                             ("POST", "/v1/chat/completions/x")):
+            async with proxy.http.request(method, proxy.url(path), headers=proxy.auth) as resp:
+                assert resp.status == 404, (method, path)
+                assert (await resp.json())["error"]["code"] == "not_found"
+                assert resp.headers["X-Request-ID"]
+
+    async def test_a_route_added_after_make_app_is_behind_the_gateway(self, aiohttp_server):
+        # The gateway is bound to the routes at startup, not to those of make_app alone.
+        app = make_app(parse_config({"models": [{"name": "echo", "provider": "mock"}]}, {}),
+                       make_settings())
+
+        async def extra(request: web.Request) -> web.Response:
+            return web.json_response({"ok": True})
+
+        app.router.add_get("/extra", extra)
+        server = await aiohttp_server(app)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(server.make_url("/extra")) as resp:  # no token
+                assert resp.status == 401
+                assert (await resp.json())["error"]["code"] == "missing_api_key"
+                assert resp.headers["X-Request-ID"]
+            async with http.get(server.make_url("/extra"),
+                                headers={"Authorization": f"Bearer {TOKEN}"}) as resp:
+                assert resp.status == 200
+                assert await resp.json() == {"ok": True}
+                assert resp.headers["X-Content-Type-Options"] == "nosniff"
+            async with http.post(server.make_url("/extra"),
+                                 headers={"Authorization": f"Bearer {TOKEN}"}) as resp:
+                assert resp.status == 405
+                assert set(resp.headers["Allow"].split(",")) == {"GET", "HEAD"}
 
     @pytest.mark.parametrize(("fault", "status", "exc"), [
         ("400", 400, openai.BadRequestError),

@@ -1,4 +1,4 @@
-"""The HTTP layer: the app and its middleware (:mod:`.app`), authentication, the error
+"""The HTTP layer: the app and its gateway (:mod:`.app`), authentication, the error
 envelope, request bodies, the handlers (:mod:`.chat`, :mod:`.media`, :mod:`.admin`) and the SSE
 writer (:mod:`.relay`). Handlers parse, call the router once, and write."""
 
