@@ -5,11 +5,16 @@ once the relay waits; order, backpressure and a client gone are kept."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
+import orjson
 import pytest
+from aiohttp import web
 
-from aiproxy.http.relay import _Coalescer
+from aiproxy.http.relay import _Coalescer, relay
+from aiproxy.http.state import start_stream
 from aiproxy.routing import ClientGone
+from tests.conftest import TOKEN, openai_model
 
 
 class Response:
@@ -19,6 +24,7 @@ class Response:
         self.writes: list[bytes] = []
         self.gate: asyncio.Future[None] | None = None  # set: the next write waits on it
         self.fail: Exception | None = None
+        self.ended = False
 
     async def write(self, data: bytes) -> None:
         if self.fail is not None:
@@ -26,6 +32,10 @@ class Response:
         if self.gate is not None:
             await self.gate
         self.writes.append(data)
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        await self.write(data)  # the last data and the end: one write
+        self.ended = True
 
 
 async def _turns(n: int = 3) -> None:
@@ -46,7 +56,8 @@ async def test_a_paced_chunk_goes_out_before_the_relay_moves_on() -> None:
     await out.write(b"two")
     assert response.writes == [b"one", b"two"]
     await out.finish(b"done")
-    assert response.writes == [b"one", b"two", b"done"]
+    assert response.writes == [b"one", b"two", b"done"]  # the end goes with the last write
+    assert response.ended
 
 
 async def test_the_rest_of_a_burst_leaves_in_one_write_once_the_relay_waits() -> None:
@@ -58,8 +69,9 @@ async def test_the_rest_of_a_burst_leaves_in_one_write_once_the_relay_waits() ->
     assert response.writes == [b"a", b"bcd"]
     await out.write(b"e")  # the next read's first event: at once again
     assert response.writes == [b"a", b"bcd", b"e"]
-    await out.finish(None)
-    assert b"".join(response.writes) == b"abcde"
+    await out.write(b"f")  # the rest of that read, then the stream's end: in the end's write
+    await out.finish(b"done")
+    assert response.writes == [b"a", b"bcd", b"e", b"fdone"]
 
 
 async def test_a_slow_client_keeps_the_order_and_holds_the_relay_past_the_high_water() -> None:
@@ -98,3 +110,149 @@ async def test_a_client_gone_ends_the_relay(burst: bool) -> None:
         await out.finish(b"done")
     assert b"c" not in b"".join(response.writes)
 
+
+
+# --- the answer's headers, end to end --------------------------------------------------------
+
+
+def _chunk(**fields: Any) -> bytes:
+    chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "up",
+             **fields}
+    return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+
+FIRST = _chunk(choices=[{"index": 0, "delta": {"role": "assistant", "content": "Hi"},
+                         "finish_reason": None}])
+LAST = _chunk(choices=[{"index": 0, "delta": {}, "finish_reason": "stop"}])
+USAGE_ONLY = _chunk(choices=[], usage={"prompt_tokens": 3, "completion_tokens": 1,
+                                       "total_tokens": 4})
+
+
+async def _held_upstream(aiohttp_server: Any, first: bytes) -> tuple[str, asyncio.Event]:
+    """An upstream that streams ``first``, then waits for the event before it ends."""
+    go_on = asyncio.Event()
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(first)
+        await go_on.wait()
+        await response.write(LAST + b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    server = await aiohttp_server(app)
+    return str(server.make_url("/v1")), go_on
+
+
+async def test_a_stream_s_headers_leave_with_its_first_chunk(start_proxy: Any,
+                                                             aiohttp_server: Any) -> None:
+    # One write for both: the client's first read holds the status line and the first event.
+    url, go_on = await _held_upstream(aiohttp_server, FIRST)
+    proxy = await start_proxy({"models": [openai_model("m", url)]})
+    body = orjson.dumps({"model": "m", "stream": True,
+                         "messages": [{"role": "user", "content": "x"}]})
+    reader, writer = await asyncio.open_connection(proxy.server.host, proxy.server.port)
+    writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: proxy\r\n"
+                 b"Authorization: Bearer " + TOKEN.encode() + b"\r\n"
+                 b"Content-Type: application/json\r\nContent-Length: "
+                 + str(len(body)).encode() + b"\r\n\r\n" + body)
+    first_read = await asyncio.wait_for(reader.read(65536), 10)
+    assert first_read.startswith(b"HTTP/1.1 200 ")
+    assert b'"content":"Hi"' in first_read
+    go_on.set()
+    rest = first_read
+    while b"0\r\n\r\n" not in rest:
+        rest += await asyncio.wait_for(reader.read(65536), 10)
+    assert b"data: [DONE]" in rest
+    writer.close()
+
+
+async def test_a_first_chunk_that_gives_the_client_nothing_does_not_hold_the_headers(
+        start_proxy: Any, aiohttp_server: Any) -> None:
+    # The first chunk is the usage the client did not ask for: nothing of it is written, and
+    # the next chunk is far off; the client has its answer's head meanwhile.
+    url, go_on = await _held_upstream(aiohttp_server, USAGE_ONLY)
+    proxy = await start_proxy({"models": [openai_model("m", url)]})
+    request = proxy.http.post(proxy.url("/v1/chat/completions"), headers=proxy.auth,
+                              json={"model": "m", "stream": True,
+                                    "messages": [{"role": "user", "content": "x"}]})
+    resp = await asyncio.wait_for(request.__aenter__(), 10)  # the upstream still waits
+    assert resp.status == 200
+    assert resp.headers["X-Request-ID"]
+    go_on.set()
+    text = (await resp.read()).decode()
+    await request.__aexit__(None, None, None)
+    assert '"finish_reason":"stop"' in text and text.endswith("data: [DONE]\n\n")
+    assert '"usage"' not in text
+
+
+def _recording(request: web.Request, writes: list[bytes]) -> None:
+    """Record every socket write of ``request``'s answer, each as one bytes."""
+    transport = request.transport
+    assert transport is not None
+    write = transport.write
+
+    def recorded(data: bytes) -> None:
+        writes.append(bytes(data))
+        write(data)
+
+    transport.write = recorded  # type: ignore[method-assign]
+    transport.writelines = lambda parts: recorded(b"".join(parts))  # type: ignore[method-assign]
+
+
+async def test_start_stream_sends_the_headers_in_the_first_write(aiohttp_client: Any) -> None:
+    writes: list[bytes] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        _recording(request, writes)
+        response = await start_stream(request, {"Content-Type": "text/event-stream"})
+        await response.write(b"data: one\n\n")
+        await asyncio.sleep(0.01)
+        await response.write(b"data: two\n\n")
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    client = await aiohttp_client(app)
+    async with client.get("/") as resp:
+        assert await resp.read() == b"data: one\n\ndata: two\n\n"
+    assert writes[0].startswith(b"HTTP/1.1 200 ")  # the head and the first event: one write
+    assert writes[0].endswith(b"\r\n\r\nb\r\ndata: one\n\n\r\n")
+    assert len(writes) == 3  # then the second event, then the end
+
+
+class _Chunks:
+    """Stands in for a RoutedStream: two chunks a loop turn apart, then the end."""
+
+    async def pump(self, emit: Any) -> None:
+        await emit({"n": 1})
+        await asyncio.sleep(0.01)
+        await emit({"n": 2})
+
+    def client_left(self) -> None:
+        raise AssertionError("the client is here")
+
+
+async def test_the_relay_makes_three_writes_of_a_two_chunk_stream(aiohttp_client: Any) -> None:
+    writes: list[bytes] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        _recording(request, writes)
+        response = await start_stream(request, {"Content-Type": "text/event-stream"})
+        await relay(response, _Chunks())  # type: ignore[arg-type]
+        return response
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    client = await aiohttp_client(app)
+    async with client.get("/") as resp:
+        assert await resp.read() == b'data: {"n":1}\n\ndata: {"n":2}\n\ndata: [DONE]\n\n'
+    # The head with the first chunk, the second chunk, [DONE] with the answer's end.
+    assert len(writes) == 3
+    assert writes[0].startswith(b"HTTP/1.1 200 ") and writes[0].endswith(b'{"n":1}\n\n\r\n')
+    assert writes[2] == b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n"

@@ -27,13 +27,6 @@ def encode_chunk(chunk: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
 
-async def _write(response: web.StreamResponse, data: bytes) -> None:
-    try:
-        await response.write(data)
-    except ConnectionError:
-        raise ClientGone from None
-
-
 class _Coalescer:
     """Write-through, then write-behind: the first event the relay produces goes out at once;
     the events produced after it before the relay next waits for the upstream (the rest of a
@@ -112,19 +105,21 @@ class _Coalescer:
             if self.gone:
                 raise ClientGone
 
-    async def finish(self, last: bytes | None) -> None:
+    async def finish(self, last: bytes) -> None:
+        """Write what is queued and ``last``, and end the answer: one socket write."""
         if self.task is not None:
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.task
         if self.gone:
             raise ClientGone
-        if last is not None:
-            self.parts.append(last)
-        if self.parts:
-            data = b"".join(self.parts)
-            self.parts.clear()
-            await _write(self.response, data)
+        self.parts.append(last)
+        data = b"".join(self.parts)
+        self.parts.clear()
+        try:
+            await self.response.write_eof(data)
+        except ConnectionError:
+            raise ClientGone from None
 
 
 async def relay(response: web.StreamResponse, stream: RoutedStream) -> None:
@@ -145,7 +140,6 @@ async def relay(response: web.StreamResponse, stream: RoutedStream) -> None:
                               err.code or ("upstream_timeout" if err.kind is ErrorKind.TIMEOUT
                                            else "stream_interrupted"))
             await out.finish(b"data: " + orjson.dumps(body) + b"\n\n")
-        await response.write_eof()
     except (ClientGone, ConnectionError):
         stream.client_left()
     finally:
