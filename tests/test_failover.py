@@ -9,8 +9,10 @@ import time
 from typing import Any
 
 import openai
+import orjson
 import pytest
 
+from aiproxy.http.state import RUNTIME
 from tests.conftest import make_settings, openai_model
 
 MSG = [{"role": "user", "content": "hello"}]
@@ -107,6 +109,29 @@ class TestSameModelRetries:
 
 
 class TestContinuation:
+    async def test_a_shutdown_while_a_stream_is_being_continued_ends_the_continuation(
+            self, start_proxy, fake_upstream):
+        fake, url = fake_upstream
+        fake.reply, fake.chunks = REPLY, 12
+        fake.script("m1", "cut")
+        fake.script("m2", "slow_first_token")  # the continuation takes a while to start
+        fake.slow = 0.5
+        proxy = await start_proxy(group(url, "m1", "m2", m2={"continuation": True}))
+        async with proxy.http.post(proxy.url("/v1/chat/completions"), headers=proxy.auth,
+                                   json={"model": "G", "messages": MSG,
+                                         "stream": True}) as resp:
+            deadline = time.monotonic() + 10
+            # Until the continuation is asked for (polls the fake's record of requests).
+            while not fake.requests_for("m2") and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+            assert proxy.app[RUNTIME].interrupt_streams("the proxy is shutting down") == 1
+            body = await resp.read()
+        assert b"[DONE]" not in body
+        last = orjson.loads(body.strip().split(b"\n\n")[-1][len(b"data: "):])
+        assert last["error"]["code"] == "proxy_shutdown"
+        assert "shutting down" in last["error"]["message"]
+        assert REPLY.split()[-1].encode() not in body  # not relayed to its end
+
     async def test_a_cut_stream_is_continued_on_a_fallback_that_accepts_it(
             self, start_proxy, fake_upstream):
         fake, url = fake_upstream

@@ -181,6 +181,61 @@ class TestStreamBounds:
             assert b"[DONE]" not in body
 
 
+    async def test_each_open_stream_keeps_its_own_bounds(self, start_proxy, aiohttp_server):
+        # One timer keeps every stream's bounds: a stream opened after others, with a sooner
+        # bound, still ends on time; the others, their chunks coming, are not ended.
+        release = asyncio.Event()
+
+        def chunk(text: str, finish: str | None = None) -> bytes:
+            return b"data: " + orjson.dumps({
+                "id": "c", "object": "chat.completion.chunk", "created": 1, "model": "up",
+                "choices": [{"index": 0, "delta": {"content": text},
+                             "finish_reason": finish}]}) + b"\n\n"
+
+        async def chat(request: web.Request) -> web.StreamResponse:
+            model = (await request.json())["model"]
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            await response.write(chunk("first"))
+            if model == "up-quick":
+                await release.wait()  # stalls until the test is over
+            else:
+                for _ in range(12):
+                    await asyncio.sleep(0.1)
+                    await response.write(chunk("more"))
+            await response.write(chunk("", "stop") + b"data: [DONE]\n\n")
+            await response.write_eof()
+            return response
+
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", chat)
+        url = str((await aiohttp_server(app)).make_url("/v1"))
+        proxy = await start_proxy({"models": [
+            openai_model("patient", url, upstream_model="up-patient",
+                         timeouts={"idle": 30, "total": 60}),
+            openai_model("quick", url, upstream_model="up-quick", timeouts={"idle": 0.3})]})
+        loop = asyncio.get_running_loop()
+
+        async def stream(model: str) -> tuple[bytes, float]:
+            started = loop.time()
+            async with proxy.http.post(proxy.url("/v1/chat/completions"), headers=proxy.auth,
+                                       json={"model": model, "messages": MSG,
+                                             "stream": True}) as resp:
+                return await resp.read(), loop.time() - started
+
+        try:
+            patient = asyncio.create_task(stream("patient"))  # its bound: 30 s from now
+            await asyncio.sleep(0.15)
+            for _ in range(2):  # and again once the quick one is gone
+                body, took = await stream("quick")
+                assert b"stalled: no chunk within 0.3s" in body and b"[DONE]" not in body
+                assert took < 10  # its own 0.3 s, not the patient stream's 30
+            body, _ = await patient
+            assert body.count(b'"more"') == 12 and body.endswith(b"data: [DONE]\n\n")
+        finally:
+            release.set()
+
+
 def _lines(text: str) -> list[dict[str, Any]]:
     out = []
     for line in text.splitlines():

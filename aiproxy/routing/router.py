@@ -40,7 +40,7 @@ from aiproxy.record import AttemptEntry, Record
 from aiproxy.routing.breaker import BreakerState, Probe, Verdict
 from aiproxy.routing.deadline import deadline
 from aiproxy.routing.plan import Planner, Route, Served
-from aiproxy.routing.stream import ChatChunks, RoutedStream, StreamLens
+from aiproxy.routing.stream import ChatChunks, RoutedStream, StallSweeper, StreamLens
 
 __all__ = ["AdmissionGuard", "Router", "Served", "estimate_tokens", "usage_tokens"]
 
@@ -549,6 +549,7 @@ class Router:
         self.clock = clock
         self.guards = guards
         self.streams: set[RoutedStream] = set()  # being pumped now
+        self.sweeper = StallSweeper()  # their stall and total bounds, one timer for all
 
     @property
     def config(self) -> Config:

@@ -10,6 +10,7 @@ complete, broken upstream, client gone, cancelled, or never pumped at all (:meth
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from aiproxy.routing.plan import Route
     from aiproxy.routing.router import Attempt, Exchange
 
-__all__ = ["ChatChunks", "ClientGone", "RoutedStream", "StreamLens"]
+__all__ = ["ChatChunks", "ClientGone", "RoutedStream", "StallSweeper", "StreamLens"]
 
 log = get_logger("aiproxy.stream")
 
@@ -127,30 +128,49 @@ class ChatChunks:
         return out
 
 
-class _Watchdog:
-    """The stall and total bounds of one stream segment: one loop timer, re-armed lazily when
-    it finds a chunk came since (a chunk only sets ``last``); when a bound is past, it expires
-    ``timeout`` now. An object rather than closures: a closure that re-arms itself refers to
-    itself, a reference cycle that kept every stream's objects for the garbage collector."""
+class StallSweeper:
+    """The stall and total bounds of every stream segment a router is relaying, kept by one
+    loop timer for them all (armed for the soonest bound) instead of a timeout and a timer
+    a stream: a chunk only records when it came (``RoutedStream.last``), and a sweep expires
+    the segments past a bound and re-arms for the soonest of the others. A stream opening or
+    ending costs a set insertion or removal, not a timer created and cancelled."""
 
-    __slots__ = ("deadline", "handle", "idle", "last", "loop", "timeout")
+    __slots__ = ("_handle", "_loop", "_segments", "_when")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: asyncio.Timeout, idle: float,
-                 deadline: float | None) -> None:
-        self.loop, self.timeout, self.idle, self.deadline = loop, timeout, idle, deadline
-        self.last = loop.time()
-        self.handle = loop.call_at(self.due(), self.check)
+    def __init__(self) -> None:
+        self._segments: set[RoutedStream] = set()
+        self._handle: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._when = math.inf
 
-    def due(self) -> float:
-        stall = self.last + self.idle
-        return stall if self.deadline is None else min(stall, self.deadline)
+    def watch(self, stream: RoutedStream, loop: asyncio.AbstractEventLoop) -> None:
+        self._segments.add(stream)
+        due = stream.due()
+        if due < self._when:  # sooner than the timer armed (or none is)
+            if self._handle is not None:
+                self._handle.cancel()
+            self._loop, self._when = loop, due
+            self._handle = loop.call_at(due, self._sweep)
 
-    def check(self) -> None:
-        now = self.loop.time()
-        if now >= self.due():
-            self.timeout.reschedule(now)  # expire now
-        else:
-            self.handle = self.loop.call_at(self.due(), self.check)
+    def unwatch(self, stream: RoutedStream) -> None:
+        self._segments.discard(stream)
+
+    def _sweep(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        self._handle, self._when = None, math.inf
+        now = loop.time()
+        soonest = math.inf
+        for stream in list(self._segments):
+            due = stream.due()
+            if due <= now:
+                self._segments.discard(stream)
+                stream.expire()
+            elif due < soonest:
+                soonest = due
+        if soonest < math.inf:
+            self._when = soonest
+            self._handle = loop.call_at(soonest, self._sweep)
 
 
 class RoutedStream:
@@ -168,8 +188,15 @@ class RoutedStream:
         self._prompt_estimate = prompt_estimate
         self.lens = lens
         self.chunks = 0  # chunks given to the client
-        self._watchdog: asyncio.Timeout | None = None
         self._interrupted: str | None = None
+        # The segment being relayed, for the router's StallSweeper: when its last chunk came,
+        # its bounds, the task relaying it (None between segments), and whether the sweeper
+        # (or an interruption) cancelled that task.
+        self.last = 0.0
+        self._idle = 0.0
+        self._deadline = math.inf
+        self._task: asyncio.Task[Any] | None = None
+        self._expired = False
 
     @property
     def served(self) -> Served[None]:
@@ -210,50 +237,69 @@ class RoutedStream:
             router.metrics.streams.dec()
             router.streams.discard(self)
 
+    def due(self) -> float:
+        """When the segment being relayed passes a bound, as it stands now."""
+        return min(self.last + self._idle, self._deadline)
+
+    def expire(self) -> None:
+        """End the segment being relayed now, as a bound passed (or an interruption). Called
+        from outside the task relaying it (a timer, another request's task), never from it:
+        a task that cancels itself is cancelled at its next wait, wherever that is."""
+        if self._task is not None and not self._expired:
+            self._expired = True
+            self._task.cancel()
+
     async def _segment(self, emit: Emit) -> UpstreamError | None:
         """Relay the current upstream to its end: ``None``, or the error that broke it."""
+        if self._interrupted is not None:  # between two segments (a continuation opening)
+            return self._interruption()
         route, lens = self.attempt.route, self.lens
         idle, total = route.timeouts.idle, route.timeouts.stream_total
         loop = asyncio.get_running_loop()
-        deadline = None if total is None else loop.time() + total
+        task = asyncio.current_task(loop)
+        assert task is not None
+        cancelling = task.cancelling()  # cancellations already pending: not the sweeper's
+        now = loop.time()
+        self._idle, self._deadline = idle, math.inf if total is None else now + total
+        self.last, self._task, self._expired = now, task, False
+        sweeper = self._exchange.router.sweeper
+        sweeper.watch(self, loop)
         metrics = self._exchange.router.metrics
         chunk = self._first
-        dog: _Watchdog | None = None
         try:
-            # One watchdog timer per stream instead of one asyncio.timeout per chunk: a
-            # chunk only records when it came; the timer re-arms itself lazily.
-            async with asyncio.timeout(None) as watchdog:
-                self._watchdog = watchdog
-                dog = _Watchdog(loop, watchdog, idle, deadline)
-                while True:
-                    if chunk is MALFORMED_EVENT:
-                        self._malformed(route.name, metrics)
-                    elif lens.rewrite(chunk, route.name):
-                        await emit(chunk)
-                        self.chunks += 1
-                    dog.last = loop.time()
-                    try:
-                        chunk = await anext(self._chunks)
-                    except StopAsyncIteration:
-                        return None
-        except TimeoutError:
+            while True:
+                if chunk is MALFORMED_EVENT:
+                    self._malformed(route.name, metrics)
+                elif lens.rewrite(chunk, route.name):
+                    await emit(chunk)
+                    self.chunks += 1
+                self.last = loop.time()
+                try:
+                    chunk = await anext(self._chunks)
+                except StopAsyncIteration:
+                    return None
+        except asyncio.CancelledError:
+            if not self._expired or task.uncancel() > cancelling:
+                raise  # cancelled from outside (the client left, shutdown)
             if self._interrupted is not None:
-                return UpstreamError(ErrorKind.OVERLOADED, f"{self._interrupted}: the answer "
-                                     "is incomplete", code="proxy_shutdown")
-            if deadline is not None and loop.time() >= deadline:
+                return self._interruption()
+            if loop.time() >= self._deadline:
                 message = f"the upstream stream ran past its total bound of {total:.1f}s"
             else:
                 message = f"the upstream stream stalled: no chunk within {idle:.1f}s"
             return UpstreamError(ErrorKind.TIMEOUT, message)
-        except (ClientGone, asyncio.CancelledError):
+        except ClientGone:
             raise
         except Exception as exc:  # noqa: BLE001 - any failure reaches the client as an event
             return exc if isinstance(exc, UpstreamError) else UpstreamError(
                 ErrorKind.PROTOCOL, f"the provider failed ({type(exc).__name__})")
         finally:
-            if dog is not None:
-                dog.handle.cancel()
-            self._watchdog = None
+            sweeper.unwatch(self)
+            self._task = None
+
+    def _interruption(self) -> UpstreamError:
+        return UpstreamError(ErrorKind.OVERLOADED, f"{self._interrupted}: the answer is "
+                             "incomplete", code="proxy_shutdown")
 
     def _malformed(self, model: str, metrics: Any) -> None:
         """An event the plugin could not parse: dropped, counted, logged; only repeated ones
@@ -298,8 +344,7 @@ class RoutedStream:
         """End the stream now with an error event saying ``reason`` (shutdown's grace is
         over); the upstream is closed and the stream settled as usual."""
         self._interrupted = reason
-        if self._watchdog is not None:
-            self._watchdog.reschedule(asyncio.get_running_loop().time())
+        self.expire()
 
     def client_left(self) -> None:
         """The client went away after the stream ended (it missed the last write)."""
