@@ -5,6 +5,7 @@ once the relay waits; order, backpressure and a client gone are kept."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -204,23 +205,36 @@ def _recording(request: web.Request, writes: list[bytes]) -> None:
     transport.writelines = lambda parts: recorded(b"".join(parts))  # type: ignore[method-assign]
 
 
-async def test_start_stream_sends_the_headers_in_the_first_write(aiohttp_client: Any) -> None:
+Answer = Callable[[web.StreamResponse], Awaitable[None]]
+
+
+async def _served(aiohttp_client: Any, answer: Answer) -> tuple[bytes, list[bytes]]:
+    """What a client reads of a stream that ``answer`` writes after ``start_stream``, and the
+    socket writes it took."""
     writes: list[bytes] = []
 
     async def handler(request: web.Request) -> web.StreamResponse:
         _recording(request, writes)
         response = await start_stream(request, {"Content-Type": "text/event-stream"})
-        await response.write(b"data: one\n\n")
-        await asyncio.sleep(0.01)
-        await response.write(b"data: two\n\n")
-        await response.write_eof()
+        await answer(response)
         return response
 
     app = web.Application()
     app.router.add_get("/", handler)
     client = await aiohttp_client(app)
     async with client.get("/") as resp:
-        assert await resp.read() == b"data: one\n\ndata: two\n\n"
+        return await resp.read(), writes
+
+
+async def test_start_stream_sends_the_headers_in_the_first_write(aiohttp_client: Any) -> None:
+    async def answer(response: web.StreamResponse) -> None:
+        await response.write(b"data: one\n\n")
+        await asyncio.sleep(0.01)
+        await response.write(b"data: two\n\n")
+        await response.write_eof()
+
+    body, writes = await _served(aiohttp_client, answer)
+    assert body == b"data: one\n\ndata: two\n\n"
     assert writes[0].startswith(b"HTTP/1.1 200 ")  # the head and the first event: one write
     assert writes[0].endswith(b"\r\n\r\nb\r\ndata: one\n\n\r\n")
     assert len(writes) == 3  # then the second event, then the end
@@ -239,19 +253,11 @@ class _Chunks:
 
 
 async def test_the_relay_makes_three_writes_of_a_two_chunk_stream(aiohttp_client: Any) -> None:
-    writes: list[bytes] = []
-
-    async def handler(request: web.Request) -> web.StreamResponse:
-        _recording(request, writes)
-        response = await start_stream(request, {"Content-Type": "text/event-stream"})
+    async def answer(response: web.StreamResponse) -> None:
         await relay(response, _Chunks())  # type: ignore[arg-type]
-        return response
 
-    app = web.Application()
-    app.router.add_get("/", handler)
-    client = await aiohttp_client(app)
-    async with client.get("/") as resp:
-        assert await resp.read() == b'data: {"n":1}\n\ndata: {"n":2}\n\ndata: [DONE]\n\n'
+    body, writes = await _served(aiohttp_client, answer)
+    assert body == b'data: {"n":1}\n\ndata: {"n":2}\n\ndata: [DONE]\n\n'
     # The head with the first chunk, the second chunk, [DONE] with the answer's end.
     assert len(writes) == 3
     assert writes[0].startswith(b"HTTP/1.1 200 ") and writes[0].endswith(b'{"n":1}\n\n\r\n')
