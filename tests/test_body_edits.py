@@ -8,6 +8,7 @@ import json
 import random
 from typing import Any
 
+import attrs
 import orjson
 import pytest
 
@@ -71,6 +72,17 @@ def test_streams_ask_for_usage(raw: bytes) -> None:
     assert asked.include_usage and asked.stream
     # ... and the model id goes in as well, on top of that edit.
     assert orjson.loads(asked.upstream_body("u")) == {**want, "model": "u"}
+
+
+def test_asking_for_usage_keeps_every_other_field() -> None:
+    # with_usage_requested builds the request field by field: a new field must be added there
+    # (and here, set to other than its default).
+    assert [f.name for f in attrs.fields(ChatRequest)] == ["body", "raw", "stream",
+                                                           "continuation"]
+    raw = b'{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}'
+    req = attrs.evolve(request(raw, stream=True), continuation=True)
+    asked = req.with_usage_requested()
+    assert asked.stream and asked.continuation
 
 
 def test_a_stream_that_asked_for_usage_is_sent_as_it_came() -> None:
