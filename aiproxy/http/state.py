@@ -9,7 +9,6 @@ from typing import Any
 
 import attrs
 from aiohttp import web
-from aiohttp.abc import AbstractStreamWriter
 
 from aiproxy.errors import ProxyError
 from aiproxy.generation import Generation, Runtime
@@ -91,13 +90,15 @@ async def start_stream(request: web.Request, headers: dict[str, str]) -> web.Str
     response = _StreamAnswer(headers=headers)
     stamp(response, trace_of(request).request_id)
     await response.prepare(request)
-    runtime = request.app.get(RUNTIME)
-    loop = runtime.loop if runtime is not None else None
-    (loop or asyncio.get_running_loop()).call_soon(_send_headers, request.writer)
+    send = getattr(request.writer, "send_headers", None)
+    if send is not None:  # (an older aiohttp, without it, sends them in prepare: none wait)
+        runtime = request.app.get(RUNTIME)
+        loop = runtime.loop if runtime is not None else None
+        (loop or asyncio.get_running_loop()).call_soon(_send_headers, send)
     return response
 
 
-def _send_headers(writer: AbstractStreamWriter) -> None:
+def _send_headers(send: Callable[[], None]) -> None:
     """The headers, if no write took them yet (a no-op once one did)."""
     with contextlib.suppress(ConnectionError):  # the client left: nothing to send
-        writer.send_headers()
+        send()
