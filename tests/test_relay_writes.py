@@ -149,9 +149,11 @@ async def _held_upstream(aiohttp_server: Any, first: bytes) -> tuple[str, asynci
     return str(server.make_url("/v1")), go_on
 
 
-async def test_a_stream_s_headers_leave_with_its_first_chunk(start_proxy: Any,
-                                                             aiohttp_server: Any) -> None:
-    # One write for both: the client's first read holds the status line and the first event.
+async def test_a_stream_s_first_read_holds_its_head_and_first_chunk(
+        start_proxy: Any, aiohttp_server: Any) -> None:
+    # Through the proxy, with the upstream holding the rest back: the client's first read has
+    # the status line and the first event. (In one process the client cannot tell one socket
+    # write from two; test_the_relay_makes_three_writes_of_a_two_chunk_stream counts them.)
     url, go_on = await _held_upstream(aiohttp_server, FIRST)
     proxy = await start_proxy({"models": [openai_model("m", url)]})
     body = orjson.dumps({"model": "m", "stream": True,
