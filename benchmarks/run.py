@@ -35,9 +35,11 @@ import concurrent.futures
 import contextlib
 import datetime
 import importlib.util
+import itertools
 import json
 import os
 import platform
+import random
 import re
 import resource
 import shutil
@@ -144,6 +146,20 @@ def busy_seconds() -> float:
         return 0.0
     user, nice, system = (int(x) for x in fields[:3])
     return (user + nice + system) / CLK_TCK
+
+
+def core_times(core: str | None) -> tuple[float, float]:
+    """Seconds one core (``None``: all) was busy (user, nice, system, irq, softirq) and was
+    stolen (its vCPU wanted to run and the hypervisor ran something else), from /proc/stat."""
+    name = "cpu" if core is None else f"cpu{core}"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/stat").read_text().splitlines():
+            fields = line.split()
+            if fields and fields[0] == name:
+                user, nice, system, _idle, _iowait, irq, softirq, steal = (
+                    int(x) for x in (fields[1:9] + ["0"] * 8)[:8])
+                return (user + nice + system + irq + softirq) / CLK_TCK, steal / CLK_TCK
+    return 0.0, 0.0
 
 
 def self_cpu() -> float:
@@ -522,22 +538,38 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def _chunk_samples(url: str, model: str, streams: int, concurrency: int,
-                         delay_ms: float) -> tuple[list[float], list[float], int, list[float]]:
+                         delay_ms: float, *, stagger: int | None = None,
+                         ) -> tuple[list[float], list[float], int, list[float], list[float]]:
     """Per-chunk one-way delays (client arrival time minus the mock's x_sent_ns stamp) and
-    inter-arrival gaps, in ms, of ``streams`` stamped streams; the failed streams; and the
+    inter-arrival gaps, in ms, of ``streams`` stamped streams; the failed streams; the
     delays of the mid-stream chunks alone (all but each stream's first and last two: those
-    meet the other streams' openings and settlements, the rest only their chunks)."""
+    meet the other streams' openings and settlements, the rest only their chunks); and the
+    delays of each stream's first and last chunk.
+
+    ``stagger`` None: a closed loop, ``concurrency`` streams at a time, each started the
+    moment another ends (all the same length, they open and end nearly together). A seed:
+    an open loop, streams started at random times (exponential gaps, the same schedule for
+    every path given the same seed) at a rate that keeps ``concurrency`` open on average,
+    as independent clients arrive."""
     delays: list[float] = []
     gaps: list[float] = []
     middle: list[float] = []
+    ends: list[float] = []
     failures = 0
-    sem = asyncio.Semaphore(concurrency)
+    sem = asyncio.Semaphore(concurrency if stagger is None else streams)
     req = body(model, True, mock_stamp=True, mock_chunk_delay_ms=delay_ms)
+    rng = random.Random(stagger)
+    mean_gap = (CHUNKS - 1) * delay_ms / 1000 / concurrency  # a stream lasts ~CHUNKS-1 gaps
+    starts = list(itertools.accumulate(rng.expovariate(1 / mean_gap) for _ in range(streams)))
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
+        loop = asyncio.get_running_loop()
+        began = loop.time()
 
-        async def one() -> None:
+        async def one(i: int) -> None:
             nonlocal failures
+            if stagger is not None:
+                await asyncio.sleep(max(0.0, began + starts[i] - loop.time()))
             async with sem:
                 try:
                     async with session.post(url, data=req, headers=_headers(),
@@ -555,28 +587,36 @@ async def _chunk_samples(url: str, model: str, streams: int, concurrency: int,
                             last = now
                         delays.extend(mine)
                         middle.extend(mine[1:-2])
+                        ends.extend(mine[:1] + mine[-1:] if len(mine) > 1 else mine)
                 except (aiohttp.ClientError, TimeoutError):
                     failures += 1
 
-        await asyncio.gather(*(one() for _ in range(streams)))
-    return delays, gaps, failures, middle
+        await asyncio.gather(*(one(i) for i in range(streams)))
+    return delays, gaps, failures, middle, ends
 
 
 def chunk_stats(delays: list[float], gaps: list[float], failures: int, streams: int,
-                middle: list[float] | None = None) -> dict:
+                middle: list[float] | None = None, ends: list[float] | None = None) -> dict:
     delays, gaps, middle = sorted(delays), sorted(gaps), sorted(middle or [])
-    return {"chunks": len(delays), "streams": streams, "failures": failures,
-            "p50": pct(delays, 50), "p90": pct(delays, 90), "p99": pct(delays, 99),
-            "max": delays[-1] if delays else float("nan"),
-            "gap_p50": pct(gaps, 50), "gap_p99": pct(gaps, 99),
-            "mid_p99": pct(middle, 99) if middle else float("nan")}
+    p99 = pct(delays, 99)
+    res = {"chunks": len(delays), "streams": streams, "failures": failures,
+           "p50": pct(delays, 50), "p90": pct(delays, 90), "p99": p99,
+           "max": delays[-1] if delays else float("nan"),
+           "gap_p50": pct(gaps, 50), "gap_p99": pct(gaps, 99),
+           "mid_p99": pct(middle, 99) if middle else float("nan")}
+    # Where the tail is: the share of the chunks at or past the p99 that are a stream's
+    # first or last (2 of its CHUNKS chunks: 4% of all).
+    tail = sum(1 for d in delays if d >= p99)
+    res["ends_p50"] = pct(sorted(ends or []), 50)
+    res["ends_tail_share"] = sum(1 for d in ends or () if d >= p99) / tail if tail else 0.0
+    return res
 
 
 async def _chunk_delays(url: str, model: str, streams: int, concurrency: int,
-                        delay_ms: float) -> dict:
-    delays, gaps, failures, middle = await _chunk_samples(url, model, streams, concurrency,
-                                                          delay_ms)
-    return chunk_stats(delays, gaps, failures, streams, middle)
+                        delay_ms: float, *, stagger: int | None = None) -> dict:
+    delays, gaps, failures, middle, ends = await _chunk_samples(
+        url, model, streams, concurrency, delay_ms, stagger=stagger)
+    return chunk_stats(delays, gaps, failures, streams, middle, ends)
 
 
 async def _hold_streams(url: str, model: str, count: int, proc: Proc, hold: float) -> dict:
@@ -970,40 +1010,60 @@ class Bench:
 
     def chunk_delay(self, mock: Proc, relay: Proc, proxy: Proc) -> None:
         """Per-chunk one-way delay of paced, stamped streams: direct, floor relay, aiproxy.
-        The three paths take turns in rounds, so that noise hits them alike."""
+        The three paths take turns in rounds, so that noise hits them alike. Twice: in a
+        closed loop (``concurrency`` streams at a time, each opened as another ends: they
+        open and end nearly together; target 6 is scored on it), then with the stream starts
+        staggered (an open loop at the same mean concurrency, as independent clients
+        arrive: informational)."""
         args = self.args
         rounds = 4
-        log(f"\nper-chunk delay (stamped chunks every {args.chunk_delay_ms:g} ms, "
-            f"{args.streams} streams a path in {rounds} interleaved rounds, "
-            f"{args.stream_concurrency} at a time):")
         paths = (("direct (mock upstream)", mock, "gpt-4o-mini"),
                  ("floor SSE relay", relay, MODEL), ("aiproxy", proxy, MODEL))
-        samples: dict[str, tuple[list[float], list[float], list[int], list[float]]] = {
-            label: ([], [], [0], []) for label, _, _ in paths}
-        ours = [p for p in Proc.all if p.alive()]
-        busy, mine = busy_seconds(), sum(p.cpu() for p in ours) + self_cpu()
-        start = time.monotonic()
-        for _ in range(rounds):
-            for label, proc, model in paths:
-                delays, gaps, failures, middle = asyncio.run(_chunk_samples(
-                    self.url(proc), model, max(1, args.streams // rounds),
-                    args.stream_concurrency, args.chunk_delay_ms))
-                samples[label][0].extend(delays)
-                samples[label][1].extend(gaps)
-                samples[label][2][0] += failures
-                samples[label][3].extend(middle)
-        foreign = (busy_seconds() - busy) - (sum(p.cpu() for p in ours) + self_cpu() - mine)
-        other = max(0.0, foreign / (time.monotonic() - start))
-        chunk: dict[str, dict] = {}
-        for label, (delays, gaps, failures, middle) in samples.items():
-            res = chunk[label] = chunk_stats(delays, gaps, failures[0], args.streams, middle)
-            res["other_load"] = other
-            log(f"  {label:<28} {res['chunks']} chunks: one-way delay p50 {res['p50']:.3f}  "
-                f"p90 {res['p90']:.3f}  p99 {res['p99']:.3f}  max {res['max']:.3f} ms "
-                f"(mid-stream p99 {res['mid_p99']:.3f}); inter-arrival p99 "
-                f"{res['gap_p99']:.3f} ms; failures {res['failures']}")
-        log(f"  other load during the test: {other:.2f} cores")
-        self.extra["chunk_delay"] = chunk
+        for key, staggered in (("chunk_delay", False), ("chunk_delay_staggered", True)):
+            log(f"\nper-chunk delay (stamped chunks every {args.chunk_delay_ms:g} ms, "
+                f"{args.streams} streams a path in {rounds} interleaved rounds, "
+                + (f"started at random, {args.stream_concurrency} open on average):"
+                   if staggered else f"{args.stream_concurrency} at a time):"))
+            samples: dict[str, tuple[list[float], list[float], list[int], list[float],
+                                     list[float]]] = {
+                label: ([], [], [0], [], []) for label, _, _ in paths}
+            ours = [p for p in Proc.all if p.alive()]
+            busy, mine = busy_seconds(), sum(p.cpu() for p in ours) + self_cpu()
+            core_busy, core_stolen = core_times(self.server_core)
+            start = time.monotonic()
+            for r in range(rounds):
+                for label, proc, model in paths:
+                    got = asyncio.run(_chunk_samples(
+                        self.url(proc), model, max(1, args.streams // rounds),
+                        args.stream_concurrency, args.chunk_delay_ms,
+                        stagger=r if staggered else None))
+                    for into, values in zip(samples[label], got, strict=True):
+                        if isinstance(values, int):
+                            into[0] += values
+                        else:
+                            into.extend(values)
+            foreign = (busy_seconds() - busy) - (sum(p.cpu() for p in ours) + self_cpu()
+                                                  - mine)
+            other = max(0.0, foreign / (time.monotonic() - start))
+            now_busy, now_stolen = core_times(self.server_core)
+            stolen, ran = now_stolen - core_stolen, now_busy - core_busy
+            # The servers' core: how much of the time it wanted to run the hypervisor gave
+            # to another guest (on a shared VM, stalls that land on random chunks).
+            steal = stolen / (stolen + ran) if stolen + ran > 0 else 0.0
+            chunk: dict[str, dict] = {}
+            for label, (delays, gaps, failures, middle, ends) in samples.items():
+                res = chunk[label] = chunk_stats(delays, gaps, failures[0], args.streams,
+                                                 middle, ends)
+                res["other_load"], res["steal"] = other, steal
+                log(f"  {label:<28} {res['chunks']} chunks: one-way delay p50 "
+                    f"{res['p50']:.3f}  p90 {res['p90']:.3f}  p99 {res['p99']:.3f}  max "
+                    f"{res['max']:.3f} ms (mid-stream p99 {res['mid_p99']:.3f}; first/last "
+                    f"chunks p50 {res['ends_p50']:.3f}, {100 * res['ends_tail_share']:.0f}% "
+                    f"of the chunks at or past the p99); inter-arrival p99 "
+                    f"{res['gap_p99']:.3f} ms; failures {res['failures']}")
+            log(f"  other load during the test: {other:.2f} cores; the server core's time "
+                f"stolen by the hypervisor: {100 * steal:.1f}% of what it ran")
+            self.extra[key] = chunk
 
     def icount(self, mock: Proc) -> None:
         """Instructions per request under callgrind (see icount.py): the floor and aiproxy,
@@ -1245,6 +1305,18 @@ class Bench:
         t("stream: added per-chunk delay p99 (aiproxy - direct, one-way)",
           f"{cp['p99']:.3f} - {cd['p99']:.3f} ms{floor_added}" if added is not None else "-",
           added, "<= 1.0 ms", added is not None and added <= 1.0 and not cp["failures"])
+        staggered = self.extra.get("chunk_delay_staggered") or {}
+        sd, sp = staggered.get("direct (mock upstream)"), staggered.get("aiproxy")
+        sf = staggered.get("floor SSE relay")
+        if sd and sp and sd["chunks"] and sp["chunks"]:
+            floor_added = f"; the floor adds {sf['p99'] - sd['p99']:.3f}" if sf else ""
+            self.targets.append({
+                "target": "stream: added per-chunk delay p99, stream starts staggered (the "
+                          "same streams opened at random times, as independent clients do)",
+                "measured": f"{sp['p99']:.3f} - {sd['p99']:.3f} ms{floor_added}"
+                            + ("; FAILURES" if sp["failures"] else ""),
+                "value": sp["p99"] - sd["p99"], "limit": "(informational)", "result": "-",
+                "headline": False})
 
         self.evaluate_colocated()
         self.evaluate_memory()
@@ -1436,24 +1508,39 @@ class Bench:
                 lines.append(f"| {c['scenario']} | {c['mode']} | {c['requests']} | "
                              f"{c['per_request']:,.0f} | {phases} | "
                              f"{100 * c['spread']:.2f}% |")
-        chunk = self.extra.get("chunk_delay") or {}
-        if chunk:
+        for key, how in (("chunk_delay", f"{args.stream_concurrency} at a time, each opened "
+                                         "as another ended"),
+                         ("chunk_delay_staggered", "started at random times, "
+                                                   f"{args.stream_concurrency} open on average")):
+            chunk = self.extra.get(key) or {}
+            if not chunk:
+                continue
             lines += ["", f"Per-chunk one-way delay (mock stamps each chunk, chunks every "
-                      f"{args.chunk_delay_ms:g} ms, {args.streams} streams, "
-                      f"{args.stream_concurrency} concurrent):", "",
-                      "| path | chunks | p50 ms | p90 ms | p99 ms | p99 mid-stream ms | max ms "
-                      "| failures |",
-                      "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+                      f"{args.chunk_delay_ms:g} ms, {args.streams} streams, {how}):", "",
+                      "| path | chunks | p50 ms | p90 ms | p99 ms | p99 mid-stream ms | "
+                      "first/last chunk p50 ms | share of the p99 tail that is first/last "
+                      "chunks | max ms | failures |",
+                      "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
             for label, c in chunk.items():
                 mid = c.get("mid_p99")  # absent from runs before it was measured
+                ends, share = c.get("ends_p50"), c.get("ends_tail_share")
                 lines.append(f"| {label} | {c['chunks']} | {c['p50']:.3f} | {c['p90']:.3f} | "
                              f"{c['p99']:.3f} | {'-' if mid is None else f'{mid:.3f}'} | "
+                             f"{'-' if ends is None else f'{ends:.3f}'} | "
+                             f"{'-' if share is None else f'{100 * share:.0f}%'} | "
                              f"{c['max']:.3f} | {c['failures']} |")
-            lines += ["", "Mid-stream: all chunks but each stream's first and last two (those "
-                      "meet the other streams' openings and settlements)."]
-            other = next(iter(chunk.values())).get("other_load")
+            first = next(iter(chunk.values()))
+            other, steal = first.get("other_load"), first.get("steal")
             if other is not None:
-                lines += ["", f"Other load during the per-chunk test: {other:.2f} cores."]
+                lines += ["", f"Other load during this test: {other:.2f} cores"
+                          + (f"; the server core's time stolen by the hypervisor: "
+                             f"{100 * steal:.1f}% of the time it ran." if steal is not None
+                             else ".")]
+        if self.extra.get("chunk_delay"):
+            lines += ["", "Mid-stream: all chunks but each stream's first and last two (those "
+                      "meet the other streams' openings and settlements). First/last: each "
+                      "stream's first and last chunk, 2 of its "
+                      f"{CHUNKS} (4% of the chunks, so they can make the whole p99)."]
         lines += [""] * bool(lines) + ["| target | measured | value | limit | result |",
                   "| --- | --- | ---: | --- | --- |"]
         for tg in self.targets:
@@ -1512,7 +1599,8 @@ class Bench:
         self.rows = data["rows"]
         self.loaded_meta = data["meta"]
         self.notes = []
-        for key in ("chunk_delay", "memory", "soak", "icount", "paired"):
+        for key in ("chunk_delay", "chunk_delay_staggered", "memory", "soak", "icount",
+                    "paired"):
             if data.get(key) is not None:
                 self.extra[key] = data[key]
         workers = data.get("workers")

@@ -3,13 +3,17 @@ the --workers plan and the scoring of targets. Nothing here is timed."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
+import itertools
 import shutil
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from aiohttp import web
 
 from aiproxy.http.app import GC_YOUNG_THRESHOLD
 
@@ -344,8 +348,91 @@ class TestChunkDelays:
         bench.extra["chunk_delay"] = {  # type: ignore[attr-defined]
             "direct (mock upstream)": old, "aiproxy": {**old, "p99": 3.5, "mid_p99": 1.25}}
         text = bench.report()  # type: ignore[attr-defined]
-        assert "| aiproxy | 10 | 1.000 | 2.000 | 3.500 | 1.250 | 4.000 | 0 |" in text
-        assert "| direct (mock upstream) | 10 | 1.000 | 2.000 | 3.000 | - | 4.000 | 0 |" in text
+        assert "| aiproxy | 10 | 1.000 | 2.000 | 3.500 | 1.250 | - | - | 4.000 | 0 |" in text
+        assert ("| direct (mock upstream) | 10 | 1.000 | 2.000 | 3.000 | - | - | - | 4.000 | 0 |"
+                in text)
+        assert "started at random times" not in text  # a run without the staggered test
+
+    def test_the_tail_says_how_much_of_it_is_first_and_last_chunks(self) -> None:
+        # 200 chunks, the p99 tail their three slowest; two of those are a stream's first and
+        # last chunk, the third a middle one.
+        delays = [1.0] * 197 + [5.0, 6.0, 7.0]
+        stats = bench_run.chunk_stats(delays, [], 0, 2, ends=[6.0, 7.0, 1.0, 1.0])
+        assert stats["p99"] == 5.0
+        assert stats["ends_tail_share"] == pytest.approx(2 / 3) and stats["ends_p50"] == 1.0
+        stats = bench_run.chunk_stats(delays, [], 0, 2, ends=[1.0, 1.0, 1.0, 1.0])
+        assert stats["ends_tail_share"] == 0.0
+
+    def test_the_staggered_test_is_reported_beside_the_scored_one(self, bench: object) -> None:
+        _scored(bench)
+        res = {"chunks": 10, "p50": 1.0, "p90": 2.0, "p99": 3.0, "max": 4.0, "failures": 0,
+               "mid_p99": 1.5, "ends_p50": 2.5, "ends_tail_share": 0.75, "other_load": 0.25,
+               "steal": 0.05}
+        bench.extra["chunk_delay"] = {  # type: ignore[attr-defined]
+            "direct (mock upstream)": res, "aiproxy": {**res, "p99": 5.5}}
+        bench.extra["chunk_delay_staggered"] = {  # type: ignore[attr-defined]
+            "direct (mock upstream)": res, "floor SSE relay": {**res, "p99": 3.25},
+            "aiproxy": {**res, "p99": 3.5}}
+        bench.evaluate()  # type: ignore[attr-defined]
+        targets = {t["target"]: t for t in bench.targets}  # type: ignore[attr-defined]
+        scored = _find(targets, "stream: added per-chunk delay p99 (aiproxy")
+        assert scored["value"] == pytest.approx(2.5) and scored["result"].startswith("FAIL")
+        staggered = _find(targets, "stream: added per-chunk delay p99, stream starts staggered")
+        assert staggered["value"] == pytest.approx(0.5) and staggered["result"] == "-"
+        assert staggered["limit"] == "(informational)"
+        assert "the floor adds 0.250" in staggered["measured"]
+        text = bench.report()  # type: ignore[attr-defined]
+        assert "started at random times, 16 open on average" in text
+        assert "| aiproxy | 10 | 1.000 | 2.000 | 3.500 | 1.500 | 2.500 | 75% | 4.000 | 0 |" in text
+        assert ("Other load during this test: 0.25 cores; the server core's time stolen by the "
+                "hypervisor: 5.0% of the time it ran.") in text
+
+
+async def _stamping_server(aiohttp_server: object, starts: list[float]) -> str:
+    """An upstream that answers every request with three stamped chunks and notes when each
+    request arrived."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        starts.append(asyncio.get_running_loop().time())
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for _ in range(3):
+            await response.write(b'data: {"x_sent_ns":%d}\n\n' % time.monotonic_ns())
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handle)
+    server = await aiohttp_server(app)  # type: ignore[operator]
+    return f"http://127.0.0.1:{server.port}/v1/chat/completions"
+
+
+class TestChunkSamples:
+    async def test_a_closed_loop_opens_the_streams_together(self, aiohttp_server: object
+                                                            ) -> None:
+        starts: list[float] = []
+        url = await _stamping_server(aiohttp_server, starts)
+        delays, _gaps, failures, middle, ends = await bench_run._chunk_samples(
+            url, "m", 4, 4, 10.0)
+        assert failures == 0 and len(delays) == 12 and len(ends) == 8 and len(middle) == 0
+        assert max(starts) - min(starts) < 0.1  # four at a time: all four at once
+
+    async def test_staggered_streams_start_at_random_times_on_one_schedule(
+            self, aiohttp_server: object) -> None:
+        # Mean gap: (CHUNKS - 1) x 10 ms / 4 streams open on average = 122.5 ms.
+        first: list[float] = []
+        url = await _stamping_server(aiohttp_server, first)
+        delays, _gaps, failures, _middle, _ends = await bench_run._chunk_samples(
+            url, "m", 4, 4, 10.0, stagger=7)
+        assert failures == 0 and len(delays) == 12
+        assert max(first) - min(first) > 0.05  # spread out, not four at once
+        again: list[float] = []
+        url = await _stamping_server(aiohttp_server, again)
+        await bench_run._chunk_samples(url, "m", 4, 4, 10.0, stagger=7)
+        gaps = [b - a for a, b in itertools.pairwise(first)]
+        gaps_again = [b - a for a, b in itertools.pairwise(again)]
+        # The same seed, the same schedule (to the loop's timer granularity and a busy host).
+        assert gaps == pytest.approx(gaps_again, abs=0.04)
 
 
 def test_wrk_at_once_gives_each_server_its_cpu_per_request(monkeypatch: pytest.MonkeyPatch
