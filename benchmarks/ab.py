@@ -8,7 +8,8 @@
 Each tree is run as ``python -m aiproxy`` with ``PYTHONPATH=<tree>`` (its ``aiproxy`` and
 ``aiproxy_providers`` packages win over the installed ones), pinned like ``run.py``. Rounds
 alternate A, B, B, A, ... so drift on a shared machine hits both; medians are reported with
-the B/A ratio. Stream mode also reports the per-chunk one-way delay (stamped chunks).
+the B/A ratio. Stream mode also reports the per-chunk one-way delay (stamped chunks),
+as ``run.py`` measures it: in a closed loop and with the stream starts staggered.
 
 ``--colocated``: each round loads A and B at once (two wrk runs, both servers on the server
 core), so that the CPU per request of the two comes from the same seconds; the machine's
@@ -220,11 +221,16 @@ def main() -> int:
                       f"{statistics.median(p99[name]):.2f} ms, CPU {c:.0f} us/req")
             print(f"{mode}: B/A throughput = {b / a:.3f}; CPU per request B/A = {cb / ca:.3f}")
             if stream and args.chunk_streams:
-                for name, url in urls.items():
-                    res = asyncio.run(_chunk_delays(url, MODEL, args.chunk_streams, 16, 10.0))
-                    print(f"{mode}: {name} per-chunk one-way delay p50 {res['p50']:.3f} "
-                          f"p99 {res['p99']:.3f} ms, mid-stream p99 {res['mid_p99']:.3f} ms "
-                          f"({res['chunks']} chunks)")
+                for loop_kind, stagger in (("closed loop", None), ("staggered", 0)):
+                    for name, url in urls.items():
+                        res = asyncio.run(_chunk_delays(url, MODEL, args.chunk_streams, 16,
+                                                        10.0, stagger=stagger))
+                        print(f"{mode}: {name} per-chunk one-way delay ({loop_kind}) p50 "
+                              f"{res['p50']:.3f} p99 {res['p99']:.3f} ms, mid-stream p99 "
+                              f"{res['mid_p99']:.3f} ms, first/last chunks p50 "
+                              f"{res['ends_p50']:.3f} ms and "
+                              f"{100 * res['ends_tail_share']:.0f}% of the p99 tail "
+                              f"({res['chunks']} chunks)")
     finally:
         Proc.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)
