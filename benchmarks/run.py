@@ -556,11 +556,17 @@ async def _chunk_samples(url: str, model: str, streams: int, concurrency: int,
     middle: list[float] = []
     ends: list[float] = []
     failures = 0
-    sem = asyncio.Semaphore(concurrency if stagger is None else streams)
     req = body(model, True, mock_stamp=True, mock_chunk_delay_ms=delay_ms)
-    rng = random.Random(stagger)
-    mean_gap = (CHUNKS - 1) * delay_ms / 1000 / concurrency  # a stream lasts ~CHUNKS-1 gaps
-    starts = list(itertools.accumulate(rng.expovariate(1 / mean_gap) for _ in range(streams)))
+    # Closed: a stream starts when one of ``concurrency`` slots is free. Staggered: at its
+    # time on the schedule (a stream lasts ~CHUNKS-1 gaps, so this rate keeps ``concurrency``
+    # open on average).
+    sem = asyncio.Semaphore(concurrency) if stagger is None else contextlib.nullcontext()
+    starts: list[float] = []
+    if stagger is not None:
+        rng = random.Random(stagger)
+        mean_gap = (CHUNKS - 1) * delay_ms / 1000 / concurrency
+        starts = list(itertools.accumulate(rng.expovariate(1 / mean_gap)
+                                           for _ in range(streams)))
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
         loop = asyncio.get_running_loop()
@@ -568,7 +574,7 @@ async def _chunk_samples(url: str, model: str, streams: int, concurrency: int,
 
         async def one(i: int) -> None:
             nonlocal failures
-            if stagger is not None:
+            if starts:
                 await asyncio.sleep(max(0.0, began + starts[i] - loop.time()))
             async with sem:
                 try:
@@ -1024,24 +1030,23 @@ class Bench:
                 f"{args.streams} streams a path in {rounds} interleaved rounds, "
                 + (f"started at random, {args.stream_concurrency} open on average):"
                    if staggered else f"{args.stream_concurrency} at a time):"))
-            samples: dict[str, tuple[list[float], list[float], list[int], list[float],
-                                     list[float]]] = {
-                label: ([], [], [0], [], []) for label, _, _ in paths}
+            # Per path: delays, gaps, middle, ends (lists pooled over the rounds); failures.
+            samples = {label: ([], [], [], []) for label, _, _ in paths}
+            failed = dict.fromkeys(samples, 0)
             ours = [p for p in Proc.all if p.alive()]
             busy, mine = busy_seconds(), sum(p.cpu() for p in ours) + self_cpu()
             core_busy, core_stolen = core_times(self.server_core)
             start = time.monotonic()
             for r in range(rounds):
                 for label, proc, model in paths:
-                    got = asyncio.run(_chunk_samples(
+                    delays, gaps, failures, middle, ends = asyncio.run(_chunk_samples(
                         self.url(proc), model, max(1, args.streams // rounds),
                         args.stream_concurrency, args.chunk_delay_ms,
                         stagger=r if staggered else None))
-                    for into, values in zip(samples[label], got, strict=True):
-                        if isinstance(values, int):
-                            into[0] += values
-                        else:
-                            into.extend(values)
+                    for pooled, got in zip(samples[label], (delays, gaps, middle, ends),
+                                           strict=True):
+                        pooled.extend(got)
+                    failed[label] += failures
             foreign = (busy_seconds() - busy) - (sum(p.cpu() for p in ours) + self_cpu()
                                                   - mine)
             other = max(0.0, foreign / (time.monotonic() - start))
@@ -1051,8 +1056,8 @@ class Bench:
             # to another guest (on a shared VM, stalls that land on random chunks).
             steal = stolen / (stolen + ran) if stolen + ran > 0 else 0.0
             chunk: dict[str, dict] = {}
-            for label, (delays, gaps, failures, middle, ends) in samples.items():
-                res = chunk[label] = chunk_stats(delays, gaps, failures[0], args.streams,
+            for label, (delays, gaps, middle, ends) in samples.items():
+                res = chunk[label] = chunk_stats(delays, gaps, failed[label], args.streams,
                                                  middle, ends)
                 res["other_load"], res["steal"] = other, steal
                 log(f"  {label:<28} {res['chunks']} chunks: one-way delay p50 "

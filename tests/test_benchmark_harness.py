@@ -388,18 +388,29 @@ class TestChunkDelays:
                 "hypervisor: 5.0% of the time it ran.") in text
 
 
-async def _stamping_server(aiohttp_server: object, starts: list[float]) -> str:
-    """An upstream that answers every request with three stamped chunks and notes when each
-    request arrived."""
+async def _stamping_server(aiohttp_server: object, starts: list[float],
+                           open_now: list[int] | None = None) -> str:
+    """An upstream that answers every request with three stamped chunks, 10 ms apart, and
+    notes when each request arrived (and, in ``open_now``, how many were open then)."""
+    answering = 0
 
     async def handle(request: web.Request) -> web.StreamResponse:
+        nonlocal answering
         starts.append(asyncio.get_running_loop().time())
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        for _ in range(3):
-            await response.write(b'data: {"x_sent_ns":%d}\n\n' % time.monotonic_ns())
-        await response.write(b"data: [DONE]\n\n")
-        return response
+        answering += 1
+        if open_now is not None:
+            open_now.append(answering)
+        try:
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            for _ in range(3):
+                await response.write(b'data: {"x_sent_ns":%d}\n\n' % time.monotonic_ns())
+                await asyncio.sleep(0.01)
+            await response.write(b"data: [DONE]\n\n")
+            await response.write_eof()
+            return response
+        finally:
+            answering -= 1
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", handle)
@@ -411,11 +422,14 @@ class TestChunkSamples:
     async def test_a_closed_loop_opens_the_streams_together(self, aiohttp_server: object
                                                             ) -> None:
         starts: list[float] = []
-        url = await _stamping_server(aiohttp_server, starts)
+        open_now: list[int] = []
+        url = await _stamping_server(aiohttp_server, starts, open_now)
         delays, _gaps, failures, middle, ends = await bench_run._chunk_samples(
-            url, "m", 4, 4, 10.0)
-        assert failures == 0 and len(delays) == 12 and len(ends) == 8 and len(middle) == 0
-        assert max(starts) - min(starts) < 0.1  # four at a time: all four at once
+            url, "m", 8, 4, 10.0)
+        assert failures == 0 and len(delays) == 24 and len(ends) == 16 and len(middle) == 0
+        assert max(starts[:4]) - min(starts[:4]) < 0.02  # four at a time, at once
+        assert max(open_now) == 4  # never more than four
+        assert min(starts[4:]) - min(starts) > 0.02  # the next four as those end
 
     async def test_staggered_streams_start_at_random_times_on_one_schedule(
             self, aiohttp_server: object) -> None:

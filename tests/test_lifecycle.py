@@ -180,7 +180,6 @@ class TestStreamBounds:
             assert said in last["error"]["message"], (model, last)
             assert b"[DONE]" not in body
 
-
     async def test_each_open_stream_keeps_its_own_bounds(self, start_proxy, aiohttp_server):
         # One timer keeps every stream's bounds: a stream opened after others, with a sooner
         # bound, still ends on time; the others, their chunks coming, are not ended.

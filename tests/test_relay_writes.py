@@ -112,7 +112,6 @@ async def test_a_client_gone_ends_the_relay(burst: bool) -> None:
     assert b"c" not in b"".join(response.writes)
 
 
-
 # --- the answer's headers, end to end --------------------------------------------------------
 
 

@@ -92,9 +92,7 @@ async def start_stream(request: web.Request, headers: dict[str, str]) -> web.Str
     await response.prepare(request)
     send = getattr(request.writer, "send_headers", None)
     if send is not None:  # (an older aiohttp, without it, sends them in prepare: none wait)
-        runtime = request.app.get(RUNTIME)
-        loop = runtime.loop if runtime is not None else None
-        (loop or asyncio.get_running_loop()).call_soon(_send_headers, send)
+        asyncio.get_running_loop().call_soon(_send_headers, send)
     return response
 
 
