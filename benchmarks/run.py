@@ -66,6 +66,7 @@ MESSAGES = [
     {"role": "user", "content": "Tell me a joke about proxies."},
 ]
 CHUNKS = 50
+SHORT_STREAM = 2  # chunks of the short streams counted beside the CHUNKS-long ones
 STAMP_RE = re.compile(rb'"x_sent_ns":(\d+)')
 
 SERVER_CORE, LOAD_CORE = "0", "1"
@@ -804,7 +805,7 @@ class Bench:
         self.rows.append(row)
         err = "" if not (row["errors"] or row["non2xx"]) else \
             f"  ERRORS {row['errors']} socket, {row['non2xx']} non-2xx"
-        log(f"  {label:<28} {row['mode']:<10} c={conns:<3} {row['rps']:>9.1f} req/s  "
+        log(f"  {label:<28} {row['mode']:<17} c={conns:<3} {row['rps']:>9.1f} req/s  "
             f"p50 {row['p50']:.3f}  p90 {row['p90']:.3f}  p99 {row['p99']:.3f} ms  "
             f"CPU {row['cpu_us']:.0f} us/req  RSS {row['rss_mb']:.1f} MB  "
             f"other load {row['other_load']:.2f} cores{err}")
@@ -1087,14 +1088,21 @@ class Bench:
         stream_too = not args.icount_no_stream
         # One server process per kind; aiproxy counts both paths in one process (a startup
         # under valgrind costs ~15 s).
-        servers: list[tuple[str, list[tuple[str, bool]]]] = [
-            ("floor", [("floor pass-through", False)]),
-            ("aiproxy", [("aiproxy", False)] + ([("aiproxy", True)] if stream_too else []))]
+        # A case: (label, stream, chunks a stream: 0 the mock's CHUNKS). Streams are also
+        # counted at SHORT_STREAM chunks, so that a stream's fixed cost (its opening and
+        # end: what the per-chunk test's first and last chunks wait behind) and its cost a
+        # chunk come apart (two lengths, one line through them).
+        Case = tuple[str, bool, int]
+        streams: list[Case] = [("aiproxy", True, 0), ("aiproxy", True, SHORT_STREAM)]
+        servers: list[tuple[str, list[Case]]] = [
+            ("floor", [("floor pass-through", False, 0)]),
+            ("aiproxy", [("aiproxy", False, 0)] + (streams if stream_too else []))]
         if stream_too:
-            servers.insert(1, ("floor-sse", [("floor SSE relay", True)]))
+            servers.insert(1, ("floor-sse", [("floor SSE relay", True, 0),
+                                             ("floor SSE relay", True, SHORT_STREAM)]))
         if shutil.which("redis-server") and importlib.util.find_spec("redis"):
             # The noise-free side of the Redis target: the same proxy with Redis limits.
-            servers.append(("aiproxy-redis", [("aiproxy + Redis limits", False)]))
+            servers.append(("aiproxy-redis", [("aiproxy + Redis limits", False, 0)]))
         results: list[dict] = []
         self.extra["icount"] = results
         started = time.monotonic()
@@ -1123,21 +1131,25 @@ class Bench:
             try:
                 proc.wait_ready(timeout=300)  # startup under valgrind: seconds to a minute
                 grind = icount.Callgrind(proc.pid, out)
-                for label, stream in cases:
+                for label, stream, chunks in cases:
                     problem = check(self.url(proc), MODEL, stream)
                     if problem:
                         raise RuntimeError(f"{name} under valgrind: {problem}\n"
                                            f"{proc.stderr_tail()}")
                     n = args.icount_streams if stream else args.icount_requests
                     warmup = max(1, args.icount_warmup // (10 if stream else 1))
-                    res = icount.count(grind, self.url(proc), body(MODEL, stream), _headers(),
-                                       n=n, warmup=warmup, conns=args.icount_conns,
+                    extra = {"mock_chunks": chunks} if chunks else {}
+                    if chunks:  # as many chunks a phase as the long streams': as steady
+                        n = max(n, n * CHUNKS // chunks // 4)
+                    res = icount.count(grind, self.url(proc), body(MODEL, stream, **extra),
+                                       _headers(), n=n, warmup=warmup, conns=args.icount_conns,
                                        phases=args.icount_phases, stream=stream)
-                    row = {"scenario": label, "mode": "stream" if stream else "non-stream",
-                           **res}
+                    mode = "non-stream" if not stream else (
+                        f"stream ({chunks} chunks)" if chunks else "stream")
+                    row = {"scenario": label, "mode": mode, **res}
                     results.append(row)
                     phases = ", ".join(f"{p / 1e3:,.1f}k" for p in res["phases"])
-                    log(f"  {label:<28} {row['mode']:<10} {res['per_request'] / 1e3:>9,.1f}k "
+                    log(f"  {label:<28} {row['mode']:<17} {res['per_request'] / 1e3:>9,.1f}k "
                         f"instructions/{'stream' if stream else 'request'} (phases {phases}: "
                         f"spread {100 * res['spread']:.2f}%)")
             finally:
@@ -1416,6 +1428,26 @@ class Bench:
                              f"{floor['per_request'] / 1e3:,.0f}k (phases within "
                              f"{100 * ours['spread']:.1f}% / {100 * floor['spread']:.1f}%)"),
                 "value": ratio, "limit": "(informational)", "result": "-", "headline": True})
+        # A stream's fixed cost (its opening and end) and its cost a chunk, from the counts
+        # at two lengths. In the per-chunk test's closed loop, the streams' first and last
+        # chunks wait behind the other streams' openings and ends: this is their noise-free
+        # side.
+        split: dict[str, tuple[float, float]] = {}
+        for label in ("aiproxy", "floor SSE relay"):
+            full = by.get((label, "stream"))
+            short = by.get((label, f"stream ({SHORT_STREAM} chunks)"))
+            if full and short:
+                chunk = (full["per_request"] - short["per_request"]) / (CHUNKS - SHORT_STREAM)
+                split[label] = (short["per_request"] - SHORT_STREAM * chunk, chunk)
+        if len(split) == 2:
+            (ours, ours_chunk), (floor, floor_chunk) = split["aiproxy"], split["floor SSE relay"]
+            self.targets.append({
+                "target": "instructions per stream, its opening and end (streams of "
+                          f"{SHORT_STREAM} and {CHUNKS} chunks): aiproxy / floor SSE relay",
+                "measured": f"{ours / 1e3:,.0f}k / {floor / 1e3:,.0f}k; a chunk "
+                            f"{ours_chunk / 1e3:,.1f}k / {floor_chunk / 1e3:,.1f}k",
+                "value": ours / floor, "limit": "(informational)", "result": "-",
+                "headline": True})
         plain, limited = by.get(("aiproxy", "non-stream")), by.get(("aiproxy + Redis limits",
                                                                      "non-stream"))
         if plain and limited:

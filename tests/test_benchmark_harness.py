@@ -194,6 +194,28 @@ class TestTargets:
                           name)
             assert (redis["limit"], redis["result"]) == (">= 0.85", verdict)
 
+    def test_stream_opening_and_end_come_from_two_lengths(self, bench: object) -> None:
+        # Streams of 2 and 50 chunks: a chunk is (50-chunk - 2-chunk) / 48, the opening and
+        # end what a 2-chunk stream costs besides its two chunks.
+        name = "instructions per stream, its opening and end"
+        _scored(bench)
+        for label, fixed, chunk in (("aiproxy", 900e3, 60e3), ("floor SSE relay", 600e3, 65e3)):
+            for mode, chunks in (("stream", 50), ("stream (2 chunks)", 2)):
+                cost = fixed + chunks * chunk
+                bench.extra["icount"].append({  # type: ignore[attr-defined]
+                    "scenario": label, "mode": mode, "per_request": cost,
+                    "phases": [cost] * 2, "spread": 0.0, "requests": 50, "conns": 32})
+        bench.evaluate()  # type: ignore[attr-defined]
+        split = _find({t["target"]: t for t in bench.targets},  # type: ignore[attr-defined]
+                      name)
+        assert split["value"] == pytest.approx(1.5)
+        assert split["measured"] == "900k / 600k; a chunk 60.0k / 65.0k"
+        assert (split["limit"], split["result"]) == ("(informational)", "-")
+
+    def test_stream_opening_and_end_need_both_lengths(self, bench: object) -> None:
+        targets = _scored(bench)
+        assert not [t for t in targets if t.startswith("instructions per stream, its")]
+
     def test_stream_floor_ratio_is_one(self, bench: object) -> None:
         stream = _find(_scored(bench), "stream (50 chunks)")
         assert stream["limit"] == ">= 1.00"
