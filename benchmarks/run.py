@@ -1139,7 +1139,7 @@ class Bench:
                     n = args.icount_streams if stream else args.icount_requests
                     warmup = max(1, args.icount_warmup // (10 if stream else 1))
                     extra = {"mock_chunks": chunks} if chunks else {}
-                    if chunks:  # as many chunks a phase as the long streams': as steady
+                    if chunks:  # more streams a phase: a quarter of the long phase's chunks
                         n = max(n, n * CHUNKS // chunks // 4)
                     res = icount.count(grind, self.url(proc), body(MODEL, stream, **extra),
                                        _headers(), n=n, warmup=warmup, conns=args.icount_conns,
