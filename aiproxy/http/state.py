@@ -92,7 +92,11 @@ async def start_stream(request: web.Request, headers: dict[str, str]) -> web.Str
     await response.prepare(request)
     send = getattr(request.writer, "send_headers", None)
     if send is not None:  # (an older aiohttp, without it, sends them in prepare: none wait)
-        asyncio.get_running_loop().call_soon(_send_headers, send)
+        # The app's loop as the gateway keeps it: on Python 3.11 each get_running_loop() is
+        # a getpid() system call (an app built without the lifecycle has no runtime loop).
+        runtime = request.app.get(RUNTIME)
+        loop = runtime.loop if runtime is not None else None
+        (loop or asyncio.get_running_loop()).call_soon(_send_headers, send)
     return response
 
 
