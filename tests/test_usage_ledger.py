@@ -220,6 +220,24 @@ class TestAdminUsage:
         assert sum(r["requests"] for r in answer["series"]) == 13
         bucket = answer["series"][0]["bucket"]
         assert bucket.endswith(":00Z")
+        # The budget counters (spend per key, model, and key on a model, per day and month)
+        # add up to the same, though no budget reads them yet: a budget a reload adds
+        # starts from them.
+        counters = await proxy.app[LEDGER].store.fetch(
+            "SELECT scope, period, cost, tokens FROM budget_spend", [])
+        by_scope: dict[str, dict[str, tuple[float, int]]] = {}
+        for scope, period, cost, tokens in counters:
+            by_scope.setdefault(scope, {})[period[:1]] = (cost, tokens)
+        assert all(set(cells) == {"d", "m"} and cells["d"] == cells["m"]
+                   for cells in by_scope.values())
+        tokens = {scope: cells["d"][1] for scope, cells in by_scope.items()}
+        mini, big = "model:openai/gpt-4o-mini", "model:openai/gpt-4o"
+        assert tokens == {  # 12 tokens a chat, 3 the embedding (team-a's)
+            "key:team-a": 51, "key:team-b": 48, big: 72, mini: 72, "model:emb": 3,
+            f"key:team-a/{big}": 24, f"key:team-a/{mini}": 24, "key:team-a/model:emb": 3,
+            f"key:team-b/{big}": 24, f"key:team-b/{mini}": 24}
+        assert sum(cells["d"][0] for scope, cells in by_scope.items()
+                   if scope.startswith("model:")) == pytest.approx(expected)
 
     async def test_csv_filters_and_ranges(self, start_proxy, fake_upstream):
         _, url = fake_upstream

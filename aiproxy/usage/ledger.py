@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import math
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -130,7 +129,8 @@ class Ledger:
         self.flush_interval = max(flush_interval, 0.01)
         self.retention_days = retention_days
         self.clock = clock
-        self.rows: deque[Row] = deque()
+        # Rows not yet written, oldest first (a list: batches are taken and dropped as slices).
+        self.rows: list[Row] = []
         self.open = False  # the store is connected and migrated
         self.last_error: str | None = None
         self.written = 0
@@ -149,16 +149,23 @@ class Ledger:
         self._warned = 0.0
         self._purged = 0.0
         self._periods = ("", "")
-        self._scope_names: dict[tuple[str | None, str | None], tuple[str, ...]] = {}
+        # Per (key, model): its scopes that a budget reads (charged at once) and the others.
+        self._split: dict[tuple[str | None, str | None],
+                          tuple[tuple[str, ...], tuple[str, ...]]] = {}
+        self._split_for: _Budgeted | None = None  # the budgets ``_split`` was made for
+        # Not yet written, of the other scopes: (scopes, day, month) -> [cost, tokens].
+        self._later: dict[tuple[tuple[str, ...], str, str], list[float]] = {}
         self._periods_until = 0.0
 
     # --- on the request's path: price, count, queue (no I/O) ---------------------------
 
-    def cost(self, record: Record) -> float | None:
-        """USD for ``record`` at the live config's prices (``None``: unpriced)."""
-        config = self.current()
+    def cost(self, record: Record, config: Config | None = None) -> float | None:
+        """USD for ``record`` at the prices of ``config``, by default the live one's
+        (``None``: unpriced)."""
         if config is None:
-            return None
+            config = self.current()
+            if config is None:
+                return None
         book = self._prices
         if book is None or book.config is not config:
             book = self._prices = PriceBook(config)
@@ -167,12 +174,13 @@ class Ledger:
     def observe(self, record: Record) -> None:
         if not is_usage(record):
             return
-        cost = record.cost_usd = self.cost(record)
+        config = self.current()  # once: prices and budgets of the same config
+        cost = record.cost_usd = self.cost(record, config) if config is not None else None
         if cost:
             self.metrics.cost.labels(record.model or "", record.key_name or "").inc(cost)
         tokens = (record.tokens_in or 0) + (record.tokens_out or 0)
         if cost or tokens:
-            self._count(record, cost or 0.0, tokens)
+            self._count(record, cost or 0.0, tokens, config)
         if len(self.rows) >= self.buffer:
             self.dropped += 1
             self.metrics.usage_dropped.inc()
@@ -182,39 +190,58 @@ class Ledger:
             if len(self.rows) >= BATCH:
                 self._wake.set()
 
-    def _count(self, record: Record, cost: float, tokens: int) -> None:
-        budgeted = self._budgets()
+    def _count(self, record: Record, cost: float, tokens: int, config: Config | None) -> None:
+        budgeted = self._budgets(config)
         now = self.clock()
         if now >= self._periods_until:  # once a day: the UTC day and month of now
             self._periods = periods(now)
             self._periods_until = resets_at(now)
         day, month = self._periods
-        charge: dict[Cell, tuple[float, int]] | None = None
-        later = self._cells
+        if budgeted is not self._split_for:  # another config: its budgets split anew
+            self._split_for, self._split = budgeted, {}
         subject = (record.key_name, record.model)
-        scopes = self._scope_names.get(subject)
-        if scopes is None:  # names from the config: a bounded set, built once each
-            scopes = self._scope_names[subject] = tuple(_scopes(record))
-        for scope in scopes:
-            if budgeted is not None and scope in budgeted.scopes:
-                if charge is None:
-                    charge = {}
-                charge[(scope, day)] = charge[(scope, month)] = (cost, tokens)
-                continue
-            for cell in ((scope, day), (scope, month)):
-                have = later.get(cell)
-                if have is None:
-                    later[cell] = [cost, tokens]
-                else:
-                    have[0] += cost
-                    have[1] += tokens
-        if charge is not None:
-            _add(self._charging, charge.items())
-            task = asyncio.get_running_loop().create_task(self._charge(charge))
-            key = id(record)
-            self._pending[key] = (record, task)
-            self._tasks.add(task)
-            task.add_done_callback(lambda t: self._charged(t, key))
+        split = self._split.get(subject)
+        if split is None:  # names from the config: a bounded set, split once each
+            charged = budgeted.scopes if budgeted is not None else set()
+            scopes = _scopes(record)
+            split = self._split[subject] = (tuple(s for s in scopes if s in charged),
+                                            tuple(s for s in scopes if s not in charged))
+        now_scopes, later_scopes = split
+        if later_scopes:
+            # Summed per subject and period, spread to its counters as they are written
+            # (:meth:`_spread`): one sum a request instead of two counters a scope.
+            at = (later_scopes, day, month)
+            have = self._later.get(at)
+            if have is None:
+                self._later[at] = [cost, tokens]
+            else:
+                have[0] += cost
+                have[1] += tokens
+        if not now_scopes:
+            return
+        charge: dict[Cell, tuple[float, int]] = {}
+        for scope in now_scopes:
+            charge[(scope, day)] = charge[(scope, month)] = (cost, tokens)
+        _add(self._charging, charge.items())
+        task = asyncio.get_running_loop().create_task(self._charge(charge))
+        key = id(record)
+        self._pending[key] = (record, task)
+        self._tasks.add(task)
+        task.add_done_callback(lambda t: self._charged(t, key))
+
+    def _spread(self) -> None:
+        """Move the sums of :meth:`_count` to the counters they add to (``_cells``)."""
+        later, self._later = self._later, {}
+        cells = self._cells
+        for (scopes, day, month), (cost, tokens) in later.items():
+            for scope in scopes:
+                for cell in ((scope, day), (scope, month)):
+                    have = cells.get(cell)
+                    if have is None:
+                        cells[cell] = [cost, tokens]
+                    else:
+                        have[0] += cost
+                        have[1] += tokens
 
     def _charged(self, task: asyncio.Task[None], key: int) -> None:
         self._tasks.discard(task)
@@ -256,9 +283,11 @@ class Ledger:
         budgeted = self._budgets()
         return budgeted is not None and bool(budgeted.scopes)
 
-    def _budgets(self) -> _Budgeted | None:
-        """The live config's budgeted counters, looked up once per config."""
-        config = self.current()
+    def _budgets(self, config: Config | None = None) -> _Budgeted | None:
+        """The budgeted counters of ``config`` (by default the live one), looked up once per
+        config."""
+        if config is None:
+            config = self.current()
         budgeted = self._budgeted
         if config is not None and (budgeted is None or budgeted.config is not config):
             budgeted = self._budgeted = _Budgeted(config)
@@ -280,6 +309,7 @@ class Ledger:
         """What each counter holds: the database's value plus what this process has charged
         and not yet written. With the database away: this process's own view (counted)."""
         found: dict[Cell, tuple[float, int]] = {}
+        self._spread()
         if self.open:
             try:
                 async with asyncio.timeout(CHARGE_TIMEOUT):
@@ -336,7 +366,7 @@ class Ledger:
     async def flush_soon(self, wait: float = 2.0) -> None:
         """Write what this process holds before a read (``/admin/usage``, the dashboard), so
         what it answers includes the requests that just ended; a failure is already counted."""
-        if (self.rows or self._cells) and self.open:
+        if (self.rows or self._cells or self._later) and self.open:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await self.flush()
@@ -345,7 +375,8 @@ class Ledger:
         while True:
             if not await self._open():
                 return False
-            batch = [self.rows[i] for i in range(min(BATCH, len(self.rows)))]
+            batch = self.rows[:BATCH]
+            self._spread()
             cells, self._cells = self._cells, {}
             if not batch and not cells:
                 return True
@@ -359,8 +390,7 @@ class Ledger:
                 return False
             finally:
                 self._writing = {}
-            for _ in batch:
-                self.rows.popleft()
+            del self.rows[:len(batch)]  # what came in meanwhile stays, after it
             self.written += len(batch)
             self.metrics.usage_written.inc(len(batch))
             self.metrics.usage_queued.dec(len(batch))
@@ -411,7 +441,7 @@ class Ledger:
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=CHARGE_TIMEOUT)
         ends = time.monotonic() + deadline
-        while (self.rows or self._cells) and time.monotonic() < ends:
+        while (self.rows or self._cells or self._later) and time.monotonic() < ends:
             if await self.flush():
                 break
             await asyncio.sleep(0.2)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import sqlite3
 import time
 import uuid
@@ -161,8 +162,9 @@ class SQLiteStore(UsageStore):
                     for size in _chunks(len(rows)):
                         chunk = rows[start:start + size]
                         start += size
+                        # Flattened in C (a comprehension is ~5 bytecodes a value, 24 a row).
                         await db.execute(_insert_rows(size),
-                                         [value for row in chunk for value in row])
+                                         list(itertools.chain.from_iterable(chunk)))
                     if cells:
                         await db.executemany(UPSERT_CELL, [(s, p, c, t) for (s, p), (c, t)
                                                            in cells.items()])
