@@ -183,6 +183,11 @@ def parse_chat_request(body: dict[str, Any], raw: bytes) -> ChatRequest:
         raise ProxyError(400, "'messages' is required and must be a non-empty array",
                          param="messages", code="invalid_request")
     for i, message in enumerate(messages):
+        if type(message) is dict and len(message) == 2:
+            # The common message, a role and its text: checked in one test.
+            role = message.get("role")
+            if type(role) is str and role in _ROLES and type(message.get("content")) is str:
+                continue
         if not isinstance(message, dict):
             raise ProxyError(400, f"'messages[{i}]' must be an object, got "
                              f"{type_name(message)}", param=f"messages[{i}]")
