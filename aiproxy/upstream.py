@@ -176,6 +176,20 @@ class _Done:
 _DONE = _Done()
 
 
+_CONTENT_TYPES: dict[str, tuple[str, str | None]] = {}
+
+
+def _content_type_of(raw: str) -> tuple[str, str | None]:
+    """A ``Content-Type`` value's media type (lower case) and charset."""
+    kind, _, params = raw.partition(";")
+    charset = None
+    for param in params.split(";"):
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset":
+            charset = value.strip().strip('"') or None
+    return kind.strip().lower(), charset
+
+
 class PooledResponse:
     """An upstream's answer: its status line and headers, and its body as it arrives
     (``content``). Read it whole (``read()``, ``text()``, ``json()``) or as it comes, then
@@ -276,13 +290,13 @@ class PooledResponse:
             if raw is None:
                 parsed = ("application/octet-stream", None)
             else:
-                kind, _, params = raw.partition(";")
-                charset = None
-                for param in params.split(";"):
-                    name, _, value = param.partition("=")
-                    if name.strip().lower() == "charset":
-                        charset = value.strip().strip('"') or None
-                parsed = (kind.strip().lower(), charset)
+                # An upstream sends the same few values: each is parsed once.
+                parsed = _CONTENT_TYPES.get(raw)
+                if parsed is None:
+                    parsed = _content_type_of(raw)
+                    if len(_CONTENT_TYPES) >= _URL_CACHE_MAX:
+                        _CONTENT_TYPES.clear()  # no hoarding of values that vary
+                    _CONTENT_TYPES[raw] = parsed
             self._content_type = parsed
         return parsed
 
