@@ -312,3 +312,20 @@ async def test_a_busy_window_stays_exact_as_it_slides(clock: FakeClock) -> None:
         clock.advance(0.01)
     assert longest == 3000  # bounded by the limit, not by the traffic
     assert len(log) == len(admitted)
+
+
+async def test_the_admission_shared_by_unlimited_subjects_cannot_be_changed() -> None:
+    """Every request of a subject without limits gets the one ``ADMITTED`` decision; a
+    caller that assigned to it would change every other's, so assigning raises."""
+    import attrs
+
+    from aiproxy.limits.base import ADMITTED, Decision
+
+    limiter = InMemoryRateLimiter()
+    first = await limiter.acquire("free", Limits())
+    second = await limiter.acquire("free", Limits())
+    assert first is second is ADMITTED
+    assert isinstance(ADMITTED, Decision) and ADMITTED.allowed and ADMITTED.reservation is None
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        ADMITTED.allowed = False  # type: ignore[misc]
+    assert (await limiter.acquire("free", Limits())).allowed

@@ -85,7 +85,7 @@ class Reservation:
     at: float
 
 
-@attrs.frozen
+@attrs.define(slots=True)
 class Decision:
     """The answer to one acquisition, with what the ``x-ratelimit-*`` headers report.
 
@@ -94,6 +94,11 @@ class Decision:
     a limiter may leave it ``None`` when there is nothing to reconcile (no token window).
     ``*_limit``/``*_remaining``/``*_reset`` describe the tightest request and token windows
     (``None`` when no such limit is set).
+
+    A decision is a value: nothing changes one once made. It is not an ``attrs.frozen``
+    class because every limited request makes one, and a frozen class sets each of its ten
+    fields through ``object.__setattr__`` (1.3 µs a decision against 0.45 µs). The one
+    decision shared by many requests, :data:`ADMITTED`, is frozen.
     """
 
     allowed: bool
@@ -111,7 +116,12 @@ class Decision:
 
 # The decision for a subject without limits (and not parked): nothing counted, nothing
 # reserved, nothing to report. Decisions are immutable, so one serves every such request.
-ADMITTED = Decision(allowed=True)
+@attrs.frozen
+class _SharedDecision(Decision):
+    """A decision handed to many requests: assigning to it raises."""
+
+
+ADMITTED: Decision = _SharedDecision(allowed=True)
 
 
 class LimiterUnavailable(Exception):
