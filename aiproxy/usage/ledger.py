@@ -232,16 +232,9 @@ class Ledger:
     def _spread(self) -> None:
         """Move the sums of :meth:`_count` to the counters they add to (``_cells``)."""
         later, self._later = self._later, {}
-        cells = self._cells
         for (scopes, day, month), (cost, tokens) in later.items():
-            for scope in scopes:
-                for cell in ((scope, day), (scope, month)):
-                    have = cells.get(cell)
-                    if have is None:
-                        cells[cell] = [cost, tokens]
-                    else:
-                        have[0] += cost
-                        have[1] += tokens
+            _add(self._cells, (((scope, period), (cost, int(tokens)))
+                               for scope in scopes for period in (day, month)))
 
     def _charged(self, task: asyncio.Task[None], key: int) -> None:
         self._tasks.discard(task)
