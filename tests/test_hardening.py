@@ -253,6 +253,11 @@ class TestHostileClients:
         b'{"model": "m", "model": "other", "messages": [{"role": "user", "content": "x"}]}',
         b'{"model": "m", "mod\\u0065l": "other", "messages": [{"role": "user", "content": "x"}]}',
         b'{"model": "m", "max_tokens": 1, "messages": [], "max_tokens": 99999}',
+        # An escaped spelling in a body whose other escapes are not \u ones.
+        b'{"model": "m", "messages": [{"role": "user", "content": "a\\nb \\"c\\""}], '
+        b'"str\\u0065am": true, "stream": false}',
+        b'{"model": "m", "stream_options": {}, "messages": [{"role": "user", "content": "x"}],'
+        b' "stream_options": {"include_usage": true}, "stream": true}',
     ])
     async def test_duplicate_keys_are_refused(self, start_proxy, raw):
         proxy = await start_proxy({"models": [{"name": "m", "provider": "mock"},
@@ -261,6 +266,36 @@ class TestHostileClients:
                 **proxy.auth, "Content-Type": "application/json"}, data=raw) as resp:
             assert resp.status == 400
             assert (await resp.json())["error"]["code"] == "duplicate_key"
+
+    def test_the_pre_check_finds_what_counting_each_key_finds(self):
+        """The pre-check (one pattern, a prefix tree of the watched keys, and a memchr before
+        the \\u search) flags exactly the bodies that the plain definition flags: a \\u
+        escape anywhere, or a watched key written twice."""
+        import itertools
+
+        from aiproxy.http.body import _WATCHED_KEYS, _may_repeat_keys
+
+        def plainly(raw: bytes) -> bool:
+            return b"\\u" in raw or any(raw.count(b'"%s"' % k.encode()) > 1
+                                         for k in _WATCHED_KEYS)
+
+        near = ["stream_option", "streams", "max_token", "mode", "nn", "inputs", "prompts",
+                "max_completion_token", "message", "dimension", "model_", "Model"]
+        texts = ["plain", "a\\nb", 'say \\"model\\"', "\\u00e9", "\\\\u", "u\\"]
+        bodies = []
+        for key, other in itertools.product([*_WATCHED_KEYS, *near], repeat=2):
+            for text in texts:
+                bodies.append(b'{"%s": 1, "content": "%s", "%s": 2}' % (
+                    key.encode(), text.encode(), other.encode()))
+        assert len(bodies) > 2000
+        flagged = [raw for raw in bodies if _may_repeat_keys(raw)]
+        assert flagged == [raw for raw in bodies if plainly(raw)]
+        assert 0 < len(flagged) < len(bodies)
+        # Every watched key is found, and nothing near one.
+        for key in _WATCHED_KEYS:
+            assert _may_repeat_keys(b'{"%s": 1, "%s": 2}' % (key.encode(), key.encode()))
+        for key in near:
+            assert not _may_repeat_keys(b'{"%s": 1, "%s": 2}' % (key.encode(), key.encode()))
 
     async def test_escapes_in_values_are_fine(self, start_proxy):
         proxy = await start_proxy({"models": [{"name": "m", "provider": "mock"}]})
