@@ -123,6 +123,9 @@ def test_the_model_is_written_into_the_clients_bytes() -> None:
     """No re-encoding where the edit is exact: the rest of the body stays byte for byte."""
     raw = b'{ "model" :\t"gpt-4o-mini" ,\n "messages": [{"role": "user", "content": "hi"}]}'
     assert request(raw).upstream_body("u") == raw.replace(b'"gpt-4o-mini"', b'"u"')
+    # Escapes other than \u (a newline, a quote) spell no key another way: still edited.
+    escaped = b'{"model":"m","messages":[{"role":"user","content":"a\\nb \\"q\\" c\\\\d"}]}'
+    assert request(escaped).upstream_body("u") == escaped.replace(b'"m"', b'"u"', 1)
     stream = b'{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}'
     assert request(stream, stream=True).with_usage_requested().raw == (
         b'{"stream_options":{"include_usage":true},' + stream[1:])

@@ -14,7 +14,7 @@ from aiohttp.http_exceptions import ContentEncodingError
 from aiohttp.web_protocol import RequestPayloadError
 
 from aiproxy.errors import ProxyError, shown
-from aiproxy.provider import ChatRequest
+from aiproxy.provider import ChatRequest, has_unicode_escape
 
 __all__ = ["BODY_TIMEOUT", "parse_chat_request", "read_json", "type_name"]
 
@@ -110,16 +110,13 @@ _WATCHED_KEYS = ("model", "stream", "max_tokens", "max_completion_tokens", "n", 
 # bodies full of quotes). tests/test_hardening.py checks it finds exactly these.
 _WATCHED = re.compile(rb'"(?:m(?:odel|essages|ax_(?:tokens|completion_tokens))|'
                       rb's(?:tream(?:_options)?)|n|input|dimensions|prompt)"')
-_UNICODE_ESCAPE = re.compile(rb"\\u")
 
 
 def _may_repeat_keys(raw: bytes) -> bool:
     # A \u escape may spell a key another way ("mod\u0065l"); bodies with escapes (prompts in
-    # non-Latin scripts sent ASCII-only) are simply checked (~6 ms a MiB). Most bodies have
-    # no backslash at all, which memchr finds out at once; for the others the pattern finds
-    # "\u" ~2.5x faster than ``in`` (whose search stops at every "u" of the text). One pass of
-    # the pattern finds every watched key (about 3x faster than counting each in turn).
-    if raw.find(b"\\") >= 0 and _UNICODE_ESCAPE.search(raw) is not None:
+    # non-Latin scripts sent ASCII-only) are simply checked (~6 ms a MiB). One pass of the
+    # pattern finds every watched key (about 3x faster than counting each in turn).
+    if has_unicode_escape(raw):
         return True
     found = _WATCHED.findall(raw)
     return len(found) != len(set(found))
