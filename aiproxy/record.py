@@ -27,6 +27,10 @@ class Record:
 
     request_id: str = ""
     started: float = 0.0  # wall clock (time.time()) when the request arrived
+    # time.monotonic() at the same moment: later moments of the request are placed on the
+    # wall clock as ``started`` plus monotonic time since, so a wall clock being slewed or
+    # stepped meanwhile (NTP, a VM resumed) cannot put an attempt outside its request.
+    clock: float = 0.0
     method: str = ""
     path: str = ""
     route: str = ""  # the route template ("/v1/chat/completions"), or "unmatched"

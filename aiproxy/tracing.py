@@ -114,8 +114,11 @@ class SpanWriter:
                 "gen_ai.request.model": model, "aiproxy.attempt": i + 1,
                 "aiproxy.outcome": "answered" if answered else "failed"})
         parent = self._in_context(span)
+        end = start + int(record.total_ms * 1e6)
         for i, entry in enumerate(record.attempt_log):
-            began = int(entry.started * 1e9)
+            # Inside the request's span: attempts are placed by monotonic time from its start
+            # (Record.clock); the bounds absorb the rounding of float seconds to nanoseconds.
+            began = min(max(int(entry.started * 1e9), start), end)
             child = self.tracer.start_span(
                 f"{operation} {entry.model}", context=parent, kind=self._client,
                 start_time=began, attributes={
@@ -125,10 +128,10 @@ class SpanWriter:
             if entry.outcome not in ("answered", "cancelled"):
                 child.set_attribute("error.type", entry.outcome)
                 child.set_status(self._error, entry.outcome)
-            child.end(end_time=began + int(entry.duration * 1e9))
+            child.end(end_time=min(began + int(entry.duration * 1e9), end))
         if record.status >= 500 or record.stream_error:
             span.set_status(self._error, failed or f"HTTP {record.status}")
-        span.end(end_time=start + int(record.total_ms * 1e6))
+        span.end(end_time=end)
 
     async def close(self, _: object = None) -> None:
         """Export what is batched (off the event loop: the exporter blocks)."""

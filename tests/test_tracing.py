@@ -110,6 +110,42 @@ async def test_a_span_per_request_with_a_child_per_attempt(start_proxy, fake_ups
     assert resource["service.name"] == "aiproxy"
 
 
+async def test_attempts_stay_inside_their_request_when_the_wall_clock_steps(
+        start_proxy, fake_upstream, collector, monkeypatch):
+    """The wall clock may be stepped or slewed while a request runs (NTP, a VM resumed):
+    its attempts are placed by monotonic time from the request's start, so each stays inside
+    the request's span, in order, as long as it took."""
+    import types
+
+    import aiproxy.routing.router as router_module
+
+    fake, url = fake_upstream
+    fake.defaults["bad"] = "500"
+    _, endpoint = collector
+    proxy = await start_proxy(
+        {"models": [openai_model("openai/bad", url, model_size="G", priority=0),
+                    openai_model("openai/gpt-4o", url, model_size="G", priority=1)]},
+        settings=make_settings(otel_endpoint=f"{endpoint}/v1/traces", retry_max_retries=0))
+    writer = next(o.__self__ for o in proxy.app[OBSERVERS]
+                  if isinstance(getattr(o, "__self__", None), SpanWriter))
+    memory = InMemorySpanExporter()
+    writer.provider.add_span_processor(SimpleSpanProcessor(memory))
+    # From the router's point of view the wall clock has jumped five seconds ahead.
+    stepped = types.SimpleNamespace(time=lambda: time.time() + 5.0, monotonic=time.monotonic)
+    monkeypatch.setattr(router_module, "time", stepped)
+    await proxy.client.chat.completions.create(model="G", messages=[{"role": "user",
+                                                                     "content": "hi"}])
+    spans = memory.get_finished_spans()
+    span = server_span(spans)
+    children = sorted((s for s in spans if s.kind.name == "CLIENT"), key=lambda s: s.start_time)
+    assert len(children) == 3
+    previous_end = span.start_time
+    for child in children:
+        assert previous_end <= child.start_time < child.end_time <= span.end_time
+        previous_end = child.end_time
+    assert span.end_time - span.start_time < 2_000_000_000
+
+
 async def test_a_failed_request_is_an_error_span(start_proxy, fake_upstream, collector):
     fake, url = fake_upstream
     fake.defaults["down"] = "503"

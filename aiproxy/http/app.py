@@ -80,7 +80,7 @@ async def gateway(request: web.Request, handler: Handler, label: str) -> web.Str
     incoming = request.headers.get("X-Request-ID")
     trace = request[TRACE] = Trace(
         request_id=incoming if incoming and valid_request_id(incoming) else new_request_id(),
-        started=time.time(), method=request.method, path=request.path)
+        started=time.time(), clock=started, method=request.method, path=request.path)
     runtime = request.app[RUNTIME]
     generation = trace.generation = runtime.enter()
     status = 500

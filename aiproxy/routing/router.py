@@ -402,7 +402,11 @@ class Exchange:
             tally.tried.append(route.name)
             self.record.tried = tally.tried
             attempt = Attempt(route, probe, decision, time.monotonic())
-            wall = time.time()
+            record = self.record
+            # On the wall clock as the request's start plus monotonic time since (see
+            # Record.clock): traces nest the attempt inside its request, whatever the clock.
+            wall = (record.started + (attempt.started - record.clock) if record.clock
+                    else time.time())
             outcome = "cancelled"
             try:
                 try:
