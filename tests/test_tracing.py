@@ -48,19 +48,31 @@ def server_span(spans: Any) -> Any:
     return span
 
 
+def in_memory_spans(proxy: Any) -> InMemorySpanExporter:
+    """The spans the proxy's span writer finishes, kept in memory as well."""
+    writer = next(o.__self__ for o in proxy.app[OBSERVERS]
+                  if isinstance(getattr(o, "__self__", None), SpanWriter))
+    memory = InMemorySpanExporter()
+    writer.provider.add_span_processor(SimpleSpanProcessor(memory))
+    return memory
+
+
+async def failing_over(start_proxy: Any, url: str, endpoint: str) -> tuple[Any, Any]:
+    """A proxy whose group G tries openai/bad (a 500 from the fake) and then openai/gpt-4o,
+    tracing to the collector at ``endpoint``, and its spans in memory."""
+    proxy = await start_proxy(
+        {"models": [openai_model("openai/bad", url, model_size="G", priority=0),
+                    openai_model("openai/gpt-4o", url, model_size="G", priority=1)]},
+        settings=make_settings(otel_endpoint=f"{endpoint}/v1/traces", retry_max_retries=0))
+    return proxy, in_memory_spans(proxy)
+
+
 async def test_a_span_per_request_with_a_child_per_attempt(start_proxy, fake_upstream,
                                                            collector):
     fake, url = fake_upstream
     fake.defaults["bad"] = "500"  # the upstream id: the name without "openai/"
     received, endpoint = collector
-    proxy = await start_proxy(
-        {"models": [openai_model("openai/bad", url, model_size="G", priority=0),
-                    openai_model("openai/gpt-4o", url, model_size="G", priority=1)]},
-        settings=make_settings(otel_endpoint=f"{endpoint}/v1/traces", retry_max_retries=0))
-    writer = next(o.__self__ for o in proxy.app[OBSERVERS]
-                  if isinstance(getattr(o, "__self__", None), SpanWriter))
-    memory = InMemorySpanExporter()
-    writer.provider.add_span_processor(SimpleSpanProcessor(memory))
+    proxy, memory = await failing_over(start_proxy, url, endpoint)
     before = time.time_ns()
     raw = await proxy.client.chat.completions.with_raw_response.create(
         model="G", messages=[{"role": "user", "content": PROMPT}])
@@ -122,14 +134,7 @@ async def test_attempts_stay_inside_their_request_when_the_wall_clock_steps(
     fake, url = fake_upstream
     fake.defaults["bad"] = "500"
     _, endpoint = collector
-    proxy = await start_proxy(
-        {"models": [openai_model("openai/bad", url, model_size="G", priority=0),
-                    openai_model("openai/gpt-4o", url, model_size="G", priority=1)]},
-        settings=make_settings(otel_endpoint=f"{endpoint}/v1/traces", retry_max_retries=0))
-    writer = next(o.__self__ for o in proxy.app[OBSERVERS]
-                  if isinstance(getattr(o, "__self__", None), SpanWriter))
-    memory = InMemorySpanExporter()
-    writer.provider.add_span_processor(SimpleSpanProcessor(memory))
+    proxy, memory = await failing_over(start_proxy, url, endpoint)
     # From the router's point of view the wall clock has jumped five seconds ahead.
     stepped = types.SimpleNamespace(time=lambda: time.time() + 5.0, monotonic=time.monotonic)
     monkeypatch.setattr(router_module, "time", stepped)
@@ -153,10 +158,7 @@ async def test_a_failed_request_is_an_error_span(start_proxy, fake_upstream, col
     proxy = await start_proxy({"models": [openai_model("down", url)]},
                               settings=make_settings(otel_endpoint=f"{endpoint}/v1/traces",
                                                      retry_max_retries=0))
-    writer = next(o.__self__ for o in proxy.app[OBSERVERS]
-                  if isinstance(getattr(o, "__self__", None), SpanWriter))
-    memory = InMemorySpanExporter()
-    writer.provider.add_span_processor(SimpleSpanProcessor(memory))
+    memory = in_memory_spans(proxy)
     async with proxy.http.post(proxy.url("/v1/embeddings"), headers=proxy.auth,
                                json={"model": "down", "input": "x"}) as resp:
         assert resp.status == 502
