@@ -268,13 +268,18 @@ def _swap_model(raw: bytes, model: str, model_id: str) -> bytes | None:
 
 def _add_usage_option(raw: bytes) -> bytes | None:
     """``raw`` (an object without ``stream_options``) with ``stream_options.include_usage``
-    true as its first member, or ``None``."""
-    if b'"stream_options"' in raw or has_unicode_escape(raw):
-        return None
+    true as its first member, or ``None``.
+
+    The caller knows the parsed object has no ``stream_options`` member, however ``raw``
+    spells its keys, so a new first member adds exactly that one: nothing in the rest of
+    ``raw`` (the words "stream_options" in a prompt, \\u escapes) needs looking at.
+    tests/test_body_edits.py checks the result parses to the object asked for."""
     # The object's opening brace: the first byte, unless whitespace comes first (lstrip copies).
     start = 0 if raw[:1] == b"{" else len(raw) - len(raw.lstrip(_JSON_SPACE))
     if raw[start:start + 1] != b"{":
         return None
+    if raw[start + 1:start + 65].lstrip(_JSON_SPACE)[:1] in (b"}", b""):
+        return None  # an empty object (or one this edit cannot see into): re-encoded
     return raw[:start + 1] + b'"stream_options":{"include_usage":true},' + raw[start + 1:]
 
 

@@ -129,3 +129,18 @@ def test_the_model_is_written_into_the_clients_bytes() -> None:
     stream = b'{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}'
     assert request(stream, stream=True).with_usage_requested().raw == (
         b'{"stream_options":{"include_usage":true},' + stream[1:])
+
+
+def test_the_usage_option_is_written_in_without_looking_through_the_body() -> None:
+    """The parsed body has no stream_options, so adding it first is exact whatever the rest
+    holds: the words in a prompt, \\u escapes. An empty object is re-encoded instead."""
+    from aiproxy.provider import _add_usage_option
+
+    raw = (b'{"model":"m","stream":true,"messages":[{"role":"user","content":'
+           b'"what is \\"stream_options\\"? caf\\u00e9"}]}')
+    asked = request(raw, stream=True).with_usage_requested()
+    assert asked.raw == b'{"stream_options":{"include_usage":true},' + raw[1:]
+    assert orjson.loads(asked.raw) == asked.body
+    assert asked.body["stream_options"] == {"include_usage": True}
+    for empty in (b"{}", b"{ \n }", b"  {}"):
+        assert _add_usage_option(empty) is None
