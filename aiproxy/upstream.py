@@ -177,6 +177,7 @@ _DONE = _Done()
 
 
 _CONTENT_TYPES: dict[str, tuple[str, str | None]] = {}
+_CACHED_CONTENT_TYPE_MAX = 256  # longer values (no real upstream sends one) are not kept
 
 
 def _content_type_of(raw: str) -> tuple[str, str | None]:
@@ -294,9 +295,10 @@ class PooledResponse:
                 parsed = _CONTENT_TYPES.get(raw)
                 if parsed is None:
                     parsed = _content_type_of(raw)
-                    if len(_CONTENT_TYPES) >= _URL_CACHE_MAX:
-                        _CONTENT_TYPES.clear()  # no hoarding of values that vary
-                    _CONTENT_TYPES[raw] = parsed
+                    if len(raw) <= _CACHED_CONTENT_TYPE_MAX:  # a hostile upstream's 8 KiB
+                        if len(_CONTENT_TYPES) >= _URL_CACHE_MAX:  # values are not hoarded
+                            _CONTENT_TYPES.clear()  # (nor values that vary)
+                        _CONTENT_TYPES[raw] = parsed
             self._content_type = parsed
         return parsed
 

@@ -968,3 +968,22 @@ class TestThroughProvider:
             await provider(str(server.make_url("/v1"))).chat(self.chat_request())
         assert (info.value.kind, info.value.upstream_status) == (ErrorKind.PROTOCOL, 302)
         assert seen.paths == ["/v1/chat/completions"]
+
+
+def test_content_types_are_parsed_once_and_long_ones_never_kept() -> None:
+    """Each short Content-Type value is parsed once for all answers; a long one (a hostile
+    upstream's, up to the header limit) is parsed for its answer and not kept."""
+    from aiproxy import upstream
+
+    def parsed(value: str) -> tuple[str, str | None]:
+        resp = object.__new__(upstream.PooledResponse)
+        resp._content_type = None
+        resp.headers = {"Content-Type": value}  # type: ignore[assignment]
+        return (resp.content_type, resp.charset)
+
+    short = 'Application/JSON; Charset="UTF-8"'
+    assert parsed(short) == ("application/json", "UTF-8")
+    assert upstream._CONTENT_TYPES[short] == ("application/json", "UTF-8")
+    long = "text/plain; x=" + "a" * 8000 + "; charset=latin-1"
+    assert parsed(long) == ("text/plain", "latin-1")
+    assert long not in upstream._CONTENT_TYPES

@@ -115,7 +115,7 @@ class Decision:
 
 
 # The decision for a subject without limits (and not parked): nothing counted, nothing
-# reserved, nothing to report. Decisions are immutable, so one serves every such request.
+# reserved, nothing to report. It is frozen, so one serves every such request.
 @attrs.frozen
 class _SharedDecision(Decision):
     """A decision handed to many requests: assigning to it raises."""
