@@ -15,6 +15,8 @@ from aiohttp.test_utils import TestServer
 from aiproxy.config import Settings, parse_config
 from aiproxy.generation import ConfigSource
 from aiproxy.http import make_app
+from aiproxy.http.protocol import ProxyRunner
+from aiproxy.http.state import RUNTIME
 from aiproxy.limits.base import RateLimiter
 from aiproxy.plugins import ProviderRegistry
 from tests.fakes import FakeOpenAI
@@ -58,6 +60,32 @@ class Proxy:
     @property
     def auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {TOKEN}"}
+
+
+class ProxyTestServer(TestServer):
+    """aiohttp's test server, serving with the proxy's own server side (as ``serve`` does)."""
+
+    async def _make_runner(self, **kwargs: Any) -> web.BaseRunner:
+        return ProxyRunner(self.app, **kwargs)
+
+
+@pytest.fixture
+async def aiohttp_server() -> AsyncIterator[Callable[..., Awaitable[TestServer]]]:
+    """pytest-aiohttp's fixture, but an aiproxy app (one made by ``make_app``) is served by
+    the proxy's server side, as in production; fakes and other apps by aiohttp's."""
+    servers: list[TestServer] = []
+
+    async def start(app: web.Application, *, host: str = "127.0.0.1", port: int | None = None,
+                    **kwargs: Any) -> TestServer:
+        kind = ProxyTestServer if RUNTIME in app else TestServer
+        server = kind(app, host=host, port=port)
+        await server.start_server(**kwargs)
+        servers.append(server)
+        return server
+
+    yield start
+    while servers:
+        await servers.pop().close()
 
 
 @pytest.fixture

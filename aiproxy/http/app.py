@@ -109,10 +109,10 @@ async def gateway(request: web.Request, handler: Handler, label: str) -> web.Str
         if loop is None or ledger.charges_budgets():
             observe(request.app[OBSERVERS], trace)
         else:
-            # Once the answer has left: aiohttp writes it as soon as this returns, before the
-            # loop runs what is scheduled now, so the client does not wait for its own access
-            # line, metrics and usage row (the same work, off the answer's latency). The
-            # next request on any connection is read after them.
+            # Once the answer has left: the connection (http/protocol.py) writes it as soon as
+            # this returns, before the loop runs what is scheduled now, so the client does
+            # not wait for its own access line, metrics and usage row (the same work, off the
+            # answer's latency). The next request on any connection is read after them.
             loop.call_soon(observe, request.app[OBSERVERS], trace)
     if not response.prepared and ledger.owes(trace):
         # A plain answer leaves once its budget charge (made as the ledger observed it) has
