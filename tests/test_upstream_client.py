@@ -507,6 +507,25 @@ class TestBodies:
         assert resp.headers["Content-Encoding"] == encoding
         assert client.pooled == 1
 
+    async def test_a_large_compressed_body_read_slowly(self, raw: StartRaw,
+                                                       client: UpstreamClient) -> None:
+        """16 MiB from 16 KiB of gzip: decoding fills the reader far past its high-water
+        mark, so the connection pauses and resumes many times (the resume the client's
+        protocol skips when nothing paused it must still happen when something did)."""
+        plain = b'{"text": "hello"}' * (1024 * 1024)
+        packed = gzip.compress(plain)
+        up = await raw(replies(
+            b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\n"
+            + f"Content-Length: {len(packed)}\r\n\r\n".encode() + packed, OK))
+        resp = await client.request("GET", up.url())
+        got = bytearray()
+        async for chunk in resp.content.iter_chunked(100_000):
+            got += chunk
+            await asyncio.sleep(0)
+        assert got == plain
+        assert await get(client, up.url()) == b"ok"  # the connection served again
+        assert up.connections == 1
+
     @pytest.mark.parametrize("answer", [
         PARTIAL, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel"],
         ids=["content-length", "chunked"])
