@@ -290,3 +290,30 @@ def test_the_fast_lookup_agrees_with_the_router():
     with_middleware = web.Application(middlewares=[web.middleware(middleware)])
     with_middleware.router.add_post("/c", handler)
     assert _plain_routes(with_middleware) == {}
+
+
+async def test_an_app_s_response_hooks_still_run():
+    """An app with on_response_prepare hooks (not the proxy's own): its plain answers go
+    through aiohttp's prepare, which runs them."""
+
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(body=b"hi")
+
+    async def hook(request: web.Request, response: web.StreamResponse) -> None:
+        response.headers["X-Hooked"] = "yes"
+
+    app = web.Application()
+    app.router.add_get("/hello", hello)
+    app.on_response_prepare.append(hook)
+    runner = ProxyRunner(app, settings=make_settings())
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", runner.addresses[0][1])
+        writer.write(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, headers, body = await answer(reader)
+        assert (status, headers["x-hooked"], body) == ("HTTP/1.1 200 OK", "yes", b"hi")
+        writer.close()
+    finally:
+        await runner.cleanup()

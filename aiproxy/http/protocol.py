@@ -360,7 +360,8 @@ class Connection(BaseProtocol):
                 and response._cookies is None and not response.compression
                 and not response.chunked and message.version == (1, 1)
                 and message.method != "HEAD" and response.status not in _EMPTY_BODY_STATUS
-                and response.status >= 200 and not server_hooks(request)):
+                and response.status >= 200
+                and (not self._server.hooks or not server_hooks(request))):
             body = response.body
             if isinstance(body, (bytes, bytearray)):
                 keep = response.keep_alive
@@ -501,6 +502,11 @@ class ProxyServer(web.Server):
                          handler_cancellation=True)
         self.loop = loop
         self.plain = _plain_routes(app) if app is not None else {}
+        # Whether an answer may have on_response_prepare hooks to run (the proxy's own app
+        # has none, and no sub-apps that could): if not, none is looked for a request.
+        self.hooks = app is None or bool(app.on_response_prepare) or any(
+            not isinstance(r, web.PlainResource | web.DynamicResource)
+            for r in app.router.resources())
         self.max_connections = max_connections
         self.header_timeout = header_timeout
         self.keepalive_timeout = keepalive_timeout
