@@ -317,3 +317,25 @@ async def test_an_app_s_response_hooks_still_run():
         writer.close()
     finally:
         await runner.cleanup()
+
+
+async def test_a_body_without_a_type_is_octet_stream():
+    async def raw(request: web.Request) -> web.Response:
+        return web.Response(body=b"\x00\x01")
+
+    app = web.Application()
+    app.router.add_get("/raw", raw)
+    runner = ProxyRunner(app, settings=make_settings())
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", runner.addresses[0][1])
+        writer.write(b"GET /raw HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, headers, body = await answer(reader)
+        assert (status, headers["content-type"], body) == (
+            "HTTP/1.1 200 OK", "application/octet-stream", b"\x00\x01")
+        assert "date" in headers and headers["server"].startswith("Python/")
+        writer.close()
+    finally:
+        await runner.cleanup()

@@ -284,6 +284,8 @@ class Connection(BaseProtocol):
                     break
         except asyncio.CancelledError:
             pass  # the client left, or the server cancelled at shutdown
+        except Exception as exc:  # noqa: BLE001 - a bug here must close one connection, quietly
+            log.error("connection_failed", error=type(exc).__name__)
         finally:
             if self.transport is not None:
                 self.transport.close()
@@ -369,6 +371,10 @@ class Connection(BaseProtocol):
                     keep = not message.should_close
                 headers = response.headers
                 headers["Content-Length"] = str(len(body))
+                if body and "Content-Type" not in headers:
+                    # RFC 9110 section 8.3: a body without a type is octet-stream (so
+                    # aiohttp says too)
+                    headers["Content-Type"] = "application/octet-stream"
                 if "Date" not in headers:
                     headers["Date"] = _Date.now()
                 if "Server" not in headers:
