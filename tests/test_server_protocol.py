@@ -5,6 +5,7 @@ the bounds on idle connections."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from typing import Any
 
 import orjson
@@ -336,6 +337,41 @@ async def test_a_body_without_a_type_is_octet_stream():
         assert (status, headers["content-type"], body) == (
             "HTTP/1.1 200 OK", "application/octet-stream", b"\x00\x01")
         assert "date" in headers and headers["server"].startswith("Python/")
+        writer.close()
+    finally:
+        await runner.cleanup()
+
+
+SEEN: contextvars.ContextVar[str] = contextvars.ContextVar("seen", default="unset")
+
+
+async def test_a_request_s_context_variables_stay_its_own():
+    """As when each request had a task of its own: what one request sets in a context
+    variable, the next on the same connection does not see, while the request itself sees
+    its own value across its awaits (and the callbacks it schedules do too)."""
+    scheduled: list[str] = []
+
+    async def setter(request: web.Request) -> web.Response:
+        before = SEEN.get()
+        SEEN.set(request.query["v"])
+        await asyncio.sleep(0.01)
+        asyncio.get_running_loop().call_soon(lambda: scheduled.append(SEEN.get()))
+        return web.Response(text=f"{before}>{SEEN.get()}")
+
+    app = web.Application()
+    app.router.add_get("/set", setter)
+    runner = ProxyRunner(app, settings=make_settings())
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", runner.addresses[0][1])
+        writer.write(b"GET /set?v=a HTTP/1.1\r\nHost: x\r\n\r\n"
+                     b"GET /set?v=b HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await answer(reader))[2] == b"unset>a"
+        assert (await answer(reader))[2] == b"unset>b"
+        await asyncio.sleep(0.01)
+        assert scheduled == ["a", "b"]
         writer.close()
     finally:
         await runner.cleanup()

@@ -14,9 +14,9 @@ What stays aiohttp's: the HTTP parser (llhttp, with its limits and its smuggling
 hook, ``StreamWriter`` and ``StreamResponse`` for streamed answers. What is the proxy's own:
 
 - the connection's life: requests are taken in order (pipelining), each handled in the
-  connection's task (no task a request: a request's context variables are seen by the next
-  request on the same connection; the proxy resets the one it sets at every attempt), the
-  handler is cancelled when its client leaves;
+  connection's task (no task a request; its steps run in a context of its own, so context
+  variables a request sets stay its own, as with aiohttp's task a request), the handler is
+  cancelled when its client leaves;
 - a plain answer (``web.Response`` with a byte body: every JSON answer and error) is written
   here, its headers serialized by aiohttp's serializer (which refuses CR and LF in them) and
   sent with the body in one write; anything else (streams, HEAD, compressed, chunked,
@@ -35,10 +35,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import email.utils
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
 from typing import Any, cast
 
 import attrs
@@ -115,6 +116,38 @@ class _Date:
             cls.value = email.utils.formatdate(second, usegmt=True)
             cls.second = second
         return cls.value
+
+
+class _InContext:
+    """Await ``coro`` with each of its steps run in a fresh copy of the current context, as
+    a task of its own would run it (aiohttp gave each request one): context variables a
+    request sets are not seen by the next request on its connection. The futures it waits
+    on pass through to the connection's task, and so do cancellations."""
+
+    __slots__ = ("_coro", "_run")
+
+    def __init__(self, awaitable: Awaitable[web.StreamResponse]) -> None:
+        self._coro = awaitable.__await__()
+        self._run = contextvars.copy_context().run
+
+    def __await__(self) -> Generator[Any, Any, web.StreamResponse]:
+        coro, run = self._coro, self._run
+        send: Any = coro.send
+        value: Any = None
+        while True:
+            try:
+                waited = run(send, value)
+            except StopIteration as done:
+                return cast(web.StreamResponse, done.value)
+            try:
+                value = yield waited
+                send = coro.send
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # noqa: BLE001 - thrown in: passed on to the coroutine
+                value = exc
+                send = coro.throw
 
 
 class Connection(BaseProtocol):
@@ -316,9 +349,9 @@ class Connection(BaseProtocol):
                 match = routed.get(message.method) if routed is not None else None
                 if match is not None and "Expect" not in message.headers:
                     request._match_info = match[0]  # type: ignore[attr-defined]
-                    response = await match[1](request)
+                    response = await _InContext(match[1](request))
                 else:
-                    response = await self._handler(request)
+                    response = await _InContext(self._handler(request))
             except HTTPException as exc:
                 response = exc
             except (asyncio.CancelledError, ConnectionError):
