@@ -38,8 +38,9 @@ import contextlib
 import contextvars
 import email.utils
 import time
+import types
 from collections import deque
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any, cast
 
 import attrs
@@ -127,7 +128,10 @@ class _InContext:
     __slots__ = ("_coro", "_run")
 
     def __init__(self, awaitable: Awaitable[web.StreamResponse]) -> None:
-        self._coro = awaitable.__await__()
+        # A coroutine is driven directly (its __await__ wrapper would add a call a step).
+        self._coro: Generator[Any, Any, web.StreamResponse] | Coroutine[
+            Any, Any, web.StreamResponse] = (
+            awaitable if isinstance(awaitable, types.CoroutineType) else awaitable.__await__())
         self._run = contextvars.copy_context().run
 
     def __await__(self) -> Generator[Any, Any, web.StreamResponse]:
