@@ -367,3 +367,27 @@ async def test_a_request_s_context_variables_stay_its_own():
         assert (await answer(reader))[2] == b"unset>b"
         await asyncio.sleep(0.01)
         assert scheduled == ["a", "b"]
+
+
+async def test_a_chunked_body_is_read(proxy):
+    reader, writer = await connect(proxy)
+    half = len(CHAT) // 2
+    writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n" + AUTH
+                 + b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 + b"%x\r\n" % half + CHAT[:half] + b"\r\n"
+                 + b"%x\r\n" % (len(CHAT) - half) + CHAT[half:] + b"\r\n0\r\n\r\n")
+    assert await echo_answered(reader)
+    writer.close()
+
+
+async def test_an_ambiguous_length_is_refused_and_the_connection_closed(proxy):
+    """Content-Length beside Transfer-Encoding (request smuggling): the parser refuses it,
+    the client gets the envelope, and nothing after it on the connection is read."""
+    reader, writer = await connect(proxy)
+    writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n" + AUTH
+                 + b"Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+                 + PING)
+    status, headers, body = await answer(reader)
+    assert status.startswith("HTTP/1.1 400") and headers["connection"] == "close"
+    assert orjson.loads(body)["error"]["code"] == "bad_http_request"
+    assert await closed(reader)
