@@ -49,6 +49,7 @@ from typing import Any, Protocol
 import aiohappyeyeballs
 import aiohttp
 import orjson
+from aiohttp.base_protocol import BaseProtocol
 from aiohttp.client_proto import ResponseHandler
 from aiohttp.client_reqrep import ConnectionKey
 from aiohttp.http import SERVER_SOFTWARE
@@ -191,15 +192,22 @@ def _content_type_of(raw: str) -> tuple[str, str | None]:
     return kind.strip().lower(), charset
 
 
-class _Connection(ResponseHandler):
-    """aiohttp's client protocol, but a body's reader taking data does not re-feed the
-    parser and resume the transport each time (aiohttp's base does, paused or not): only a
+class ResumeWhenPaused(BaseProtocol):
+    """aiohttp's base protocol, but a body's reader taking data does not re-feed the parser
+    and resume the transport each time (aiohttp's base does, paused or not): only a
     connection that flow control paused has anything to resume (~100 bytecodes a call, two
-    calls an answer)."""
+    calls a body). The upstream connections here and the proxy's client connections
+    (``aiproxy/http/protocol.py``) both use it."""
+
+    __slots__ = ()
 
     def resume_reading(self, resume_parser: bool = True) -> None:
         if self._reading_paused:
             super().resume_reading(resume_parser)
+
+
+class _Connection(ResumeWhenPaused, ResponseHandler):
+    """aiohttp's client protocol, resumed only when paused (:class:`ResumeWhenPaused`)."""
 
 
 class PooledResponse:

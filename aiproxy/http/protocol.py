@@ -58,6 +58,7 @@ from aiproxy.config import Settings
 from aiproxy.errors import ProxyError
 from aiproxy.http.errors import error_response
 from aiproxy.observability import get_logger
+from aiproxy.upstream import ResumeWhenPaused
 
 __all__ = ["Connection", "ProxyRunner", "ProxyServer"]
 
@@ -154,9 +155,10 @@ class _InContext:
                 send = coro.throw
 
 
-class Connection(BaseProtocol):
+class Connection(ResumeWhenPaused):
     """One client connection: parse, answer each request in turn, close when told to, when
-    the client asks to, or when the client leaves."""
+    the client asks to, or when the client leaves. (A request body's reader resumes it only
+    when flow control paused it: :class:`aiproxy.upstream.ResumeWhenPaused`.)"""
 
     __slots__ = (
         "_busy",
@@ -249,13 +251,6 @@ class Connection(BaseProtocol):
                 waiter.set_result(None)
             if not self._buffer_paused and len(self._queue) >= MAX_QUEUED:
                 self._pause_reading_for_buffer()
-
-    def resume_reading(self, resume_parser: bool = True) -> None:
-        """A request body's reader calls this each time it takes data (aiohttp's base
-        re-feeds the parser and resumes the transport every time); only a connection that
-        flow control paused has anything to resume."""
-        if self._reading_paused:
-            super().resume_reading(resume_parser)
 
     def eof_received(self) -> bool:
         return False  # the transport closes; requests in hand are cancelled by the loss
@@ -366,7 +361,7 @@ class Connection(BaseProtocol):
                                                      code="internal_error"))
                 response.force_close()
             try:
-                keep = await self._write(request, message, response, writer)
+                keep = await self._write(request, message, response)
             except (asyncio.CancelledError, ConnectionError):
                 raise
             except Exception as exc:  # noqa: BLE001 - e.g. a header the serializer refuses
@@ -393,7 +388,7 @@ class Connection(BaseProtocol):
                 idle.set_result(None)
 
     async def _write(self, request: web.BaseRequest, message: RawRequestMessage,
-                     response: web.StreamResponse, writer: StreamWriter) -> bool:
+                     response: web.StreamResponse) -> bool:
         """Send ``response``; True when the connection may carry another request."""
         if (type(response) is web.Response and not response.prepared
                 and response._cookies is None and not response.compression
@@ -406,26 +401,9 @@ class Connection(BaseProtocol):
                 keep = response.keep_alive
                 if keep is None:
                     keep = not message.should_close
-                headers = response.headers
-                headers["Content-Length"] = str(len(body))
-                if body and "Content-Type" not in headers:
-                    # RFC 9110 section 8.3: a body without a type is octet-stream (so
-                    # aiohttp says too)
-                    headers["Content-Type"] = "application/octet-stream"
-                if "Date" not in headers:
-                    headers["Date"] = _Date.now()
-                if "Server" not in headers:
-                    headers["Server"] = SERVER_SOFTWARE
-                if not keep and "Connection" not in headers:
-                    headers["Connection"] = "close"
-                head = _serialize_headers(f"HTTP/1.1 {response.status} {response.reason}",
-                                          headers)
-                transport = self.transport
-                if transport is None:
+                if not self._send(response.status, response.reason, response.headers, body,
+                                  keep):
                     return False
-                transport.write(head + body if len(body) < 65536 else head)
-                if len(body) >= 65536:
-                    transport.write(body)
                 if self._paused:
                     await self._drain_helper()  # a client that does not read holds us here
                 return keep
@@ -468,13 +446,34 @@ class Connection(BaseProtocol):
 
     def _write_closing(self, status: int, response: web.Response) -> None:
         """Write the proxy's own error answer, announcing that the connection closes."""
-        response.headers["Content-Length"] = str(len(cast(bytes, response.body)))
-        response.headers["Date"] = _Date.now()
-        response.headers["Server"] = SERVER_SOFTWARE
-        response.headers["Connection"] = "close"
-        head = _serialize_headers(f"HTTP/1.1 {status} {response.reason}", response.headers)
-        if self.transport is not None:
-            self.transport.write(head + cast(bytes, response.body))
+        self._send(status, response.reason, response.headers, cast(bytes, response.body),
+                   False)
+
+    def _send(self, status: int, reason: str, headers: Any, body: bytes | bytearray,
+              keep: bool) -> bool:
+        """A plain answer on the wire: the headers aiohttp's writer would add, serialized by
+        aiohttp's serializer (which refuses CR and LF), and the body in the same write;
+        False when the connection is already gone."""
+        headers["Content-Length"] = str(len(body))
+        if body and "Content-Type" not in headers:
+            # RFC 9110 section 8.3: a body without a type is octet-stream (so aiohttp says too)
+            headers["Content-Type"] = "application/octet-stream"
+        if "Date" not in headers:
+            headers["Date"] = _Date.now()
+        if "Server" not in headers:
+            headers["Server"] = SERVER_SOFTWARE
+        if not keep and "Connection" not in headers:
+            headers["Connection"] = "close"
+        head = _serialize_headers(f"HTTP/1.1 {status} {reason}", headers)
+        transport = self.transport
+        if transport is None:
+            return False
+        if len(body) < 65536:
+            transport.write(head + body)
+        else:  # not copied into one buffer
+            transport.write(head)
+            transport.write(body)
+        return True
 
 
 _PROTOCOL_MESSAGES = {
@@ -493,6 +492,13 @@ def server_hooks(request: web.BaseRequest) -> bool:
     return any(len(app.on_response_prepare) for app in match_info.apps)
 
 
+def _own_resources_only(app: web.Application) -> bool:
+    """True when every resource of ``app`` is a path or a pattern of its own: no sub-app
+    (with routes, hooks and middlewares of its own), no static files."""
+    return all(isinstance(r, web.PlainResource | web.DynamicResource)
+               for r in app.router.resources())
+
+
 def _plain_routes(app: web.Application) -> dict[str, dict[str, tuple[Any, Any]]]:
     """The routes a request can be given without aiohttp's resolution (``Application._handle``):
     path -> method -> (its match info, made once and frozen, as the router would make it for
@@ -502,11 +508,9 @@ def _plain_routes(app: web.Application) -> dict[str, dict[str, tuple[Any, Any]]]
     the path has no route for, goes through ``Application._handle`` as before."""
     from aiohttp.web_urldispatcher import PlainResource, UrlMappingMatchInfo
 
-    if app.middlewares:
-        return {}
-    resources = list(app.router.resources())
-    if any(not isinstance(r, PlainResource | web.DynamicResource) for r in resources):
+    if app.middlewares or not _own_resources_only(app):
         return {}  # sub-apps, static files: the router's order decides
+    resources = list(app.router.resources())
     by_path: dict[str, list[PlainResource]] = {}
     earlier: dict[PlainResource, list[web.DynamicResource]] = {}
     dynamic: list[web.DynamicResource] = []
@@ -547,9 +551,8 @@ class ProxyServer(web.Server):
         self.plain = _plain_routes(app) if app is not None else {}
         # Whether an answer may have on_response_prepare hooks to run (the proxy's own app
         # has none, and no sub-apps that could): if not, none is looked for a request.
-        self.hooks = app is None or bool(app.on_response_prepare) or any(
-            not isinstance(r, web.PlainResource | web.DynamicResource)
-            for r in app.router.resources())
+        self.hooks = (app is None or bool(app.on_response_prepare)
+                      or not _own_resources_only(app))
         self.max_connections = max_connections
         self.header_timeout = header_timeout
         self.keepalive_timeout = keepalive_timeout
