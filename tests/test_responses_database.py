@@ -159,10 +159,10 @@ class TestDatabaseStore:
     async def test_the_tables_are_the_ledgers_second_migration(self, database):
         versions = await database.fetch("SELECT version FROM aiproxy_schema_migrations "
                                         "ORDER BY version", [])
-        assert [int(v[0]) for v in versions] == [1, 2]
+        assert [int(v[0]) for v in versions] == [1, 2, 3]
         await database.open()  # a second start migrates nothing again
         assert len(await database.fetch("SELECT version FROM aiproxy_schema_migrations",
-                                        [])) == 2
+                                        [])) == 3
 
 
 async def test_workers_on_one_sqlite_file_continue_each_others_conversations(tmp_path):

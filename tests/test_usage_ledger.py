@@ -17,7 +17,7 @@ import structlog
 from aiproxy.http.usage import LEDGER
 from aiproxy.usage import default_price
 from aiproxy.usage.sqlite import SQLiteStore
-from aiproxy.usage.store import StoreUnavailable
+from aiproxy.usage.store import StoreUnavailable, Write
 from tests.conftest import TOKEN, make_settings, openai_model
 
 KEY = "team-a-key-0123456789"
@@ -306,27 +306,35 @@ class TestFileDatabase:
         with sqlite3.connect(path) as db:
             assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
             assert db.execute("SELECT version FROM aiproxy_schema_migrations").fetchall() == [
-                (1,), (2,)]
+                (1,), (2,), (3,)]
 
 
 class FlakyStore(SQLiteStore):
-    """The real SQLite store, with an outage switch and an optional slowness."""
+    """The real SQLite store, with an outage switch, an optional slowness, and answers lost
+    after the commit (the database dies between COMMIT and its reply)."""
 
     def __init__(self) -> None:
         super().__init__(":memory:")
         self.down = False
         self.delay = 0.0
+        self.lose_answers = False
 
-    async def write(self, rows, cells):
+    async def write(self, writes):
         if self.delay:
             await asyncio.sleep(self.delay)
         if self.down:
             raise StoreUnavailable("sqlite: disk I/O error (the test's outage)")
-        await super().write(rows, cells)
+        await super().write(writes)
+        if self.lose_answers:
+            raise StoreUnavailable("sqlite: the connection was lost (the test's lost answer)")
 
 
-async def flaky_proxy(start_proxy, **settings):
-    proxy = await start_proxy({"models": [{"name": "m", "provider": "mock"}], "keys": keys()},
+async def flaky_proxy(start_proxy, *, budget: bool = False, **settings):
+    config_keys = keys()
+    if budget:  # charged at once, outside the batches
+        config_keys[0]["budget"] = {"daily_tokens": 10**9}
+    proxy = await start_proxy({"models": [{"name": "m", "provider": "mock"}],
+                               "keys": config_keys},
                               settings=make_settings(usage_flush_interval=0.05, **settings))
     ledger = proxy.app[LEDGER]
     store = FlakyStore()
@@ -361,6 +369,33 @@ class TestOutage:
         await client.close()
         assert (await report(proxy))["total"]["requests"] == 150
         assert await metric(proxy, "aiproxy_usage_records_dropped_total") == 0
+
+    async def test_writes_whose_answers_were_lost_land_once(self, start_proxy):
+        proxy, ledger, store = await flaky_proxy(start_proxy, budget=True)
+        store.lose_answers = True  # every commit lands, and its reply is lost
+        client = client_for(proxy, KEY)
+        answers = await asyncio.gather(*(client.chat.completions.create(
+            model="m", messages=MSG) for _ in range(30)))
+        assert len(answers) == 30
+        deadline = time.monotonic() + 10
+        writes = 'aiproxy_usage_write_errors_total{operation="write"}'
+        while await metric(proxy, writes) < 2 and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)  # the writer sends the same batch again and again
+        assert await metric(proxy, 'aiproxy_usage_write_errors_total{operation="charge"}') == 30
+        day = time.strftime("d:%Y-%m-%d", time.gmtime())
+        # Meanwhile admissions count what may have landed: more than was spent, never less.
+        assert (await ledger.spent([("key:team-a", day)]))[("key:team-a", day)][1] >= 120
+        store.lose_answers = False
+        assert await ledger.flush()
+        await client.close()
+        (count, ids, served), = await store.fetch(
+            "SELECT count(*), count(DISTINCT request_id), sum(tokens_in + tokens_out) "
+            "FROM usage_records", [])
+        assert count == ids == 30 and served == 30 * 4  # the mock: 1 token in, 3 out
+        (tokens,), = await store.fetch("SELECT tokens FROM budget_spend WHERE scope = ? "
+                                       "AND period = ?", ["key:team-a", day])
+        assert tokens == served  # 30 charges, each sent twice or more, counted once
+        assert (await ledger.spent([("key:team-a", day)]))[("key:team-a", day)][1] == served
 
     async def test_past_the_bound_drops_are_counted_and_spend_is_kept(self, start_proxy):
         proxy, ledger, store = await flaky_proxy(start_proxy, usage_buffer=40)
@@ -437,10 +472,14 @@ async def test_sqlite_writes_batches_of_any_size_exactly(tmp_path):
                               cost=None if n % 3 else 0.25)
                 rows.append(tuple(values[c] for c in COLUMNS))
                 expected.append((f"r{n}", int(n % 2 == 0), i, None if n % 3 else 0.25, None))
-            await store.write(rows, {})
+            write = Write(f"w{size}", 1000.0, rows, {("key:a", "d:1"): (0.5, size)})
+            await store.write([write])
+            assert write.sent
+            await store.write([write])  # sent again (its answer lost): applied once all the same
         got = await store.fetch("SELECT request_id, stream, tokens_in, cost, key_name "
                                 "FROM usage_records ORDER BY ts", [])
         assert [tuple(r) for r in got] == expected
+        assert await store.spent([("key:a", "d:1")]) == {("key:a", "d:1"): (2.5, 561)}
         assert len(expected) == 561
     finally:
         await store.close()

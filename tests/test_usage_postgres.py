@@ -13,6 +13,7 @@ import pytest
 from aiproxy.http.usage import LEDGER
 from aiproxy.usage.postgres import PostgresStore, numbered
 from aiproxy.usage.query import UsageQuery, recent, summary, traffic, windows
+from aiproxy.usage.store import Write
 from tests.conftest import make_settings
 
 MSG = [{"role": "user", "content": "hi"}]
@@ -37,9 +38,117 @@ async def test_replicas_starting_together_migrate_once(postgres_url):
             "WHERE table_name = 'usage_records'")}
     finally:
         await conn.close()
-    assert versions == [1, 2]  # the ledger's tables, then the stored responses
+    assert versions == [1, 2, 3]  # the ledger's tables, the stored responses, the write ids
     assert {"request_id", "key_name", "cost", "tokens_cached", "latency_bin"} <= columns
     for store in [*stores, again]:
+        await store.close()
+
+
+class CutAfterCommit:
+    """A TCP relay in front of PostgreSQL that, once armed, lets the next COMMIT of a
+    transaction that inserted usage records through, and cuts the connection when its reply
+    comes back: the transaction landed, its answer never reached the client (what a server
+    killed mid-reply does, here on cue)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.armed = False
+        self.cuts = 0
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"postgresql://postgres@127.0.0.1:{self.server.sockets[0].getsockname()[1]}/postgres"
+
+    async def close(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        server_r, server_w = await asyncio.open_connection("127.0.0.1", self.port)
+        committing = asyncio.Event()
+        recording = False  # this transaction inserted usage records
+
+        async def up() -> None:
+            nonlocal recording
+            while data := await client_r.read(65536):
+                # The first time a connection runs it, a statement's text is in its Parse
+                # message; asyncpg sends COMMIT as a simple query: 'Q', its length, "COMMIT;".
+                recording = recording or b"INSERT INTO usage_records" in data
+                if b"COMMIT;" in data:
+                    if self.armed and recording:
+                        self.armed = False
+                        committing.set()
+                    recording = False
+                server_w.write(data)
+                await server_w.drain()
+
+        async def down() -> None:
+            while data := await server_r.read(65536):
+                if committing.is_set():  # the COMMIT's reply: dropped, and the line cut
+                    self.cuts += 1
+                    break
+                client_w.write(data)
+                await client_w.drain()
+
+        pumps = [asyncio.ensure_future(up()), asyncio.ensure_future(down())]
+        try:
+            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for pump in pumps:
+                pump.cancel()
+            for w in (client_w, server_w):
+                w.close()
+
+
+async def test_a_commit_whose_answer_was_lost_lands_once(start_proxy, own_postgres):
+    relay = CutAfterCommit(own_postgres.port)
+    url = await relay.start()
+    settings = make_settings(database_url=url, usage_flush_interval=3600.0)
+    proxy = await start_proxy({"models": [{"name": "m", "provider": "mock"}],
+                               "keys": [{"name": "team", "key": KEY}]}, settings=settings)
+    client = openai.AsyncOpenAI(base_url=proxy.base_url, api_key=KEY, max_retries=0)
+    await asyncio.gather(*(client.chat.completions.create(model="m", messages=MSG)
+                           for _ in range(25)))
+    ledger = proxy.app[LEDGER]
+    relay.armed = True
+    assert not await ledger.flush()  # it committed; the writer heard nothing back
+    assert relay.cuts == 1 and len(ledger.rows) == 25 and ledger.last_error is not None
+    await client.chat.completions.create(model="m", messages=MSG)
+    assert await ledger.flush()  # the same write again, then the next one
+    await client.close()
+    assert not ledger.rows and ledger.last_error is None
+    conn = await asyncpg.connect(own_postgres.url)
+    try:
+        count = await conn.fetchval("SELECT count(*) FROM usage_records")
+        ids = await conn.fetchval("SELECT count(DISTINCT request_id) FROM usage_records")
+        tokens = await conn.fetchval(
+            "SELECT tokens FROM budget_spend WHERE scope = 'key:team' AND period LIKE 'd:%'")
+        served = await conn.fetchval("SELECT sum(tokens_in + tokens_out) FROM usage_records")
+    finally:
+        await conn.close()
+    await relay.close()
+    assert count == ids == 26  # not 51: the lost answer's batch was not written twice
+    assert tokens == served > 0
+
+
+async def test_a_charge_sent_twice_lands_once(postgres_url):
+    store = PostgresStore(postgres_url)
+    await store.open()
+    try:
+        charge = Write("w-1", time.time(), cells={("key:a", "d:x"): (0.25, 10),
+                                                  ("key:a", "m:x"): (0.25, 10)})
+        for _ in range(2):
+            await store.charge(charge)
+        assert charge.sent
+        await store.write([charge, Write("w-2", time.time(), cells={("key:a", "d:x"): (1.0, 1)})])
+        assert await store.spent([("key:a", "d:x"), ("key:a", "m:x")]) == {
+            ("key:a", "d:x"): (1.25, 11), ("key:a", "m:x"): (0.25, 10)}
+        await store.purge(time.time() + 1)  # ids forgotten: the same write counts anew
+        await store.charge(charge)
+        assert (await store.spent([("key:a", "m:x")]))[("key:a", "m:x")] == (0.5, 20)
+    finally:
         await store.close()
 
 

@@ -5,6 +5,8 @@ appends a row to a bounded buffer. One writer task drains the buffer in batches 
 ``USAGE_FLUSH_INTERVAL``, or sooner when a batch is full), one transaction a batch. A database
 that is down or slow is logged and counted; the rows wait in the buffer (past its bound, new
 rows are dropped and counted) and go out when it is back; shutdown flushes what is left.
+A write whose answer was lost (the database died after COMMIT went out) is sent again as it
+was, under its id, and the database applies it once (:class:`~aiproxy.usage.store.Write`).
 
 Budget counters (spend and tokens per key, model, and key on a model, per UTC day and month)
 ride along in each batch, aggregated, so they are never dropped. A counter that a configured
@@ -16,8 +18,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -28,7 +31,8 @@ from aiproxy.metrics import Metrics
 from aiproxy.observability import get_logger
 from aiproxy.record import Record
 from aiproxy.usage.prices import PriceBook
-from aiproxy.usage.store import Cell, Row, StoreUnavailable, UsageStore
+from aiproxy.usage.store import WRITES_KEPT, Cell, Row, StoreUnavailable, UsageStore, Write
+from aiproxy.usage.store import add_cells as _add
 
 __all__ = ["BATCH", "Ledger", "is_usage", "latency_bin", "latency_of_bin", "periods"]
 
@@ -101,16 +105,6 @@ class _Budgeted:
                     self.scopes.add(f"key:{key.name}/model:{name}")
 
 
-def _add(into: dict[Cell, list[float]], cells: Iterable[tuple[Cell, tuple[float, int]]]) -> None:
-    for cell, (cost, tokens) in cells:
-        have = into.get(cell)
-        if have is None:
-            into[cell] = [cost, tokens]
-        else:
-            have[0] += cost
-            have[1] += tokens
-
-
 def _frozen(cells: Mapping[Cell, list[float]]) -> dict[Cell, tuple[float, int]]:
     return {cell: (v[0], int(v[1])) for cell, v in cells.items()}
 
@@ -136,7 +130,17 @@ class Ledger:
         self.written = 0
         self.dropped = 0
         self._cells: dict[Cell, list[float]] = {}  # counters not yet written
-        self._writing: dict[Cell, list[float]] = {}  # counters in the transaction under way
+        self._writing: dict[Cell, list[float]] = {}  # counters of the writes in flight
+        # The writes of the transaction under way, or that failed and will be sent again as
+        # they are (same ids: what may have landed lands once), and the rows they hold.
+        self._inflight: list[Write] = []
+        self._inflight_rows = 0
+        # Budget charges that failed after they went out: they may have landed, so they go
+        # again under their own ids, with the next batch; and their counters meanwhile.
+        self._unsure: list[Write] = []
+        self._unsure_cells: dict[Cell, list[float]] = {}
+        self._id_prefix = os.urandom(8).hex() + "-"  # this ledger's, for the ids of its writes
+        self._writes_made = 0
         self._charging: dict[Cell, list[float]] = {}  # immediate charges under way
         self._pending: dict[int, tuple[Record, asyncio.Task[None]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -257,15 +261,24 @@ class Ledger:
 
     # --- budgets: charges that must land before the next admission ----------------------
 
+    def _write(self, rows: list[Row], cells: dict[Cell, tuple[float, int]]) -> Write:
+        self._writes_made += 1
+        return Write(f"{self._id_prefix}{self._writes_made}", self.clock(), rows, cells)
+
     async def _charge(self, cells: dict[Cell, tuple[float, int]]) -> None:
+        write = self._write([], cells)
         try:
             if not self.open:
                 raise StoreUnavailable(self.last_error or "the usage database is not open")
             async with asyncio.timeout(CHARGE_TIMEOUT):
-                await self.store.charge(cells)
+                await self.store.charge(write)
         except Exception as exc:  # noqa: BLE001 - whatever the driver raises, the request goes on
             # The writer retries it with the next batch; admissions here see it meanwhile.
-            _add(self._cells, cells.items())
+            if write.sent:  # it may have landed: it goes again as it is, to land once
+                self._unsure.append(write)
+                _add(self._unsure_cells, cells.items())
+            else:  # it did not land: its counters join the next batch's
+                _add(self._cells, cells.items())
             self._failed("charge", exc)
         finally:
             _add(self._charging, ((c, (-v[0], -v[1])) for c, v in cells.items()))
@@ -310,7 +323,7 @@ class Ledger:
             except Exception as exc:  # noqa: BLE001 - whatever the driver raises, the request goes on
                 self._failed("read", exc)
         totals: dict[Cell, list[float]] = {c: [v[0], v[1]] for c, v in found.items()}
-        for local in (self._cells, self._writing, self._charging):
+        for local in (self._cells, self._writing, self._charging, self._unsure_cells):
             _add(totals, ((c, (local[c][0], int(local[c][1]))) for c in cells if c in local))
         return _frozen(totals)
 
@@ -359,49 +372,65 @@ class Ledger:
     async def flush_soon(self, wait: float = 2.0) -> None:
         """Write what this process holds before a read (``/admin/usage``, the dashboard), so
         what it answers includes the requests that just ended; a failure is already counted."""
-        if (self.rows or self._cells or self._later) and self.open:
+        if self._unwritten() and self.open:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await self.flush()
+
+    def _unwritten(self) -> bool:
+        return bool(self.rows or self._cells or self._later or self._inflight or self._unsure)
 
     async def _flush(self) -> bool:
         while True:
             if not await self._open():
                 return False
-            batch = self.rows[:BATCH]
-            self._spread()
-            cells, self._cells = self._cells, {}
-            if not batch and not cells:
-                return True
-            self._writing = cells
+            writes = self._inflight
+            again = bool(writes)
+            if not again:  # a new transaction: the next batch, and the charges to resend
+                batch = self.rows[:BATCH]
+                self._spread()
+                cells, self._cells = self._cells, {}
+                writes, self._unsure = self._unsure, []
+                if not batch and not cells and not writes:
+                    return True
+                if batch or cells:
+                    writes.insert(0, self._write(batch, _frozen(cells)))
+                _add(cells, ((c, (v[0], int(v[1]))) for c, v in self._unsure_cells.items()))
+                self._unsure_cells = {}
+                self._writing = cells
+                self._inflight, self._inflight_rows = writes, len(batch)
             try:
                 async with asyncio.timeout(WRITE_TIMEOUT):
-                    await self.store.write(batch, _frozen(cells))
+                    await self.store.write(writes)
             except Exception as exc:  # noqa: BLE001 - whatever the driver raises, the request goes on
-                _add(self._cells, _frozen(cells).items())
+                # Kept as they are, to be sent again: if this one landed after all, the ids
+                # make the next one a no-op.
                 self._failed("write", exc)
                 return False
-            finally:
-                self._writing = {}
-            del self.rows[:len(batch)]  # what came in meanwhile stays, after it
-            self.written += len(batch)
-            self.metrics.usage_written.inc(len(batch))
-            self.metrics.usage_queued.dec(len(batch))
+            written = self._inflight_rows
+            self._inflight, self._inflight_rows, self._writing = [], 0, {}
+            del self.rows[:written]  # what came in meanwhile stays, after it
+            self.written += written
+            self.metrics.usage_written.inc(written)
+            self.metrics.usage_queued.dec(written)
             if self.last_error is not None:
                 log.info("usage_store_back", store=self.store.location, queued=len(self.rows))
                 self.last_error = None
-            if len(batch) < BATCH:
+            if not again and written < BATCH:
                 return True
 
     async def _purge(self) -> None:
-        if not self.retention_days or self.clock() - self._purged < PURGE_EVERY:
+        if self.clock() - self._purged < PURGE_EVERY:
             return
         self._purged = now = self.clock()
-        before = now - self.retention_days * 86400.0
-        day, _ = periods(before)
-        _, month = periods(now - 62 * 86400.0)  # month counters: this one and the last
         try:
-            await self.store.purge(before, day, month)
+            if not self.retention_days:
+                await self.store.purge(now - WRITES_KEPT)
+                return
+            before = now - self.retention_days * 86400.0
+            day, _ = periods(before)
+            _, month = periods(now - 62 * 86400.0)  # month counters: this one and the last
+            await self.store.purge(now - WRITES_KEPT, before, day, month)
         except Exception as exc:  # noqa: BLE001 - purging waits for the next hour
             self._failed("purge", exc)
 
@@ -434,7 +463,7 @@ class Ledger:
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=CHARGE_TIMEOUT)
         ends = time.monotonic() + deadline
-        while (self.rows or self._cells or self._later) and time.monotonic() < ends:
+        while self._unwritten() and time.monotonic() < ends:
             if await self.flush():
                 break
             await asyncio.sleep(0.2)
@@ -445,6 +474,7 @@ class Ledger:
             self.metrics.usage_queued.dec(lost)
             log.error("usage_records_lost", count=lost, error=self.last_error)
             self.rows.clear()
+        self._inflight, self._inflight_rows, self._unsure = [], 0, []
         await self.store.close()
         self.open = False
 

@@ -9,22 +9,25 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
 
 from aiproxy.usage.store import (
+    CLAIM_WRITE,
     INSERT_ROW,
     MIGRATIONS,
     PURGE_CELLS,
     PURGE_RECORDS,
+    PURGE_WRITES,
     UPSERT_CELL,
     Cell,
-    Row,
     StoreUnavailable,
     UsageStore,
+    Write,
+    add_cells,
 )
 
 __all__ = ["PostgresStore"]
@@ -45,8 +48,21 @@ def numbered(sql: str) -> str:
 
 _INSERT_ROW = numbered(INSERT_ROW)
 _UPSERT_CELL = numbered(UPSERT_CELL)
+_CLAIM_WRITE = numbered(CLAIM_WRITE)
+_PURGE_WRITES = numbered(PURGE_WRITES)
 _PURGE_RECORDS = numbered(PURGE_RECORDS)
 _PURGE_CELLS = numbered(PURGE_CELLS)
+# A charge in one statement (one round trip, atomic by itself): its id claimed, and its cells
+# added only if the claim inserted a row. A data-modifying WITH runs once, before the outer
+# statement reads what it returned (PostgreSQL docs, "Data-Modifying Statements in WITH").
+# In key order, so two replicas' charges lock the counters alike.
+_CHARGE = ("WITH claimed AS (INSERT INTO usage_writes (id, ts) VALUES ($1, $2) "
+           "ON CONFLICT (id) DO NOTHING RETURNING id) "
+           "INSERT INTO budget_spend (scope, period, cost, tokens) "
+           "SELECT s, p, c, t FROM unnest($3::text[], $4::text[], $5::float8[], $6::bigint[]) "
+           "AS x(s, p, c, t) WHERE EXISTS (SELECT 1 FROM claimed) ORDER BY s, p "
+           "ON CONFLICT (scope, period) DO UPDATE SET cost = budget_spend.cost + "
+           "excluded.cost, tokens = budget_spend.tokens + excluded.tokens")
 _SPENT = ("SELECT scope, period, cost, tokens FROM budget_spend WHERE (scope, period) IN "
           "(SELECT * FROM unnest($1::text[], $2::text[]))")
 
@@ -92,15 +108,33 @@ class PostgresStore(UsageStore):
             raise StoreUnavailable("the usage database is not open")
         return self._pool
 
-    async def write(self, rows: Sequence[Row], cells: Mapping[Cell, tuple[float, int]]) -> None:
+    async def write(self, writes: Sequence[Write]) -> None:
         try:
             async with self._get_pool().acquire() as conn, conn.transaction():
-                if rows:
-                    await conn.executemany(_INSERT_ROW, rows)
+                cells: dict[Cell, list[float]] = {}
+                for write in writes:
+                    if await conn.execute(_CLAIM_WRITE, write.id, write.ts) != "INSERT 0 1":
+                        continue  # applied before: its answer was lost, not the write
+                    if write.rows:
+                        await conn.executemany(_INSERT_ROW, write.rows)
+                    add_cells(cells, write.cells.items())
                 if cells:
                     # In key order, so two replicas' transactions lock the rows alike.
                     await conn.executemany(_UPSERT_CELL, [(s, p, float(c), int(t)) for (s, p), (
                         c, t) in sorted(cells.items())])
+                for write in writes:
+                    write.sent = True  # all that is left is the COMMIT
+        except _FAILURES as exc:
+            raise StoreUnavailable(f"postgresql {self.location}: {_reason(exc)}") from None
+
+    async def charge(self, write: Write) -> None:
+        cells = write.cells
+        try:
+            async with self._get_pool().acquire() as conn:
+                write.sent = True
+                await conn.execute(_CHARGE, write.id, write.ts, [c[0] for c in cells],
+                                   [c[1] for c in cells], [float(v[0]) for v in cells.values()],
+                                   [int(v[1]) for v in cells.values()])
         except _FAILURES as exc:
             raise StoreUnavailable(f"postgresql {self.location}: {_reason(exc)}") from None
 
@@ -132,11 +166,14 @@ class PostgresStore(UsageStore):
             raise StoreUnavailable(f"postgresql {self.location}: {_reason(exc)}") from None
         return [tuple(r) for r in rows]
 
-    async def purge(self, before: float, day: str, month: str) -> None:
+    async def purge(self, writes_before: float, before: float | None = None, day: str = "",
+                    month: str = "") -> None:
         try:
             async with self._get_pool().acquire() as conn:
-                await conn.execute(_PURGE_RECORDS, before)
-                await conn.execute(_PURGE_CELLS, day, month)
+                await conn.execute(_PURGE_WRITES, writes_before)
+                if before is not None:
+                    await conn.execute(_PURGE_RECORDS, before)
+                    await conn.execute(_PURGE_CELLS, day, month)
         except _FAILURES as exc:
             raise StoreUnavailable(f"postgresql {self.location}: {_reason(exc)}") from None
 

@@ -13,23 +13,26 @@ import itertools
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
 from aiproxy.usage.store import (
+    CLAIM_WRITE,
     COLUMNS,
     INSERT_ROW,
     MIGRATIONS,
     PURGE_CELLS,
     PURGE_RECORDS,
+    PURGE_WRITES,
     UPSERT_CELL,
     Cell,
-    Row,
     StoreUnavailable,
     UsageStore,
+    Write,
+    add_cells,
 )
 
 __all__ = ["SQLiteStore"]
@@ -152,25 +155,37 @@ class SQLiteStore(UsageStore):
             raise StoreUnavailable("the usage database is not open")
         return self._db
 
-    async def write(self, rows: Sequence[Row], cells: Mapping[Cell, tuple[float, int]]) -> None:
+    async def write(self, writes: Sequence[Write]) -> None:
         db = self._conn()
         async with self._lock:
             try:
                 await db.execute("BEGIN IMMEDIATE")
                 try:
-                    start = 0
-                    for size in _chunks(len(rows)):
-                        chunk = rows[start:start + size]
-                        start += size
-                        # Flattened in C (a comprehension is ~5 bytecodes a value, 24 a row).
-                        await db.execute(_insert_rows(size),
-                                         list(itertools.chain.from_iterable(chunk)))
+                    cells: dict[Cell, list[float]] = {}
+                    for write in writes:
+                        claimed = await db.execute(CLAIM_WRITE, (write.id, write.ts))
+                        if claimed.rowcount != 1:
+                            continue  # applied before: its answer was lost, not the write
+                        rows = write.rows
+                        start = 0
+                        for size in _chunks(len(rows)):
+                            chunk = rows[start:start + size]
+                            start += size
+                            # Flattened in C (a comprehension is ~5 bytecodes a value, 24 a row).
+                            await db.execute(_insert_rows(size),
+                                             list(itertools.chain.from_iterable(chunk)))
+                        add_cells(cells, write.cells.items())
                     if cells:
-                        await db.executemany(UPSERT_CELL, [(s, p, c, t) for (s, p), (c, t)
+                        await db.executemany(UPSERT_CELL, [(s, p, c, int(t)) for (s, p), (c, t)
                                                            in cells.items()])
+                    for write in writes:
+                        write.sent = True
                     await db.execute("COMMIT")
                 except BaseException:
-                    await db.execute("ROLLBACK")
+                    # A timeout may cancel us while BEGIN still waits for the lock: then
+                    # there is nothing to roll back, and that must not replace the error.
+                    with contextlib.suppress(sqlite3.Error):
+                        await db.execute("ROLLBACK")
                     raise
             except sqlite3.Error as exc:
                 raise StoreUnavailable(f"sqlite {self.location}: {exc}") from None
@@ -215,12 +230,15 @@ class SQLiteStore(UsageStore):
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"sqlite {self.location}: {exc}") from None
 
-    async def purge(self, before: float, day: str, month: str) -> None:
+    async def purge(self, writes_before: float, before: float | None = None, day: str = "",
+                    month: str = "") -> None:
         db = self._conn()
         async with self._lock:
             try:
-                await db.execute(PURGE_RECORDS, (before,))
-                await db.execute(PURGE_CELLS, (day, month))
+                await db.execute(PURGE_WRITES, (writes_before,))
+                if before is not None:
+                    await db.execute(PURGE_RECORDS, (before,))
+                    await db.execute(PURGE_CELLS, (day, month))
             except sqlite3.Error as exc:
                 raise StoreUnavailable(f"sqlite {self.location}: {exc}") from None
 

@@ -8,11 +8,11 @@ at start-up, under a lock so that replicas starting together migrate once.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["COLUMNS", "MIGRATIONS", "Cell", "Row", "StoreUnavailable", "UsageStore",
-           "make_store"]
+__all__ = ["COLUMNS", "MIGRATIONS", "WRITES_KEPT", "Cell", "Row", "StoreUnavailable",
+           "UsageStore", "Write", "add_cells", "make_store"]
 
 # One usage record, in COLUMNS order.
 Row = tuple[Any, ...]
@@ -23,6 +23,46 @@ COLUMNS = ("ts", "request_id", "key_name", "route", "requested", "model", "provi
            "error_kind", "stream", "stream_error", "tokens_in", "tokens_out", "tokens_cached",
            "tokens_reasoning", "ttft_ms", "total_ms", "upstream_ms", "latency_bin", "attempts",
            "hedges", "continuations", "tried", "cost")
+
+def add_cells(into: dict[Cell, list[float]],
+              cells: Iterable[tuple[Cell, tuple[float, int]]]) -> None:
+    """Add counter amounts, ``(cell, (cost, tokens))`` pairs, to ``into``."""
+    for cell, (cost, tokens) in cells:
+        have = into.get(cell)
+        if have is None:
+            into[cell] = [cost, tokens]
+        else:
+            have[0] += cost
+            have[1] += tokens
+
+
+# How long a write's id is kept (see :class:`Write`): a write sent again later than this, after
+# a commit whose answer was lost, could count twice.
+WRITES_KEPT = 86400.0
+
+
+class Write:
+    """One of the ledger's transactions: records and counter additions, applied at most once
+    however often it is sent. The backend records ``id`` in the same transaction, and skips a
+    write whose id it has already recorded.
+
+    Sending it again is the only safe answer to a failure the sender cannot read: a
+    connection cut, or a timeout, after COMMIT went out leaves it unknown whether the
+    transaction landed (an outage that killed the database mid-answer wrote a batch twice).
+    ``sent`` tells the two apart: the backend sets it just before it sends COMMIT (or the
+    one statement that is the whole write), so a failure while it is False landed nothing.
+    """
+
+    __slots__ = ("cells", "id", "rows", "sent", "ts")
+
+    def __init__(self, id: str, ts: float, rows: Sequence[Row] = (),
+                 cells: Mapping[Cell, tuple[float, int]] | None = None) -> None:
+        self.id = id
+        self.ts = ts  # when it was made (the ids are forgotten WRITES_KEPT after)
+        self.rows = rows
+        self.cells: Mapping[Cell, tuple[float, int]] = cells or {}
+        self.sent = False
+
 
 # Versioned migrations, applied in order and never edited once released: a change to the
 # schema is a new entry. {serial} and {real} are filled per dialect.
@@ -95,6 +135,12 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
         "CREATE INDEX stored_response_items_response ON stored_response_items "
         "(owner, response_id)",
     )),
+    # The ids of the ledger's writes (see Write): a write sent again after a lost answer
+    # finds its id here and is skipped.
+    (3, (
+        "CREATE TABLE usage_writes (id TEXT PRIMARY KEY, ts {real} NOT NULL)",
+        "CREATE INDEX usage_writes_ts ON usage_writes (ts)",
+    )),
 )
 
 INSERT_ROW = (f"INSERT INTO usage_records ({', '.join(COLUMNS)}) "  # noqa: S608 - constants
@@ -103,6 +149,9 @@ UPSERT_CELL = ("INSERT INTO budget_spend (scope, period, cost, tokens) VALUES (?
                "ON CONFLICT (scope, period) DO UPDATE SET cost = budget_spend.cost + "
                "excluded.cost, tokens = budget_spend.tokens + excluded.tokens")
 
+# No row inserted: the write was applied before.
+CLAIM_WRITE = "INSERT INTO usage_writes (id, ts) VALUES (?, ?) ON CONFLICT (id) DO NOTHING"
+PURGE_WRITES = "DELETE FROM usage_writes WHERE ts < ?"
 PURGE_RECORDS = "DELETE FROM usage_records WHERE ts < ?"
 # Every "d:..." period sorts before every "m:..." one.
 PURGE_CELLS = ("DELETE FROM budget_spend WHERE period < ? "
@@ -124,8 +173,10 @@ class UsageStore(abc.ABC):
         """Connect and apply pending migrations; :class:`StoreUnavailable` when it cannot."""
 
     @abc.abstractmethod
-    async def write(self, rows: Sequence[Row], cells: Mapping[Cell, tuple[float, int]]) -> None:
-        """Insert ``rows`` and add ``cells`` to the budget counters, in one transaction."""
+    async def write(self, writes: Sequence[Write]) -> None:
+        """Apply each write whose id is not recorded yet (insert its rows, add its cells to the
+        budget counters) and record its id, all in one transaction; set each one's ``sent``
+        just before the commit goes out."""
 
     @abc.abstractmethod
     async def spent(self, cells: Sequence[Cell]) -> dict[Cell, tuple[float, int]]:
@@ -141,9 +192,11 @@ class UsageStore(abc.ABC):
         stored responses' writes)."""
 
     @abc.abstractmethod
-    async def purge(self, before: float, day: str, month: str) -> None:
-        """Delete records older than ``before``, and counters of periods before ``day``
-        (``d:YYYY-MM-DD``) and ``month`` (``m:YYYY-MM``)."""
+    async def purge(self, writes_before: float, before: float | None = None, day: str = "",
+                    month: str = "") -> None:
+        """Forget the ids of writes made before ``writes_before``; with ``before``, also delete
+        records older than it, and counters of periods before ``day`` (``d:YYYY-MM-DD``) and
+        ``month`` (``m:YYYY-MM``)."""
 
     @abc.abstractmethod
     async def close(self) -> None:
@@ -153,9 +206,10 @@ class UsageStore(abc.ABC):
     def bucket(self, seconds_param: str) -> str:
         """An SQL expression: ``ts`` floored to a multiple of the parameter."""
 
-    async def charge(self, cells: Mapping[Cell, tuple[float, int]]) -> None:
-        """Add to the budget counters now (a budgeted request, outside the batches)."""
-        await self.write((), cells)
+    async def charge(self, write: Write) -> None:
+        """Add a write's cells to the budget counters now (a budgeted request, outside the
+        batches), once, as :meth:`write` does."""
+        await self.write((write,))
 
 
 def make_store(url: str) -> UsageStore:
