@@ -181,18 +181,22 @@ class TestTargets:
         assert "CPU 230 / 195 us/req = 1.18x" in redis["measured"]
         assert _find(_scored(bench, redis=4070), name)["result"] == "FAIL"
 
-    def test_redis_instruction_ratio_is_scored_at_085(self, bench: object) -> None:
-        name = "instructions per request (non-stream): aiproxy / aiproxy + Redis limits"
-        for limited, verdict in ((1050e3 / 0.85, "PASS"), (1050e3 / 0.84, "FAIL")):
+    @pytest.mark.parametrize(("label", "limit"), [("aiproxy + Redis limits", 0.85),
+                                                  ("aiproxy + in-memory limits", 0.9)])
+    def test_limits_instruction_ratios_are_scored_at_their_targets(
+            self, bench: object, label: str, limit: float) -> None:
+        name = f"instructions per request (non-stream): aiproxy / {label}"
+        for limited, verdict in ((1050e3 / (limit + 0.001), "PASS"),
+                                 (1050e3 / (limit - 0.01), "FAIL")):
             _scored(bench)
             bench.extra["icount"].append({  # type: ignore[attr-defined]
-                "scenario": "aiproxy + Redis limits", "mode": "non-stream",
+                "scenario": label, "mode": "non-stream",
                 "per_request": limited, "phases": [limited] * 2, "spread": 0.0,
                 "requests": 800, "conns": 32})
             bench.evaluate()  # type: ignore[attr-defined]
-            redis = _find({t["target"]: t for t in bench.targets},  # type: ignore[attr-defined]
+            found = _find({t["target"]: t for t in bench.targets},  # type: ignore[attr-defined]
                           name)
-            assert (redis["limit"], redis["result"]) == (">= 0.85", verdict)
+            assert (found["limit"], found["result"]) == (f">= {limit:.2f}", verdict)
 
     def test_stream_opening_and_end_come_from_two_lengths(self, bench: object) -> None:
         # Streams of 2 and 50 chunks: a chunk is (50-chunk - 2-chunk) / 48, the opening and
