@@ -44,6 +44,21 @@ async def test_replicas_starting_together_migrate_once(postgres_url):
         await store.close()
 
 
+async def tally(url: str) -> tuple[int, int, int, int]:
+    """What the database holds: records, distinct request ids, the team key's daily tokens
+    counter, and the tokens the records add up to."""
+    conn = await asyncpg.connect(url)
+    try:
+        count = await conn.fetchval("SELECT count(*) FROM usage_records")
+        ids = await conn.fetchval("SELECT count(DISTINCT request_id) FROM usage_records")
+        tokens = await conn.fetchval(
+            "SELECT tokens FROM budget_spend WHERE scope = 'key:team' AND period LIKE 'd:%'")
+        served = await conn.fetchval("SELECT sum(tokens_in + tokens_out) FROM usage_records")
+    finally:
+        await conn.close()
+    return count, ids, tokens, served
+
+
 class CutAfterCommit:
     """A TCP relay in front of PostgreSQL that, once armed, lets the next COMMIT of a
     transaction that inserted usage records through, and cuts the connection when its reply
@@ -119,15 +134,7 @@ async def test_a_commit_whose_answer_was_lost_lands_once(start_proxy, own_postgr
     assert await ledger.flush()  # the same write again, then the next one
     await client.close()
     assert not ledger.rows and ledger.last_error is None
-    conn = await asyncpg.connect(own_postgres.url)
-    try:
-        count = await conn.fetchval("SELECT count(*) FROM usage_records")
-        ids = await conn.fetchval("SELECT count(DISTINCT request_id) FROM usage_records")
-        tokens = await conn.fetchval(
-            "SELECT tokens FROM budget_spend WHERE scope = 'key:team' AND period LIKE 'd:%'")
-        served = await conn.fetchval("SELECT sum(tokens_in + tokens_out) FROM usage_records")
-    finally:
-        await conn.close()
+    count, ids, tokens, served = await tally(own_postgres.url)
     await relay.close()
     assert count == ids == 26  # not 51: the lost answer's batch was not written twice
     assert tokens == served > 0
@@ -210,15 +217,7 @@ async def test_an_outage_under_load_loses_no_record_and_fails_no_request(start_p
         await asyncio.sleep(0.2)
     await client.close()
     assert not ledger.rows and ledger.dropped == 0
-    conn = await asyncpg.connect(own_postgres.url)
-    try:
-        count = await conn.fetchval("SELECT count(*) FROM usage_records")
-        ids = await conn.fetchval("SELECT count(DISTINCT request_id) FROM usage_records")
-        tokens = await conn.fetchval(
-            "SELECT tokens FROM budget_spend WHERE scope = 'key:team' AND period LIKE 'd:%'")
-        served = await conn.fetchval("SELECT sum(tokens_in + tokens_out) FROM usage_records")
-    finally:
-        await conn.close()
+    count, ids, tokens, served = await tally(own_postgres.url)
     assert count == ids == 200  # every record once: none lost, none written twice
     async with proxy.http.get(proxy.url("/metrics"), headers=proxy.auth) as resp:
         text = await resp.text()
