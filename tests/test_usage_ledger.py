@@ -16,6 +16,7 @@ import structlog
 
 from aiproxy.http.usage import LEDGER
 from aiproxy.usage import default_price
+from aiproxy.usage import ledger as ledger_module
 from aiproxy.usage.sqlite import SQLiteStore
 from aiproxy.usage.store import StoreUnavailable, Write
 from tests.conftest import TOKEN, make_settings, openai_model
@@ -396,6 +397,31 @@ class TestOutage:
                                        "AND period = ?", ["key:team-a", day])
         assert tokens == served  # 30 charges, each sent twice or more, counted once
         assert (await ledger.spent([("key:team-a", day)]))[("key:team-a", day)][1] == served
+
+    async def test_charges_in_doubt_past_the_bound_join_the_batches(self, start_proxy,
+                                                                    monkeypatch):
+        monkeypatch.setattr(ledger_module, "UNSURE_MAX", 5)
+        proxy, ledger, store = await flaky_proxy(start_proxy, budget=True)
+        store.lose_answers = True
+        client = client_for(proxy, KEY)
+        await asyncio.gather(*(client.chat.completions.create(model="m", messages=MSG)
+                               for _ in range(30)))
+        assert len(ledger._unsure) <= 5  # memory stays bounded however long it hangs
+        # The writer may have taken up to 5 into its own write before it failed, and sends
+        # that one again as it is, taking no more: at most 10 held, the rest folded.
+        folded = await metric(
+            proxy, 'aiproxy_usage_write_errors_total{operation="charge_in_doubt"}')
+        assert 20 <= folded <= 25
+        store.lose_answers = False
+        assert await ledger.flush()
+        await client.close()
+        (count, served), = await store.fetch(
+            "SELECT count(*), sum(tokens_in + tokens_out) FROM usage_records", [])
+        day = time.strftime("d:%Y-%m-%d", time.gmtime())
+        (tokens,), = await store.fetch("SELECT tokens FROM budget_spend WHERE scope = ? "
+                                       "AND period = ?", ["key:team-a", day])
+        assert count == 30  # the records are exact all the same
+        assert tokens == served + folded * 4  # those folded in counted twice: never less
 
     async def test_past_the_bound_drops_are_counted_and_spend_is_kept(self, start_proxy):
         proxy, ledger, store = await flaky_proxy(start_proxy, usage_buffer=40)

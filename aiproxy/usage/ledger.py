@@ -41,6 +41,9 @@ log = get_logger("aiproxy.usage")
 BATCH = 1000  # rows a transaction
 WRITE_TIMEOUT = 15.0  # a write slower than this counts as failed (and is retried)
 CHARGE_TIMEOUT = 2.0
+# Budget charges in doubt (sent, then failed) held apart to be resent under their ids; past
+# this many (a database that hangs for minutes), they join the batches' counters instead.
+UNSURE_MAX = 10_000
 MAX_BACKOFF = 30.0
 WARN_EVERY = 10.0  # seconds between two "database away" warnings
 PURGE_EVERY = 3600.0
@@ -274,10 +277,16 @@ class Ledger:
                 await self.store.charge(write)
         except Exception as exc:  # noqa: BLE001 - whatever the driver raises, the request goes on
             # The writer retries it with the next batch; admissions here see it meanwhile.
-            if write.sent:  # it may have landed: it goes again as it is, to land once
+            if write.sent and len(self._unsure) < UNSURE_MAX:
+                # It may have landed: it goes again as it is, to land once.
                 self._unsure.append(write)
                 _add(self._unsure_cells, cells.items())
-            else:  # it did not land: its counters join the next batch's
+            else:
+                # It did not land, or a database that hangs has left too many in doubt to
+                # hold each apart: its counters join the next batch's (in doubt, they may
+                # count twice: budgets err towards refusing).
+                if write.sent:
+                    self.metrics.usage_errors.labels("charge_in_doubt").inc()
                 _add(self._cells, cells.items())
             self._failed("charge", exc)
         finally:
