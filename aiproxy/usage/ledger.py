@@ -264,12 +264,12 @@ class Ledger:
 
     # --- budgets: charges that must land before the next admission ----------------------
 
-    def _write(self, rows: list[Row], cells: dict[Cell, tuple[float, int]]) -> Write:
+    def _new_write(self, rows: list[Row], cells: dict[Cell, tuple[float, int]]) -> Write:
         self._writes_made += 1
         return Write(f"{self._id_prefix}{self._writes_made}", self.clock(), rows, cells)
 
     async def _charge(self, cells: dict[Cell, tuple[float, int]]) -> None:
-        write = self._write([], cells)
+        write = self._new_write([], cells)
         try:
             if not self.open:
                 raise StoreUnavailable(self.last_error or "the usage database is not open")
@@ -403,7 +403,7 @@ class Ledger:
                 if not batch and not cells and not writes:
                     return True
                 if batch or cells:
-                    writes.insert(0, self._write(batch, _frozen(cells)))
+                    writes.insert(0, self._new_write(batch, _frozen(cells)))
                 _add(cells, ((c, (v[0], int(v[1]))) for c, v in self._unsure_cells.items()))
                 self._unsure_cells = {}
                 self._writing = cells

@@ -24,6 +24,7 @@ COLUMNS = ("ts", "request_id", "key_name", "route", "requested", "model", "provi
            "tokens_reasoning", "ttft_ms", "total_ms", "upstream_ms", "latency_bin", "attempts",
            "hedges", "continuations", "tried", "cost")
 
+
 def add_cells(into: dict[Cell, list[float]],
               cells: Iterable[tuple[Cell, tuple[float, int]]]) -> None:
     """Add counter amounts, ``(cell, (cost, tokens))`` pairs, to ``into``."""
