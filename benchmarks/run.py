@@ -67,6 +67,14 @@ MESSAGES = [
 ]
 CHUNKS = 50
 SHORT_STREAM = 2  # chunks of the short streams counted beside the CHUNKS-long ones
+# Paced streams under callgrind: chunks this far apart and this many streams in flight, so
+# that the server (~50x slower under valgrind) still idles between the mock's ticks, as in
+# the per-chunk test: each chunk then arrives alone and costs a loop wake-up, a read and a
+# write of its own, where an unpaced stream's chunks share them.
+PACED_MS = 20.0
+PACED_CONNS = 4
+PACED_STREAMS = 16  # a phase: 4 s at 4 in flight
+PACED_MODE = f"stream, paced ({PACED_MS:g} ms, {PACED_CONNS} in flight)"
 # Targets 4 and 3: (row label, its short name, the throughput it must leave, its key in the
 # pairs and co-located results).
 LIMITS_TARGETS = (("aiproxy + in-memory limits", "in-memory", 0.9, "memory"),
@@ -1038,16 +1046,23 @@ class Bench:
             # Per path: delays, gaps, middle, ends (lists pooled over the rounds); failures.
             samples = {label: ([], [], [], []) for label, _, _ in paths}
             failed = dict.fromkeys(samples, 0)
+            # The CPU each server spent on its streams (the mock's, for the direct path): a
+            # paced stream's cost, which a cold loop waking for each tick makes larger than
+            # the same stream's unpaced (see "Paced and unpaced" in docs/performance.md).
+            cpu_s, opened = dict.fromkeys(samples, 0.0), dict.fromkeys(samples, 0)
             ours = [p for p in Proc.all if p.alive()]
             busy, mine = busy_seconds(), sum(p.cpu() for p in ours) + self_cpu()
             core_busy, core_stolen = core_times(self.server_core)
             start = time.monotonic()
             for r in range(rounds):
                 for label, proc, model in paths:
+                    before = proc.cpu()
                     delays, gaps, failures, middle, ends = asyncio.run(_chunk_samples(
                         self.url(proc), model, max(1, args.streams // rounds),
                         args.stream_concurrency, args.chunk_delay_ms,
                         stagger=r if staggered else None))
+                    cpu_s[label] += proc.cpu() - before
+                    opened[label] += max(1, args.streams // rounds)
                     for pooled, got in zip(samples[label], (delays, gaps, middle, ends),
                                            strict=True):
                         pooled.extend(got)
@@ -1065,12 +1080,14 @@ class Bench:
                 res = chunk[label] = chunk_stats(delays, gaps, failed[label], args.streams,
                                                  middle, ends)
                 res["other_load"], res["steal"] = other, steal
+                res["cpu_ms_stream"] = 1000 * cpu_s[label] / max(1, opened[label])
                 log(f"  {label:<28} {res['chunks']} chunks: one-way delay p50 "
                     f"{res['p50']:.3f}  p90 {res['p90']:.3f}  p99 {res['p99']:.3f}  max "
                     f"{res['max']:.3f} ms (mid-stream p99 {res['mid_p99']:.3f}; first/last "
                     f"chunks p50 {res['ends_p50']:.3f}, {100 * res['ends_tail_share']:.0f}% "
                     f"of the chunks at or past the p99); inter-arrival p99 "
-                    f"{res['gap_p99']:.3f} ms; failures {res['failures']}")
+                    f"{res['gap_p99']:.3f} ms; CPU a stream {res['cpu_ms_stream']:.2f} ms; "
+                    f"failures {res['failures']}")
             log(f"  other load during the test: {other:.2f} cores; the server core's time "
                 f"stolen by the hypervisor: {100 * steal:.1f}% of what it ran")
             self.extra[key] = chunk
@@ -1092,23 +1109,26 @@ class Bench:
         stream_too = not args.icount_no_stream
         # One server process per kind; aiproxy counts both paths in one process (a startup
         # under valgrind costs ~15 s).
-        # A case: (label, stream, chunks a stream: 0 the mock's CHUNKS). Streams are also
-        # counted at SHORT_STREAM chunks, so that a stream's fixed cost (its opening and
+        # A case: (label, stream, chunks a stream: 0 the mock's CHUNKS, paced). Streams are
+        # also counted at SHORT_STREAM chunks, so that a stream's fixed cost (its opening and
         # end: what the per-chunk test's first and last chunks wait behind) and its cost a
-        # chunk come apart (two lengths, one line through them).
-        Case = tuple[str, bool, int]
-        streams: list[Case] = [("aiproxy", True, 0), ("aiproxy", True, SHORT_STREAM)]
+        # chunk come apart (two lengths, one line through them); and paced (PACED_MS), as
+        # the per-chunk test's streams are.
+        Case = tuple[str, bool, int, bool]
+        streams: list[Case] = [("aiproxy", True, 0, False), ("aiproxy", True, SHORT_STREAM, False),
+                               ("aiproxy", True, 0, True)]
         servers: list[tuple[str, list[Case]]] = [
-            ("floor", [("floor pass-through", False, 0)]),
-            ("aiproxy", [("aiproxy", False, 0)] + (streams if stream_too else []))]
+            ("floor", [("floor pass-through", False, 0, False)]),
+            ("aiproxy", [("aiproxy", False, 0, False)] + (streams if stream_too else []))]
         if stream_too:
-            servers.insert(1, ("floor-sse", [("floor SSE relay", True, 0),
-                                             ("floor SSE relay", True, SHORT_STREAM)]))
+            servers.insert(1, ("floor-sse", [("floor SSE relay", True, 0, False),
+                                             ("floor SSE relay", True, SHORT_STREAM, False),
+                                             ("floor SSE relay", True, 0, True)]))
         # The noise-free side of the limits targets: the same proxy with in-memory limits,
         # and with Redis limits.
-        servers.append(("aiproxy-memory", [("aiproxy + in-memory limits", False, 0)]))
+        servers.append(("aiproxy-memory", [("aiproxy + in-memory limits", False, 0, False)]))
         if shutil.which("redis-server") and importlib.util.find_spec("redis"):
-            servers.append(("aiproxy-redis", [("aiproxy + Redis limits", False, 0)]))
+            servers.append(("aiproxy-redis", [("aiproxy + Redis limits", False, 0, False)]))
         results: list[dict] = []
         self.extra["icount"] = results
         started = time.monotonic()
@@ -1137,20 +1157,25 @@ class Bench:
             try:
                 proc.wait_ready(timeout=300)  # startup under valgrind: seconds to a minute
                 grind = icount.Callgrind(proc.pid, out)
-                for label, stream, chunks in cases:
+                for label, stream, chunks, paced in cases:
                     problem = check(self.url(proc), MODEL, stream)
                     if problem:
                         raise RuntimeError(f"{name} under valgrind: {problem}\n"
                                            f"{proc.stderr_tail()}")
                     n = args.icount_streams if stream else args.icount_requests
                     warmup = max(1, args.icount_warmup // (10 if stream else 1))
-                    extra = {"mock_chunks": chunks} if chunks else {}
+                    conns = args.icount_conns
+                    extra: dict[str, object] = {"mock_chunks": chunks} if chunks else {}
                     if chunks:  # more streams a phase: a quarter of the long phase's chunks
                         n = max(n, n * CHUNKS // chunks // 4)
+                    if paced:  # stamped, as the per-chunk test's chunks are
+                        extra.update(mock_chunk_delay_ms=PACED_MS, mock_stamp=True)
+                        n, warmup, conns = PACED_STREAMS, PACED_CONNS, PACED_CONNS
                     res = icount.count(grind, self.url(proc), body(MODEL, stream, **extra),
-                                       _headers(), n=n, warmup=warmup, conns=args.icount_conns,
+                                       _headers(), n=n, warmup=warmup, conns=conns,
                                        phases=args.icount_phases, stream=stream)
                     mode = "non-stream" if not stream else (
+                        PACED_MODE if paced else
                         f"stream ({chunks} chunks)" if chunks else "stream")
                     row = {"scenario": label, "mode": mode, **res}
                     results.append(row)
@@ -1327,6 +1352,7 @@ class Bench:
         t("stream: added per-chunk delay p99 (aiproxy - direct, one-way)",
           f"{cp['p99']:.3f} - {cd['p99']:.3f} ms{floor_added}" if added is not None else "-",
           added, "<= 1.0 ms", added is not None and added <= 1.0 and not cp["failures"])
+        self.evaluate_paced_cpu(chunk, relay, sprox)
         staggered = self.extra.get("chunk_delay_staggered") or {}
         sd, sp = staggered.get("direct (mock upstream)"), staggered.get("aiproxy")
         sf = staggered.get("floor SSE relay")
@@ -1343,6 +1369,26 @@ class Bench:
         self.evaluate_colocated()
         self.evaluate_memory()
         self.evaluate_workers()
+
+    def evaluate_paced_cpu(self, chunk: dict, relay: dict | None, sprox: dict | None) -> None:
+        """Informational, beside target 6: the CPU a stream of the per-chunk test (paced,
+        its server idle between ticks) of aiproxy against the floor relay's, and the same
+        ratio of the unpaced throughput test. Where the paced ratio is the larger, what the
+        two servers' CPU costs a tick is more than their instructions say (a loop woken cold,
+        each tick, pays for every line of code and data it touches): what the per-chunk p99
+        waits behind, which the instruction counts cannot show."""
+        cp, cf = chunk.get("aiproxy") or {}, chunk.get("floor SSE relay") or {}
+        paced, floor = cp.get("cpu_ms_stream"), cf.get("cpu_ms_stream")
+        if not paced or not floor:
+            return  # a run from before it was measured
+        unpaced = (f"; unpaced (the throughput test, 32 conns): {sprox['cpu_us'] / 1000:.2f} / "
+                   f"{relay['cpu_us'] / 1000:.2f} ms = {sprox['cpu_us'] / relay['cpu_us']:.2f}x"
+                   if relay and sprox and relay["cpu_us"] else "")
+        self.targets.append({
+            "target": "stream, paced (the per-chunk test's closed loop): CPU a stream, "
+                      "aiproxy / floor SSE relay",
+            "measured": f"{paced:.2f} / {floor:.2f} ms{unpaced}", "value": paced / floor,
+            "limit": "(informational)", "result": "-", "headline": False})
 
     def evaluate_colocated(self) -> None:
         """The co-located CPU ratios (:meth:`colocated`): informational lines beside targets
@@ -1453,6 +1499,24 @@ class Bench:
                             f"{ours_chunk / 1e3:,.1f}k / {floor_chunk / 1e3:,.1f}k",
                 "value": ours / floor, "limit": "(informational)", "result": "-",
                 "headline": True})
+        # Paced, as the per-chunk test's streams are: what a chunk that arrives alone costs
+        # (the per-chunk p99 waits behind it), against the unpaced count of the same stream.
+        paced = {label: (by.get((label, PACED_MODE)), by.get((label, "stream")))
+                 for label in ("aiproxy", "floor SSE relay")}
+        (ours_p, ours_u), (floor_p, floor_u) = paced["aiproxy"], paced["floor SSE relay"]
+        if ours_p and floor_p:
+            more = ""
+            if ours_u and floor_u:  # what pacing adds, spread over the stream's chunks
+                added = [(p["per_request"] - u["per_request"]) / 1e3 / CHUNKS
+                         for p, u in ((ours_p, ours_u), (floor_p, floor_u))]
+                more = f"; pacing adds {added[0]:,.1f}k / {added[1]:,.1f}k a chunk"
+            self.targets.append({
+                "target": f"instructions per {PACED_MODE.replace('stream, ', 'stream ')}: "
+                          "aiproxy / floor SSE relay",
+                "measured": f"{ours_p['per_request'] / 1e3:,.0f}k / "
+                            f"{floor_p['per_request'] / 1e3:,.0f}k{more}",
+                "value": ours_p["per_request"] / floor_p["per_request"],
+                "limit": "(informational)", "result": "-", "headline": True})
         plain = by.get(("aiproxy", "non-stream"))
         for label, name, limit, _ in LIMITS_TARGETS:
             limited = by.get((label, "non-stream"))

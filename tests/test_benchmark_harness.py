@@ -216,6 +216,26 @@ class TestTargets:
         assert split["measured"] == "900k / 600k; a chunk 60.0k / 65.0k"
         assert (split["limit"], split["result"]) == ("(informational)", "-")
 
+    def test_paced_streams_are_counted_beside_the_unpaced(self, bench: object) -> None:
+        # The per-chunk test's streams, paced: each chunk arrives alone; what that adds a
+        # chunk comes from the unpaced count of the same 50-chunk stream.
+        name = "instructions per stream paced (20 ms, 4 in flight): aiproxy / floor SSE relay"
+        _scored(bench)
+        for label, unpaced, paced in (("aiproxy", 3600e3, 5600e3),
+                                      ("floor SSE relay", 3900e3, 5000e3)):
+            for mode, cost in (("stream", unpaced), (bench_run.PACED_MODE, paced)):
+                bench.extra["icount"].append({  # type: ignore[attr-defined]
+                    "scenario": label, "mode": mode, "per_request": cost,
+                    "phases": [cost] * 2, "spread": 0.0, "requests": 16, "conns": 4})
+        bench.evaluate()  # type: ignore[attr-defined]
+        found = _find({t["target"]: t for t in bench.targets},  # type: ignore[attr-defined]
+                      name)
+        assert found["value"] == pytest.approx(1.12)
+        assert found["measured"] == "5,600k / 5,000k; pacing adds 40.0k / 22.0k a chunk"
+        assert (found["limit"], found["result"]) == ("(informational)", "-")
+        text = bench.report()  # type: ignore[attr-defined]
+        assert "| aiproxy | stream, paced (20 ms, 4 in flight) | 16 | 5,600,000 |" in text
+
     def test_stream_opening_and_end_need_both_lengths(self, bench: object) -> None:
         targets = _scored(bench)
         assert not [t for t in targets if t.startswith("instructions per stream, its")]
@@ -412,6 +432,27 @@ class TestChunkDelays:
         assert "| aiproxy | 10 | 1.000 | 2.000 | 3.500 | 1.500 | 2.500 | 75% | 4.000 | 0 |" in text
         assert ("Other load during this test: 0.25 cores; the server core's time stolen by the "
                 "hypervisor: 5.0% of the time it ran.") in text
+
+
+    def test_paced_cpu_a_stream_is_reported_beside_the_unpaced(self, bench: object) -> None:
+        _scored(bench)  # the unpaced rows: aiproxy 560 us a stream, the floor relay 950
+        res = {"chunks": 10, "p50": 1.0, "p90": 2.0, "p99": 3.0, "max": 4.0, "failures": 0}
+        bench.extra["chunk_delay"] = {  # type: ignore[attr-defined]
+            "direct (mock upstream)": {**res, "cpu_ms_stream": 0.9},
+            "floor SSE relay": {**res, "cpu_ms_stream": 2.0},
+            "aiproxy": {**res, "cpu_ms_stream": 2.5}}
+        bench.evaluate()  # type: ignore[attr-defined]
+        targets = {t["target"]: t for t in bench.targets}  # type: ignore[attr-defined]
+        paced = _find(targets, "stream, paced (the per-chunk test's closed loop): CPU a stream")
+        assert paced["value"] == pytest.approx(1.25) and paced["result"] == "-"
+        assert paced["measured"] == ("2.50 / 2.00 ms; unpaced (the throughput test, 32 conns): "
+                                     "0.56 / 0.95 ms = 0.59x")
+        # A run from before the figure was measured reports no such line.
+        bench.extra["chunk_delay"] = {"direct (mock upstream)": res,  # type: ignore[attr-defined]
+                                      "aiproxy": res}
+        bench.evaluate()  # type: ignore[attr-defined]
+        assert not any(t["target"].startswith("stream, paced")
+                       for t in bench.targets)  # type: ignore[attr-defined]
 
 
 async def _stamping_server(aiohttp_server: object, starts: list[float],
