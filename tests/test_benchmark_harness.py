@@ -153,6 +153,19 @@ def _find(targets: dict[str, dict], start: str) -> dict:
     return next(t for name, t in targets.items() if name.startswith(start))
 
 
+def _with_counts(bench: object, name: str, counts: list[tuple[str, str, float]], *,
+                 requests: int = 50) -> dict:
+    """The target line ``name`` once the instruction counts (path, mode, per stream) are
+    added to a scored run's."""
+    _scored(bench)
+    for label, mode, cost in counts:
+        bench.extra["icount"].append({  # type: ignore[attr-defined]
+            "scenario": label, "mode": mode, "per_request": cost, "phases": [cost] * 2,
+            "spread": 0.0, "requests": requests, "conns": 32})
+    bench.evaluate()  # type: ignore[attr-defined]
+    return _find({t["target"]: t for t in bench.targets}, name)  # type: ignore[attr-defined]
+
+
 class TestTargets:
     def test_cpu_ratio_at_the_limit_passes(self, bench: object) -> None:
         cpu = _find(_scored(bench, cpu=199.5), "non-stream, 32 conns (LOG_LEVEL=INFO")
@@ -201,17 +214,10 @@ class TestTargets:
     def test_stream_opening_and_end_come_from_two_lengths(self, bench: object) -> None:
         # Streams of 2 and 50 chunks: a chunk is (50-chunk - 2-chunk) / 48, the opening and
         # end what a 2-chunk stream costs besides its two chunks.
-        name = "instructions per stream, its opening and end"
-        _scored(bench)
-        for label, fixed, chunk in (("aiproxy", 900e3, 60e3), ("floor SSE relay", 600e3, 65e3)):
-            for mode, chunks in (("stream", 50), ("stream (2 chunks)", 2)):
-                cost = fixed + chunks * chunk
-                bench.extra["icount"].append({  # type: ignore[attr-defined]
-                    "scenario": label, "mode": mode, "per_request": cost,
-                    "phases": [cost] * 2, "spread": 0.0, "requests": 50, "conns": 32})
-        bench.evaluate()  # type: ignore[attr-defined]
-        split = _find({t["target"]: t for t in bench.targets},  # type: ignore[attr-defined]
-                      name)
+        split = _with_counts(bench, "instructions per stream, its opening and end", [
+            (label, mode, fixed + chunks * chunk)
+            for label, fixed, chunk in (("aiproxy", 900e3, 60e3), ("floor SSE relay", 600e3, 65e3))
+            for mode, chunks in (("stream", 50), ("stream (2 chunks)", 2))])
         assert split["value"] == pytest.approx(1.5)
         assert split["measured"] == "900k / 600k; a chunk 60.0k / 65.0k"
         assert (split["limit"], split["result"]) == ("(informational)", "-")
@@ -219,17 +225,11 @@ class TestTargets:
     def test_paced_streams_are_counted_beside_the_unpaced(self, bench: object) -> None:
         # The per-chunk test's streams, paced: each chunk arrives alone; what that adds a
         # chunk comes from the unpaced count of the same 50-chunk stream.
-        name = "instructions per stream paced (20 ms, 4 in flight): aiproxy / floor SSE relay"
-        _scored(bench)
-        for label, unpaced, paced in (("aiproxy", 3600e3, 5600e3),
-                                      ("floor SSE relay", 3900e3, 5000e3)):
-            for mode, cost in (("stream", unpaced), (bench_run.PACED_MODE, paced)):
-                bench.extra["icount"].append({  # type: ignore[attr-defined]
-                    "scenario": label, "mode": mode, "per_request": cost,
-                    "phases": [cost] * 2, "spread": 0.0, "requests": 16, "conns": 4})
-        bench.evaluate()  # type: ignore[attr-defined]
-        found = _find({t["target"]: t for t in bench.targets},  # type: ignore[attr-defined]
-                      name)
+        found = _with_counts(
+            bench, "instructions per stream paced (20 ms, 4 in flight): aiproxy / floor SSE relay",
+            [("aiproxy", "stream", 3600e3), ("aiproxy", bench_run.PACED_MODE, 5600e3),
+             ("floor SSE relay", "stream", 3900e3),
+             ("floor SSE relay", bench_run.PACED_MODE, 5000e3)], requests=16)
         assert found["value"] == pytest.approx(1.12)
         assert found["measured"] == "5,600k / 5,000k; pacing adds 40.0k / 22.0k a chunk"
         assert (found["limit"], found["result"]) == ("(informational)", "-")
