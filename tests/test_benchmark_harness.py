@@ -433,7 +433,6 @@ class TestChunkDelays:
         assert ("Other load during this test: 0.25 cores; the server core's time stolen by the "
                 "hypervisor: 5.0% of the time it ran.") in text
 
-
     def test_paced_cpu_a_stream_is_reported_beside_the_unpaced(self, bench: object) -> None:
         _scored(bench)  # the unpaced rows: aiproxy 560 us a stream, the floor relay 950
         res = {"chunks": 10, "p50": 1.0, "p90": 2.0, "p99": 3.0, "max": 4.0, "failures": 0}
